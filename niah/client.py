@@ -1,0 +1,244 @@
+"""Chat completions against llama-server (or any OpenAI-compatible server), streamed.
+
+A cell's request has no overall time limit: a 1M-token prefill takes half an hour, and a
+client-side read timeout would cancel it and throw the work away. Instead the request
+streams with `return_progress`, so llama-server sends `prompt_progress` events during
+prefill, and the only limits are the connect timeout and a *stall* timeout: httpx's read
+timeout bounds each single socket read, so it fires only after `stall_timeout_s` of
+silence, never because the whole cell is long.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+CHAT_PATH = "/v1/chat/completions"
+THINKING_MODES = ("off", "on")
+STATUSES = ("ok", "context_error", "http_error", "timeout", "disconnected", "unreachable")
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """What one chat request came back with; `status` says whether it finished."""
+
+    status: str
+    """ok | context_error | http_error | timeout (stall) | disconnected | unreachable"""
+    answer: str
+    """The streamed `content` (the final answer, without reasoning)."""
+    reasoning: str
+    """The streamed `reasoning_content` of a thinking model."""
+    finish_reason: str | None
+    """'stop', 'length', ... from the final chunk; None when the stream did not finish."""
+    prompt_n: int | None
+    """timings.prompt_n: prompt tokens actually computed."""
+    cache_n: int | None
+    """timings.cache_n: prompt tokens reused from the server's prompt cache."""
+    prompt_tokens: int | None
+    """usage.prompt_tokens: the server's count of the whole prompt (prompt_n + cache_n)."""
+    prompt_ms: float | None
+    predicted_n: int | None
+    predicted_ms: float | None
+    http_status: int | None
+    error: str | None
+    """A short message for every status but ok."""
+    wall_s: float
+
+
+@dataclass
+class _Stream:
+    """What has been read from the stream so far."""
+
+    answer: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+
+class ChatClient:
+    """Streams chat completions to one server URL; reuse it across cells, close it at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        connect_timeout_s: float = 10,
+        stall_timeout_s: float = 600,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.stall_timeout_s = stall_timeout_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(
+            connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=connect_timeout_s
+        )
+        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        thinking: str = "off",
+        cache_prompt: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> ChatResult:
+        """Send one streamed chat request and collect the answer, timings and usage.
+
+        `on_progress` receives each `prompt_progress` event, a dict
+        {total, cache, processed, time_ms}, during prefill.
+        """
+        if thinking not in THINKING_MODES:
+            raise ValueError(f"thinking must be one of {THINKING_MODES}, not {thinking!r}")
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_progress": True,
+            "cache_prompt": cache_prompt,
+            "chat_template_kwargs": {"enable_thinking": thinking == "on"},
+        }
+        started = time.monotonic()
+        state = _Stream()
+        status, http_status, error = "ok", None, None
+        try:
+            with self._http.stream("POST", self.url + CHAT_PATH, json=body) as response:
+                http_status = response.status_code
+                if response.status_code != 200:
+                    response.read()
+                    status, error = _error_status(response.status_code, response.text)
+                else:
+                    for event in _sse_events(response.iter_lines()):
+                        _apply(event, state, on_progress)
+                    if state.error is not None:
+                        status, error = _error_status(None, json.dumps({"error": state.error}))
+                    elif state.finish_reason is None:
+                        status, error = "disconnected", "the stream ended before its final chunk"
+        except httpx.ConnectError as exc:
+            status, error = "unreachable", f"cannot connect to {self.url}: {exc}"
+        except httpx.ConnectTimeout:
+            status, error = "unreachable", f"no connection to {self.url} within the connect timeout"
+        except (httpx.ReadTimeout, httpx.WriteTimeout):
+            status, error = "timeout", f"no data from the server for {self.stall_timeout_s:g} s (stalled)"
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            status, error = "disconnected", f"connection dropped: {exc.__class__.__name__}: {exc}"
+        return _result(state, status, http_status, error, time.monotonic() - started)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Decode server-sent events into JSON objects; `[DONE]` ends the stream.
+
+    llama-server sends `data: {...}` lines; an error inside a stream may also arrive as
+    an `error: {...}` line. Lines that are not JSON objects are skipped.
+    """
+    data: list[str] = []
+    for line in lines:
+        if line.startswith("data:"):
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            data.append(payload)
+        elif line.startswith("error:"):
+            parsed = _loads(line[6:].strip())
+            if isinstance(parsed, dict) and "error" in parsed:
+                yield parsed
+            else:
+                yield {"error": parsed if isinstance(parsed, dict) else {"message": line[6:].strip()}}
+        elif not line.strip() and data:
+            parsed = _loads("\n".join(data))
+            data = []
+            if isinstance(parsed, dict):
+                yield parsed
+    if data:
+        parsed = _loads("\n".join(data))
+        if isinstance(parsed, dict):
+            yield parsed
+
+
+def _apply(event: dict[str, Any], state: _Stream, on_progress: ProgressCallback | None) -> None:
+    """Fold one stream event into `state`."""
+    if "error" in event:
+        error = event["error"]
+        state.error = error if isinstance(error, dict) else {"message": str(error)}
+        return
+    progress = event.get("prompt_progress")
+    if isinstance(progress, dict) and on_progress is not None:
+        on_progress(progress)
+    if isinstance(event.get("timings"), dict):
+        state.timings = event["timings"]
+    if isinstance(event.get("usage"), dict):
+        state.usage = event["usage"]
+    for choice in event.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            state.answer.append(delta["content"])
+        if delta.get("reasoning_content"):
+            state.reasoning.append(delta["reasoning_content"])
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+
+
+def _error_status(http_status: int | None, text: str) -> tuple[str, str]:
+    """(status, short message) for an error body; exceed_context_size_error is a context error."""
+    parsed = _loads(text)
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or error.get("type") or text)
+        kind = str(error.get("type") or "")
+    else:
+        message, kind = (str(error) if error else text.strip()), ""
+    prefix = f"HTTP {http_status}: " if http_status else ""
+    short = (prefix + message)[:300]
+    if kind == "exceed_context_size_error":
+        return "context_error", short
+    return "http_error", short
+
+
+def _result(state: _Stream, status: str, http_status: int | None, error: str | None, wall_s: float) -> ChatResult:
+    timings, usage = state.timings, state.usage
+    return ChatResult(
+        status=status,
+        answer="".join(state.answer),
+        reasoning="".join(state.reasoning),
+        finish_reason=state.finish_reason,
+        prompt_n=_int(timings.get("prompt_n")),
+        cache_n=_int(timings.get("cache_n")),
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        prompt_ms=_float(timings.get("prompt_ms")),
+        predicted_n=_int(timings.get("predicted_n")),
+        predicted_ms=_float(timings.get("predicted_ms")),
+        http_status=http_status,
+        error=error,
+        wall_s=round(wall_s, 3),
+    )
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

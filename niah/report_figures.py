@@ -1,0 +1,136 @@
+"""The report's pictures: the length × depth heatmap (PNG) and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import pandas as pd
+
+from niah.report import MIXED, UNTESTED, cell_category
+
+COLOURS = {
+    "PASS": "#2e7d32",
+    "FAIL": "#c62828",
+    MIXED: "#f9a825",
+    "CLAMPED": "#7b1fa2",
+    "CONTEXT_ERROR": "#d81b60",
+    "TRUNCATED": "#ef6c00",
+    "TIMEOUT": "#1565c0",
+    "CRASH": "#212121",
+    "HTTP_ERROR": "#6d4c41",
+    "TOKEN_MISMATCH": "#00838f",
+    UNTESTED: "#eeeeee",
+}
+LEGEND_NAMES = {MIXED: "PASS/FAIL mixed (k/n)", UNTESTED: "not tested"}
+HTML_COLUMNS = [
+    "length",
+    "depth",
+    "depth_actual",
+    "trial",
+    "outcome",
+    "needle_value",
+    "answer",
+    "prompt_tokens_planned",
+    "prompt_tokens_served",
+    "cache_n",
+    "prompt_ms",
+    "wall_s",
+    "factor",
+    "profile",
+    "finish_reason",
+    "error",
+]
+
+
+def render_heatmap(grid: pd.DataFrame) -> bytes:
+    """PNG bytes of the grid: one coloured, labelled square per (length, depth), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cells = grid.drop(columns=["factor"])
+    categories = list(COLOURS)
+    codes = cells.map(lambda label: categories.index(cell_category(label))).to_numpy()
+    width = max(5.0, 1.1 * cells.shape[1] + 3.5)
+    height = max(2.5, 0.55 * cells.shape[0] + 1.8)
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    ax.imshow(codes, cmap=ListedColormap(list(COLOURS.values())), vmin=0, vmax=len(categories) - 1, aspect="auto")
+    for (row, col), label in _enumerate(cells):
+        dark = cell_category(label) not in (MIXED, UNTESTED)
+        ax.text(col, row, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(cells.shape[1]), list(cells.columns))
+    factors = grid["factor"].tolist()
+    ax.set_yticks(range(cells.shape[0]), [f"{int(n):,} ({f})" for n, f in zip(cells.index, factors)])
+    ax.set_xlabel("needle depth (% of haystack)")
+    ax.set_ylabel("prompt length (tokens)")
+    present = [c for c in categories if (codes == categories.index(c)).any()]
+    handles = [Patch(color=COLOURS[c], label=LEGEND_NAMES.get(c, c)) for c in present]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title("needle retrieval by length and depth")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_html(df: pd.DataFrame, grid_text: str, summary: dict[str, Any], png: bytes) -> str:
+    """A self-contained HTML page: grid, embedded heatmap, summary and per-cell table, all escaped."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    columns = [c for c in HTML_COLUMNS if c in df.columns]
+    rows = [
+        [("" if pd.isna(v) else str(v)) for v in record]
+        for record in df[columns].itertuples(index=False, name=None)
+    ]
+    return env.from_string(_TEMPLATE).render(
+        grid=grid_text,
+        png=base64.b64encode(png).decode("ascii"),
+        summary=summary,
+        columns=columns,
+        rows=rows,
+        colours=COLOURS,
+    )
+
+
+def _enumerate(cells: pd.DataFrame) -> list[tuple[tuple[int, int], str]]:
+    return [((r, c), str(cells.iat[r, c])) for r in range(cells.shape[0]) for c in range(cells.shape[1])]
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>niah report</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+pre { background: #f6f6f6; padding: 1em; font-size: 14px; }
+table { border-collapse: collapse; font-size: 12px; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }
+td.answer { max-width: 40em; white-space: pre-wrap; word-break: break-word; }
+{% for name, colour in colours.items() %}.o-{{ name }} { border-left: 6px solid {{ colour }}; }
+{% endfor %}</style></head>
+<body>
+<h1>Needle-in-a-haystack report</h1>
+<h2>Grid</h2>
+<pre>{{ grid }}</pre>
+<img alt="heatmap of outcomes by length and depth" src="data:image/png;base64,{{ png }}">
+<h2>Summary</h2>
+<p>{{ summary.cells }} cells:
+{% for name, n in summary.outcomes.items() if n %}{{ name }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}.
+Prefill: {{ summary.prefill.prompt_tokens_computed }} tokens computed,
+{{ summary.prefill.cache_tokens_reused }} reused from the prompt cache,
+{{ summary.prefill.prompt_ms }} ms.</p>
+<h2>Cells</h2>
+<table>
+<tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for c in columns %}{% set v = row[loop.index0] %}
+{% if c == "outcome" %}<td class="o-{{ v }}">{{ v }}</td>{% elif c == "answer" %}<td class="answer">{{ v }}</td>{% else %}<td>{{ v }}</td>{% endif %}{% endfor %}</tr>
+{% endfor %}</table>
+<h2>Fingerprint</h2>
+<pre>{{ summary.fingerprint | tojson(indent=2) }}</pre>
+</body></html>
+"""

@@ -1,0 +1,286 @@
+"""Append-only JSONL results: a header with the run's fingerprint, then one line per finished cell.
+
+Every line is flushed and fsynced, so `kill -9` loses at most the cell in flight; a torn
+last line is cut off when the file is reopened. Reopening with the same fingerprint
+resumes the run, a different fingerprint is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from niah.errors import NiahError
+
+SCHEMA_VERSION = 1
+OUTCOMES = (
+    "PASS",
+    "FAIL",
+    "CLAMPED",
+    "CONTEXT_ERROR",
+    "TRUNCATED",
+    "TIMEOUT",
+    "CRASH",
+    "HTTP_ERROR",
+    "TOKEN_MISMATCH",
+)
+RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
+ANSWER_EXCERPT_CHARS = 500
+_SECRET_KEYS = {"api_key", "api-key", "apikey", "authorization", "x-api-key"}
+_SECRET_FLAG = re.compile(r"^(--api-key)=.*$")
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One finished cell: where the needle was, what the server counted and answered, the outcome."""
+
+    length: int
+    """Planned prompt length L in server-counted tokens."""
+    depth: float
+    """Nominal needle depth in percent of the haystack body."""
+    trial: int
+    """Trial number (0-based) of this (length, depth)."""
+    outcome: str
+    """One of OUTCOMES."""
+    depth_actual: float | None = None
+    """Depth where the needle's first token actually sits, in percent of the body."""
+    needle_offset: int | None = None
+    """Token offset of the needle's first token within the body."""
+    needle_value: str = ""
+    """The value the answer must contain."""
+    answer: str = ""
+    """The model's final answer (an excerpt is written)."""
+    prompt_tokens_planned: int | None = None
+    """Prompt tokens niah counted before sending (should equal `length`)."""
+    prompt_tokens_served: int | None = None
+    """Prompt tokens the server counted (usage.prompt_tokens)."""
+    prompt_n: int | None = None
+    """Prompt tokens the server actually computed (timings.prompt_n)."""
+    cache_n: int | None = None
+    """Prompt tokens the server reused from its cache (timings.cache_n)."""
+    prompt_ms: float | None = None
+    """Prefill time reported by the server."""
+    predicted_n: int | None = None
+    """Tokens generated."""
+    predicted_ms: float | None = None
+    """Generation time reported by the server."""
+    wall_s: float | None = None
+    """Wall time of the request as the client saw it."""
+    server_n_ctx: int | None = None
+    """Per-slot context the server reported serving."""
+    profile: str | None = None
+    """Launch profile name (None for an external --url server)."""
+    factor: str | None = None
+    """Per-slot context over native context, e.g. 'native' or '1.5x YaRN'."""
+    finish_reason: str | None = None
+    """The server's finish_reason ('stop', 'length', ...)."""
+    error: str | None = None
+    """Short reason for a non-retrieval outcome."""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+
+    @property
+    def key(self) -> tuple[int, float, int]:
+        return (int(self.length), float(self.depth), int(self.trial))
+
+    def to_record(self) -> dict[str, Any]:
+        """The flat JSON record written for this cell (answer cut to an excerpt)."""
+        record: dict[str, Any] = {"record": "cell", "schema_version": SCHEMA_VERSION}
+        record.update(asdict(self))
+        record["answer"] = self.answer[:ANSWER_EXCERPT_CHARS]
+        record["finished"] = _now()
+        return record
+
+
+_COUNT_COLUMNS = (
+    "needle_offset",
+    "prompt_tokens_planned",
+    "prompt_tokens_served",
+    "prompt_n",
+    "cache_n",
+    "predicted_n",
+    "server_n_ctx",
+)
+CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finished"]
+
+
+def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, known secrets."""
+    secrets = tuple(s for s in (*secrets, os.environ.get("NIAH_API_KEY", "")) if s)
+    return _redact(value, secrets)
+
+
+def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: "***" if str(k).lower() in _SECRET_KEYS else _redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        out = [_redact(v, secrets) for v in value]
+        for i, item in enumerate(value):
+            if item == "--api-key" and i + 1 < len(out):
+                out[i + 1] = "***"
+            elif isinstance(item, str) and _SECRET_FLAG.match(item):
+                out[i] = "--api-key=***"
+        return out
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+    return value
+
+
+def canonical(fingerprint: dict[str, Any]) -> str:
+    """The fingerprint as canonical JSON (sorted keys), the form that is compared."""
+    return json.dumps(redact(fingerprint), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fingerprint keys whose values differ between `old` and `new`."""
+    diffs: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        name = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += fingerprint_differences(a, b, f"{name}.")
+        elif key not in old or key not in new or json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            diffs.append(name)
+    return diffs
+
+
+class ResultsFile:
+    """The results JSONL of one run: create it with a header, or reopen it to resume."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
+        self._outcomes: dict[tuple[int, float, int], str] = {}
+        if self.path.exists() and not _only_torn_header(self.path):
+            self._resume()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(b"")
+            header = {
+                "record": "header",
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": self.fingerprint,
+                "created": _now(),
+            }
+            self._write_line(header)
+
+    def _resume(self) -> None:
+        header, cells, good_bytes = _read(self.path)
+        if good_bytes < self.path.stat().st_size:
+            with open(self.path, "r+b") as fh:  # cut off a torn last line (kill -9 mid-write)
+                fh.truncate(good_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        old = header.get("fingerprint") or {}
+        if canonical(old) != canonical(self.fingerprint):
+            differing = ", ".join(fingerprint_differences(old, self.fingerprint)) or "(layout)"
+            raise NiahError(
+                f"{self.path} belongs to a different run (fingerprint differs in: {differing}); "
+                "use a new --out directory to start a fresh run, or rerun with the original settings to resume"
+            )
+        self._outcomes = {_key(c): str(c.get("outcome")) for c in cells}
+
+    def done_keys(self) -> set[tuple[int, float, int]]:
+        """(length, depth, trial) of every cell already in the file."""
+        return set(self._outcomes)
+
+    def outcomes(self) -> list[str]:
+        """The outcome of every cell in the file (the latest record per cell)."""
+        return list(self._outcomes.values())
+
+    def append(self, result: CellResult) -> None:
+        """Write one finished cell, flushed and fsynced before returning."""
+        self._write_line(result.to_record())
+        self._outcomes[result.key] = result.outcome
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        line = json.dumps(redact(record), ensure_ascii=False, default=str) + "\n"
+        with open(self.path, "ab") as fh:
+            fh.write(line.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The header record of a results file (NiahError when it is not one)."""
+    return _read(Path(path))[0]
+
+
+def load_cells(path: Path) -> pd.DataFrame:
+    """All cell records as one tidy frame, sorted by (length, depth, trial).
+
+    Reads every schema version up to SCHEMA_VERSION (columns an older file lacks are
+    NA); when a cell was recorded twice, the later record wins.
+    """
+    _, cells, _ = _read(Path(path))
+    frame = pd.DataFrame(cells)
+    for column in CELL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.NA
+    extra = [c for c in frame.columns if c not in CELL_COLUMNS and c != "record"]
+    frame = frame[CELL_COLUMNS + extra]
+    if frame.empty:
+        return frame
+    frame["length"] = frame["length"].astype("int64")
+    frame["depth"] = frame["depth"].astype("float64")
+    frame["trial"] = frame["trial"].astype("int64")
+    for column in _COUNT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    frame = frame.drop_duplicates(subset=["length", "depth", "trial"], keep="last")
+    return frame.sort_values(["length", "depth", "trial"], kind="stable").reset_index(drop=True)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Parse a results file: (header, cell records, byte length of the well-formed part)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise NiahError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    records: list[dict[str, Any]] = []
+    good = 0
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        if not raw.endswith(b"\n"):
+            break  # a torn last line (kill -9 mid-write): ignored, cut off when the file is reopened
+        if raw.strip():
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
+            records.append(record)
+        good += len(raw)
+    if not records or records[0].get("record") != "header":
+        raise NiahError(f"{path} is not a niah results file (no header record on its first line)")
+    header = records[0]
+    newest = max(int(r.get("schema_version", 0) or 0) for r in records)
+    if newest > SCHEMA_VERSION:
+        raise NiahError(
+            f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
+        )
+    cells = [r for r in records[1:] if r.get("record") == "cell"]
+    return header, cells, good
+
+
+def _only_torn_header(path: Path) -> bool:
+    """True for an empty file or one holding only a header cut off mid-write."""
+    data = path.read_bytes()
+    return b"\n" not in data and (not data.strip() or data.startswith(b'{"record": "header"'))
+
+
+def _key(record: dict[str, Any]) -> tuple[int, float, int]:
+    return (int(record["length"]), float(record["depth"]), int(record["trial"]))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
