@@ -1,0 +1,162 @@
+"""The append-only results file: header, append, resume, refusal of a changed run, torn lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from niah.errors import NiahError
+from niah.results import SCHEMA_VERSION, CellResult, ResultsFile, load_cells, read_header
+
+FINGERPRINT = {
+    "model": {"path": "m.gguf", "size": 123},
+    "launch_argv": ["llama-server", "-c", "8192"],
+    "needle_seed": 0,
+}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def cell(length: int = 2048, depth: float = 50.0, trial: int = 0, outcome: str = "PASS", **extra: object) -> CellResult:
+    fields: dict[str, object] = {
+        "needle_value": "7391",
+        "answer": "It is 7391.",
+        "prompt_tokens_planned": length,
+        "prompt_tokens_served": length,
+        "factor": "native",
+    }
+    fields.update(extra)
+    return CellResult(length=length, depth=depth, trial=trial, outcome=outcome, **fields)  # type: ignore[arg-type]
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_new_file_starts_with_header_then_one_flat_line_per_cell(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, FINGERPRINT)
+    results.append(cell(depth=0.0, answer="x" * 2000))
+    results.append(cell(depth=100.0, outcome="FAIL"))
+
+    header, first, second = lines(path)
+    assert header["record"] == "header" and header["schema_version"] == SCHEMA_VERSION
+    assert header["fingerprint"] == FINGERPRINT and header["created"]
+    assert first["record"] == "cell" and first["schema_version"] == SCHEMA_VERSION
+    assert (first["length"], first["depth"], first["trial"], first["outcome"]) == (2048, 0.0, 0, "PASS")
+    assert len(str(first["answer"])) == 500
+    assert all(not isinstance(v, (dict, list)) for v in first.values())
+    assert second["outcome"] == "FAIL"
+    assert results.done_keys() == {(2048, 0.0, 0), (2048, 100.0, 0)}
+    assert sorted(results.outcomes()) == ["FAIL", "PASS"]
+
+
+def test_reopening_with_same_fingerprint_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, FINGERPRINT).append(cell(length=4096, depth=25.0, trial=1))
+    reordered = {"needle_seed": 0, "launch_argv": ["llama-server", "-c", "8192"], "model": {"size": 123, "path": "m.gguf"}}
+    resumed = ResultsFile(path, reordered)
+    assert resumed.done_keys() == {(4096, 25.0, 1)}
+    resumed.append(cell(length=4096, depth=75.0))
+    assert [r["record"] for r in lines(path)] == ["header", "cell", "cell"]
+
+
+def test_changed_fingerprint_is_refused_naming_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, FINGERPRINT).append(cell())
+    changed = {**FINGERPRINT, "model": {"path": "m.gguf", "size": 999}, "template": "chatml"}
+    with pytest.raises(NiahError) as excinfo:
+        ResultsFile(path, changed)
+    message = str(excinfo.value)
+    assert "model.size" in message and "template" in message and "model.path" not in message
+    assert "--out" in message
+    assert excinfo.value.exit_code == 2
+    assert len(lines(path)) == 2  # the file was left as it was
+
+
+def test_torn_last_line_is_ignored_and_cut_off_on_resume(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, FINGERPRINT)
+    results.append(cell(depth=0.0))
+    results.append(cell(depth=50.0))
+    with open(path, "ab") as fh:  # kill -9 in the middle of writing the third cell
+        fh.write(json.dumps(cell(depth=100.0).to_record()).encode()[:70])
+
+    assert len(load_cells(path)) == 2
+    resumed = ResultsFile(path, FINGERPRINT)
+    assert resumed.done_keys() == {(2048, 0.0, 0), (2048, 50.0, 0)}
+    resumed.append(cell(depth=100.0))
+    assert list(load_cells(path)["depth"]) == [0.0, 50.0, 100.0]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_header_torn_mid_write_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(b'{"record": "header", "schema_ver')
+    ResultsFile(path, FINGERPRINT).append(cell())
+    assert [r["record"] for r in lines(path)] == ["header", "cell"]
+
+
+def test_garbage_is_refused_with_one_clear_message(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("this is not json\nnor this\n")
+    with pytest.raises(NiahError, match="line 1 is not a niah results record"):
+        load_cells(garbage)
+    headerless = tmp_path / "headerless.jsonl"
+    headerless.write_text(json.dumps(cell().to_record()) + "\n")
+    with pytest.raises(NiahError, match="no header record"):
+        ResultsFile(headerless, FINGERPRINT)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, FINGERPRINT)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({**cell().to_record(), "schema_version": SCHEMA_VERSION + 1}) + "\n")
+    with pytest.raises(NiahError, match="newer than this niah reads"):
+        load_cells(path)
+
+
+def test_api_keys_are_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIAH_API_KEY", "env-secret-42")
+    path = tmp_path / "results.jsonl"
+    fingerprint = {
+        "launch_argv": ["llama-server", "--api-key", "argv-secret-17", "--api-key=argv-secret-18"],
+        "client": {"api_key": "dict-secret-99", "url": "http://127.0.0.1:1"},
+        "note": "started with env-secret-42",
+    }
+    results = ResultsFile(path, fingerprint)
+    results.append(cell(error="server said: bad key env-secret-42"))
+    text = path.read_text()
+    for secret in ("env-secret-42", "argv-secret-17", "argv-secret-18", "dict-secret-99"):
+        assert secret not in text
+    assert ResultsFile(path, fingerprint).done_keys() == {(2048, 50.0, 0)}  # and it still resumes
+
+
+def test_unknown_outcome_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown outcome"):
+        cell(outcome="MAYBE")
+
+
+def test_load_cells_keeps_the_latest_record_of_a_cell(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, FINGERPRINT)
+    results.append(cell(depth=100.0, outcome="TIMEOUT"))
+    results.append(cell(depth=0.0))
+    results.append(cell(depth=100.0, outcome="PASS"))
+    df = load_cells(path)
+    assert list(zip(df["depth"], df["outcome"])) == [(0.0, "PASS"), (100.0, "PASS")]
+
+
+def test_committed_v1_file_still_loads() -> None:
+    """results-v1.jsonl is frozen in schema 1's layout; later schemas must keep reading it."""
+    path = FIXTURES / "results-v1.jsonl"
+    df = load_cells(path)
+    assert len(df) == 6
+    assert set(df["outcome"]) == {"PASS", "FAIL", "TRUNCATED", "CLAMPED"}
+    assert list(df["length"].unique()) == [2048, 12288, 16384]
+    clamped = df[df["outcome"] == "CLAMPED"].iloc[0]
+    assert clamped["factor"] == "2x YaRN" and pd.isna(clamped["prompt_tokens_served"])
+    assert read_header(path)["fingerprint"]["model"]["size"] == 98159968
