@@ -1,0 +1,50 @@
+"""`niah demo`: a miniature of the seed's experiment on the bundled CPU llama-server and SmolLM2-135M.
+
+The seed validated a Qwen3.6 model (native 262,144) at native, 1.5x, 2x and 3.85x YaRN. The demo
+keeps those factors on SmolLM2's native 8,192: each row runs on its own launch profile, and the
+lengths leave room for the answer budget inside the served per-slot context.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from niah.cli.run import add_common_options, common_config, print_summary
+from niah.runner import ANSWER_BUDGET, RunConfig, run
+from niah.server import find_tiny_model
+
+ALL_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
+# (length, launch profile, depths of the default demo); --full runs ALL_DEPTHS on every row.
+DEMO_ROWS = (
+    (4096, "tiny-native-8k", ALL_DEPTHS),
+    (8192 - ANSWER_BUDGET, "tiny-native-8k", (0.0, 50.0, 100.0)),
+    (12288 - ANSWER_BUDGET, "tiny-yarn-12k", (50.0,)),
+    (16384 - ANSWER_BUDGET, "tiny-yarn-16k", (50.0,)),
+    (31540 - ANSWER_BUDGET, "tiny-yarn-32k", ()),
+)
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "demo",
+        help="miniature seed experiment on the bundled CPU server and tiny model",
+        description="Run native/1.5x/2x/3.85x rows with SmolLM2-135M on the bundled llama-server and "
+        "write the report to reports/demo/ (about 10 minutes on 2 cores; --full adds every depth "
+        "on every row up to 3.85x and takes about an hour). Example: niah demo",
+    )
+    parser.add_argument("--full", action="store_true", help="every depth on every row, 3.85x row included")
+    parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder")
+    add_common_options(parser)
+    parser.set_defaults(func=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    config = RunConfig(
+        grid=tuple((length, ALL_DEPTHS if args.full else depths) for length, _, depths in DEMO_ROWS),
+        out_dir=args.out,
+        model=find_tiny_model(),
+        profiles=tuple((length, profile) for length, profile, _ in DEMO_ROWS),
+        **common_config(args),  # type: ignore[arg-type]
+    )
+    return print_summary(run(config))

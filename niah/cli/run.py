@@ -1,0 +1,133 @@
+"""`niah run`: the length × depth needle grid against a server URL or managed launch profiles."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from niah.cells import parse_depths, parse_length, parse_lengths
+from niah.errors import NiahError
+from niah.runner import RunConfig, RunSummary, run
+
+EPILOG = """examples:
+  niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
+  niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
+           --lengths 131k,1010000 --depths linspace:0:100:5 --out runs/seed
+exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
+            4 cells ended in other outcomes (TIMEOUT, CRASH, TOKEN_MISMATCH, ...)"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "run",
+        help="run the needle grid and write results + report",
+        description="Plant needles at each depth for each length, ask the server, publish the matrix. "
+        "Rerunning with the same --out resumes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--lengths", required=True, help="e.g. 131k,262144,1010000 (k=1024, m=1024²)")
+    parser.add_argument("--depths", default="0,25,50,75,100", help="percents, or linspace:0:100:11")
+    parser.add_argument("--trials", type=int, default=1, help="needles per cell (different values)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
+    target = parser.add_argument_group("server (one of)")
+    target.add_argument("--url", help="an already running llama-server")
+    target.add_argument("--model", type=Path, help="GGUF for managed launches")
+    target.add_argument("--profile", help="launch profile for every length (with --model)")
+    target.add_argument("--profile-for-length", help="LENGTH=PROFILE,... one launch per group of lengths")
+    add_common_options(parser)
+    parser.set_defaults(func=run_command)
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `run` and `demo`."""
+    parser.add_argument("--tokenizer", default="auto", help="auto (qwen3.6 if the server's vocab is), or a spec")
+    parser.add_argument("--corpus", default="builtin", help="builtin, files:GLOB or noise")
+    parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
+    parser.add_argument("--seed", type=int, default=0, help="needle values and sampling seed")
+    parser.add_argument("--answer-budget", type=int, help="max answer tokens (default 32; 4096 with thinking on)")
+    parser.add_argument("--thinking", choices=("off", "on"), default="off")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--no-cache-reuse", action="store_true", help="strict: no prompt-cache reuse")
+    parser.add_argument("--stall-timeout", type=float, default=600.0, help="seconds of stream silence = TIMEOUT")
+    parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY); never written anywhere")
+    parser.add_argument("--server-bin", help="llama-server binary for managed launches")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address of managed servers")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def common_config(args: argparse.Namespace) -> dict[str, object]:
+    """RunConfig fields taken from the shared options."""
+    return {
+        "tokenizer": args.tokenizer,
+        "corpus": args.corpus,
+        "needle_file": args.needle,
+        "seed": args.seed,
+        "answer_budget": args.answer_budget,
+        "thinking": args.thinking,
+        "temperature": args.temperature,
+        "cache_reuse": not args.no_cache_reuse,
+        "stall_timeout_s": args.stall_timeout,
+        "api_key": args.api_key or os.environ.get("NIAH_API_KEY"),
+        "server_bin": args.server_bin,
+        "host": args.host,
+        "show_progress": not args.no_progress,
+    }
+
+
+def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple[tuple[int, str], ...]:
+    """(length, profile) pairs from --profile or --profile-for-length."""
+    if args.profile:
+        return tuple((length, args.profile) for length in lengths)
+    mapping: dict[int, str] = {}
+    for item in (args.profile_for_length or "").split(","):
+        if not item.strip():
+            continue
+        length_text, sep, profile = item.partition("=")
+        if not sep or not profile.strip():
+            raise NiahError(f"bad --profile-for-length item {item!r}: use LENGTH=PROFILE")
+        mapping[parse_length(length_text)] = profile.strip()
+    missing = [length for length in lengths if length not in mapping]
+    if missing:
+        raise NiahError(f"no launch profile for length(s) {', '.join(map(str, missing))} in --profile-for-length")
+    return tuple((length, mapping[length]) for length in lengths)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    lengths = parse_lengths(args.lengths)
+    depths = parse_depths(args.depths)
+    managed = bool(args.profile or args.profile_for_length)
+    if bool(args.url) == managed:
+        raise NiahError("give either --url, or --model with --profile / --profile-for-length")
+    if managed and not args.model:
+        raise NiahError("managed launches need --model GGUF")
+    if args.model and not args.model.is_file():
+        raise NiahError(f"model file {args.model} does not exist")
+    if args.trials < 1:
+        raise NiahError("--trials must be at least 1")
+    config = RunConfig(
+        grid=tuple((length, depths) for length in lengths),
+        trials=args.trials,
+        out_dir=args.out,
+        url=args.url,
+        model=args.model,
+        profiles=profile_mapping(args, lengths) if managed else (),
+        **common_config(args),  # type: ignore[arg-type]
+    )
+    return print_summary(run(config))
+
+
+def print_summary(summary: RunSummary) -> int:
+    """The grid, the counts and where the files are; returns the exit code."""
+    print(summary.grid_markdown)
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(summary.outcomes.items()))
+    print(f"\noutcomes: {counts}")
+    total = summary.prefill_tokens_computed + summary.prefill_tokens_cached
+    if total:
+        print(
+            f"prefill this run: {summary.prefill_tokens_computed:,} tokens computed, "
+            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%})"
+        )
+    print(f"results: {summary.results_path}\nreport:  {summary.report_dir}")
+    return summary.exit_code

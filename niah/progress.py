@@ -1,0 +1,82 @@
+"""The run's progress bar: current cell, prefill progress (tokens, t/s) and an ETA from measured rates."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from niah.cells import Cell
+
+
+def expected_prefill(cells: list[Cell]) -> list[int]:
+    """Tokens each cell is expected to compute when the previous cell's prefix is reused.
+
+    A cell after a deeper cell of the same length and trial reuses the haystack up to its own needle.
+    """
+    expected: list[int] = []
+    previous: Cell | None = None
+    for cell in cells:
+        same_run = previous is not None and (previous.length, previous.trial) == (cell.length, cell.trial)
+        shared = cell.depth / 100 if same_run and previous.depth > cell.depth else 0.0  # type: ignore[union-attr]
+        expected.append(max(1, round(cell.length * (1 - shared))))
+        previous = cell
+    return expected
+
+
+class RunProgress:
+    """A tqdm bar over cells; its postfix shows prefill tokens, rate and an ETA."""
+
+    def __init__(self, cells: list[Cell], enabled: bool = True) -> None:
+        self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells)))
+        self._bar = tqdm(total=len(cells), unit="cell", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self._tokens_done = 0
+        self._seconds_done = 0.0
+        self._cell: Cell | None = None
+        self._cell_started = 0.0
+
+    def skip(self, count: int) -> None:
+        """Cells already finished in an earlier run (resume)."""
+        self._bar.update(count)
+
+    def start_cell(self, cell: Cell) -> None:
+        self._cell = cell
+        self._cell_started = time.monotonic()
+        self._bar.set_description(f"L={cell.length:,} D={cell.depth:g}% t{cell.trial}")
+
+    def prefill(self, event: dict[str, object]) -> None:
+        """A `prompt_progress` event: {total, cache, processed, time_ms}."""
+        total = int(event.get("total", 0) or 0)  # type: ignore[call-overload]
+        cache = int(event.get("cache", 0) or 0)  # type: ignore[call-overload]
+        processed = int(event.get("processed", 0) or 0)  # type: ignore[call-overload]
+        time_ms = float(event.get("time_ms", 0) or 0)  # type: ignore[arg-type]
+        computed = max(0, processed - cache)
+        rate = computed / (time_ms / 1000) if time_ms > 0 else 0.0
+        self._bar.set_postfix_str(
+            f"prefill {processed:,}/{total:,} tok, {rate:,.0f} t/s, ETA {self._eta(rate, total - processed)}",
+            refresh=True,
+        )
+
+    def _eta(self, current_rate: float, left_in_cell: int) -> str:
+        rate = self._tokens_done / self._seconds_done if self._seconds_done > 0 else current_rate
+        if rate <= 0:
+            return "?"
+        current = self._cell.key if self._cell else None
+        later = sum(n for key, n in self._remaining.items() if key != current)
+        seconds = (left_in_cell + later) / rate
+        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+    def end_cell(self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None) -> None:
+        if self._cell is not None:
+            self._remaining.pop(self._cell.key, None)
+        if computed_tokens and prompt_ms:
+            self._tokens_done += computed_tokens
+            self._seconds_done += prompt_ms / 1000
+        self._bar.update(1)
+        self._bar.write(f"{self._bar.desc}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")
+
+    def close(self) -> None:
+        self._bar.close()
