@@ -67,9 +67,10 @@ class Endpoint:
 
     def server_count(self, prompt: Prompt, thinking: str) -> int:
         """Prompt tokens as the server will count them: its template, then its tokenizer."""
-        payload: dict[str, object] = {"messages": list(prompt.messages)}
-        if thinking == "off":
-            payload["chat_template_kwargs"] = {"enable_thinking": False}
+        payload: dict[str, object] = {
+            "messages": list(prompt.messages),
+            "chat_template_kwargs": {"enable_thinking": thinking == "on"},  # as the client sends it
+        }
         rendered = self.counter._post("/apply-template", payload)["prompt"]
         body = self.counter._post(
             "/tokenize", {"content": rendered, "parse_special": True, "add_special": True}

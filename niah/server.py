@@ -9,10 +9,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -160,7 +160,7 @@ class ManagedServer:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> ManagedServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
