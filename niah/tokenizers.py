@@ -5,6 +5,7 @@ Special-token strings inside ordinary text are always encoded as text, never as 
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -78,12 +79,17 @@ class ServerTokenizer:
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers, trust_env=False
         )
+        self.wait_s = 0.0
+        """Seconds spent waiting on the server so far (the runner subtracts it from its overhead)."""
 
     def _post(self, path: str, payload: dict[str, object]) -> dict[str, object]:
+        started = time.monotonic()
         try:
             response = self._client.post(f"{self.url}{path}", json=payload)
         except httpx.TransportError as exc:
             raise NiahError(f"cannot reach llama-server at {self.url}: {exc}") from None
+        finally:
+            self.wait_s += time.monotonic() - started
         if response.status_code != 200:
             raise NiahError(f"{self.url}{path} answered HTTP {response.status_code}: {response.text[:200]}")
         return dict(response.json())
