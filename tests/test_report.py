@@ -1,0 +1,140 @@
+"""Reports rendered from the results JSONL alone: the seed's grid, CSV, JSON, PNG, escaped HTML, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from niah.cli import main
+from niah.report import cell_label, grid_markdown, render_report
+from niah.results import CellResult, ResultsFile, load_cells
+
+FINGERPRINT = {"model": {"path": "m.gguf", "size": 1}, "needle_seed": 0}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write_run(path: Path) -> Path:
+    """A small run: 2 trials per cell, one length with untested depths, mixed and clamped cells."""
+    results = ResultsFile(path, FINGERPRINT)
+    plan = {
+        (4096, 0.0): ["PASS", "PASS"],
+        (4096, 25.0): ["PASS", "FAIL"],
+        (4096, 50.0): ["FAIL", "FAIL"],
+        (4096, 75.0): ["PASS", "TIMEOUT"],
+        (4096, 100.0): ["PASS", "PASS"],
+        (12288, 0.0): ["PASS", "PASS"],
+        (12288, 50.0): ["CONTEXT_ERROR", "CONTEXT_ERROR"],
+        (12288, 100.0): ["CLAMPED", "CLAMPED"],
+    }
+    factor = {4096: "native", 12288: "1.5x YaRN"}
+    for (length, depth), outcomes in plan.items():
+        for trial, outcome in enumerate(outcomes):
+            answer = "<script>alert('x')</script> 7391" if outcome == "PASS" else "no idea"
+            results.append(
+                CellResult(
+                    length=length,
+                    depth=depth,
+                    trial=trial,
+                    outcome=outcome,
+                    needle_value="7391",
+                    answer=answer,
+                    prompt_tokens_planned=length,
+                    prompt_tokens_served=None if outcome == "CLAMPED" else length,
+                    prompt_n=None if outcome == "CLAMPED" else 1000,
+                    cache_n=None if outcome == "CLAMPED" else length - 1000,
+                    prompt_ms=None if outcome == "CLAMPED" else 2000.0,
+                    factor=factor[length],
+                    profile=f"p{length}",
+                )
+            )
+    return path
+
+
+def test_grid_is_the_seeds_format_exactly(tmp_path: Path) -> None:
+    df = load_cells(write_run(tmp_path / "results.jsonl"))
+    assert grid_markdown(df) == (
+        "length 0% 25% 50% 75% 100% factor\n"
+        "4096 PASS 1/2 FAIL 1/2,TIMEOUT PASS native\n"
+        "12288 PASS - CONTEXT_ERROR - CLAMPED 1.5x YaRN\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "label"),
+    [
+        ([], "-"),
+        (["PASS"], "PASS"),
+        (["FAIL", "FAIL", "FAIL"], "FAIL"),
+        (["PASS", "FAIL", "PASS"], "2/3"),
+        (["TIMEOUT", "TIMEOUT"], "TIMEOUT"),
+        (["CRASH", "PASS", "CLAMPED"], "1/3,CLAMPED,CRASH"),
+    ],
+)
+def test_cell_label_rule(outcomes: list[str], label: str) -> None:
+    assert cell_label(outcomes) == label
+
+
+def test_render_writes_every_file_from_the_jsonl(tmp_path: Path) -> None:
+    results = write_run(tmp_path / "results.jsonl")
+    paths = render_report(results, tmp_path / "out")
+
+    assert paths.grid_md.read_text() == paths.grid_markdown == grid_markdown(load_cells(results))
+    cells = pd.read_csv(paths.cells_csv)
+    assert len(cells) == 16 and {"length", "depth", "trial", "outcome", "answer", "factor"} <= set(cells.columns)
+
+    summary = json.loads(paths.summary_json.read_text())
+    assert summary["cells"] == 16
+    assert summary["outcomes"]["PASS"] == 8 and summary["outcomes"]["CLAMPED"] == 2
+    assert summary["outcomes"]["TRUNCATED"] == 0
+    assert summary["per_length"]["12288"] == {"PASS": 2, "CONTEXT_ERROR": 2, "CLAMPED": 2}
+    assert summary["prefill"]["prompt_tokens_computed"] == 14 * 1000
+    assert summary["prefill"]["cache_tokens_reused"] == 10 * 3096 + 4 * 11288
+    assert summary["fingerprint"] == FINGERPRINT
+
+    assert paths.heatmap_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    html = paths.report_html.read_text()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; 7391" in html
+    assert "data:image/png;base64," in html and "src=\"http" not in html  # self-contained
+    assert "1/2,TIMEOUT" in html
+
+
+def test_committed_v1_file_renders(tmp_path: Path) -> None:
+    paths = render_report(FIXTURES / "results-v1.jsonl", tmp_path)
+    assert paths.grid_markdown == (
+        "length 0% 50% 100% factor\n"
+        "2048 PASS FAIL PASS native\n"
+        "12288 PASS - TRUNCATED 1.5x YaRN\n"
+        "16384 - CLAMPED - 2x YaRN\n"
+    )
+
+
+def test_niah_report_cli_rerenders_a_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(tmp_path / "results.jsonl")
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("length 0% 25% 50% 75% 100% factor\n4096 PASS 1/2 FAIL 1/2,TIMEOUT PASS native\n")
+    for name in ("grid.md", "cells.csv", "summary.json", "heatmap.png", "report.html"):
+        assert (tmp_path / name).is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no results.jsonl in"),
+        (b"", "not a niah results file"),
+        (b"\x00\x01garbage\n", "line 1 is not a niah results record"),
+    ],
+)
+def test_niah_report_cli_bad_input_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    if content is not None:
+        (tmp_path / "results.jsonl").write_bytes(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
