@@ -73,6 +73,8 @@ class CellResult:
     """Generation time reported by the server."""
     wall_s: float | None = None
     """Wall time of the request as the client saw it."""
+    overhead_s: float | None = None
+    """niah's own time for the cell (build, count, parse): wall time less time waiting on the server."""
     server_n_ctx: int | None = None
     """Per-slot context the server reported serving."""
     profile: str | None = None

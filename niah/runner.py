@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from niah import __version__
@@ -158,6 +158,7 @@ def run(config: RunConfig) -> RunSummary:
                             f"{cell.length:,} + answer budget {config.budget}",
                         )
                     else:
+                        started, waited = time.monotonic(), endpoint.counter.wait_s
                         try:
                             prompt, counted = build(cell, needle)
                         except NiahError as exc:
@@ -167,6 +168,10 @@ def run(config: RunConfig) -> RunSummary:
                             result = unsent_result(cell, needle.value, endpoint, "CRASH", str(exc))
                         else:
                             result = run_cell(endpoint, cell, prompt, counted, config, progress)
+                            server_s = ((result.prompt_ms or 0) + (result.predicted_ms or 0)) / 1000
+                            waited = endpoint.counter.wait_s - waited
+                            overhead = time.monotonic() - started - waited - server_s
+                            result = replace(result, overhead_s=round(max(0.0, overhead), 4))
                             computed += result.prompt_n or 0
                             cached += result.cache_n or 0
                     results.append(result)
