@@ -42,7 +42,8 @@ class ChatResult:
     cache_n: int | None
     """timings.cache_n: prompt tokens reused from the server's prompt cache."""
     prompt_tokens: int | None
-    """usage.prompt_tokens: the server's count of the whole prompt (prompt_n + cache_n)."""
+    """usage.prompt_tokens: the server's count of the whole prompt; timings' prompt_n + cache_n
+    when the server sent no usage (llama-server sends usage only for stream_options.include_usage)."""
     prompt_ms: float | None
     predicted_n: int | None
     predicted_ms: float | None
@@ -212,14 +213,18 @@ def _error_status(http_status: int | None, text: str) -> tuple[str, str]:
 
 def _result(state: _Stream, status: str, http_status: int | None, error: str | None, wall_s: float) -> ChatResult:
     timings, usage = state.timings, state.usage
+    prompt_n, cache_n = _int(timings.get("prompt_n")), _int(timings.get("cache_n"))
+    prompt_tokens = _int(usage.get("prompt_tokens"))
+    if prompt_tokens is None and prompt_n is not None and cache_n is not None:
+        prompt_tokens = prompt_n + cache_n
     return ChatResult(
         status=status,
         answer="".join(state.answer),
         reasoning="".join(state.reasoning),
         finish_reason=state.finish_reason,
-        prompt_n=_int(timings.get("prompt_n")),
-        cache_n=_int(timings.get("cache_n")),
-        prompt_tokens=_int(usage.get("prompt_tokens")),
+        prompt_n=prompt_n,
+        cache_n=cache_n,
+        prompt_tokens=prompt_tokens,
         prompt_ms=_float(timings.get("prompt_ms")),
         predicted_n=_int(timings.get("predicted_n")),
         predicted_ms=_float(timings.get("predicted_ms")),

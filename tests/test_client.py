@@ -275,3 +275,22 @@ def test_request_fields_thinking_off_and_api_key(fake_server: Any) -> None:
     assert body["stream"] is True and body["return_progress"] is True and body["cache_prompt"] is False
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
     assert server.headers.get("Authorization") == "Bearer k-123"
+
+
+def test_prompt_tokens_fall_back_to_timings_without_usage(fake_server: Any) -> None:
+    """A server that ignores stream_options.include_usage still yields the served prompt count."""
+
+    def no_usage(handler: BaseHTTPRequestHandler) -> None:
+        _start_stream(handler)
+        _send_event(handler, CONTENT)
+        final = {
+            "choices": [{"index": 0, "finish_reason": "length", "delta": {}}],
+            "timings": {"prompt_n": 7, "cache_n": 93, "prompt_ms": 1.5, "predicted_n": 8, "predicted_ms": 4.0},
+        }
+        _send_event(handler, final)
+        handler.wfile.write(b"0\r\n\r\n")
+
+    result = _chat(fake_server(no_usage).url)
+    assert result.status == "ok" and result.finish_reason == "length"
+    assert (result.prompt_tokens, result.prompt_n, result.cache_n, result.predicted_n) == (100, 7, 93, 8)
+    assert (result.prompt_ms, result.predicted_ms) == (1.5, 4.0)
