@@ -62,7 +62,7 @@ def cell_category(label: str) -> str:
     if label == UNTESTED or label in OUTCOMES:
         return label
     parts = label.split(",")
-    return parts[1] if len(parts) > 1 else MIXED
+    return parts[1] if len(parts) > 1 and parts[1] in OUTCOMES else MIXED
 
 
 def grid_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -33,7 +33,7 @@ OUTCOMES = (
 )
 RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
 ANSWER_EXCERPT_CHARS = 500
-_SECRET_KEYS = {"api_key", "api-key", "apikey", "authorization", "x-api-key"}
+_MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
 _SECRET_FLAG = re.compile(r"^(--api-key)=.*$")
 
 
@@ -116,14 +116,15 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 
 
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
-    """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, known secrets."""
+    """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
+    value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
     secrets = tuple(s for s in (*secrets, os.environ.get("NIAH_API_KEY", "")) if s)
     return _redact(value, secrets)
 
 
 def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, dict):
-        return {k: "***" if str(k).lower() in _SECRET_KEYS else _redact(v, secrets) for k, v in value.items()}
+        return {k: "***" if str(k).lower().replace("-", "_").endswith(("api_key", "apikey", "authorization")) else _redact(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         out = [_redact(v, secrets) for v in value]
         for i, item in enumerate(value):
@@ -134,7 +135,8 @@ def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
         return out
     if isinstance(value, str):
         for secret in secrets:
-            value = value.replace(secret, "***")
+            if value == secret or len(secret) >= _MIN_SUBSTRING_SECRET:
+                value = value.replace(secret, "***")
     return value
 
 
