@@ -1,0 +1,219 @@
+"""Facts about a model read from its GGUF header only: architecture, native context, attention shape.
+
+The reader walks the key/value section and stops before the tensor data, skipping the large
+tokenizer arrays, so it is fast on a 31 GB file. The facts size the KV cache and decide the
+launch flags (profiles) without loading the model.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from niah.errors import NiahError
+
+GGUF_MAGIC = b"GGUF"
+# GGUF value types: id -> struct format of one scalar (strings and arrays handled apart).
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+# Arrays longer than this (vocabularies, merges) are skipped: no fact needs them.
+_KEEP_ARRAY_MAX = 4096
+
+
+@dataclass(frozen=True)
+class GGUFFacts:
+    """What the header says about a model, enough to plan a launch and estimate its memory."""
+
+    path: str
+    """The model file (the first part of a split model)."""
+    file_size: int
+    """Bytes on disk, all parts of a split model together (≈ the weights' memory)."""
+    arch: str
+    """`general.architecture`, the prefix of every model key (e.g. `llama`, `qwen35`)."""
+    name: str | None
+    """`general.name`, when present."""
+    context_length: int | None
+    """Native training context, `ARCH.context_length`."""
+    block_count: int
+    """`ARCH.block_count`: layers, MTP layers included where the model has them."""
+    head_count: int | None
+    """Query heads per layer (the first layer's, when the header gives one per layer)."""
+    head_count_kv: tuple[int, ...]
+    """KV heads of each layer; 0 for a layer without attention (recurrent)."""
+    key_length: int | None
+    """Per-head key size (`attention.key_length`, else embedding ÷ heads)."""
+    value_length: int | None
+    """Per-head value size (`attention.value_length`, else the key size)."""
+    attention_layers: tuple[int, ...]
+    """Indices of the layers that keep a KV cache (full attention), MTP layers excluded."""
+    full_attention_interval: int | None
+    """Hybrid models (qwen35, qwen3next): every N-th layer is full attention, the rest recurrent."""
+    sliding_window: int | None
+    """Window of sliding-window layers, when the model has any."""
+    rope_scaling: tuple[tuple[str, object], ...]
+    """`ARCH.rope.scaling.*` keys as (short name, value) pairs, empty when the file has none."""
+    nextn_predict_layers: int
+    """MTP layers (`ARCH.nextn_predict_layers`), usable with `--spec-type draft-mtp`."""
+
+    @property
+    def kv_values_per_token(self) -> tuple[int, int]:
+        """K and V elements cached per token, summed over the attention layers."""
+        k = v = 0
+        for layer in self.attention_layers:
+            heads = self.head_count_kv[layer]
+            k += heads * (self.key_length or 0)
+            v += heads * (self.value_length or 0)
+        return k, v
+
+
+class _Reader:
+    """Little-endian (or big-endian) reads from a buffered binary file."""
+
+    def __init__(self, handle: BinaryIO, endian: str) -> None:
+        self.handle = handle
+        self.endian = endian
+
+    def unpack(self, fmt: str) -> object:
+        size = struct.calcsize(fmt)
+        data = self.handle.read(size)
+        if len(data) != size:
+            raise EOFError("header ends early")
+        return struct.unpack(self.endian + fmt, data)[0]
+
+    def string(self) -> str:
+        length = int(self.unpack("Q"))  # type: ignore[call-overload]
+        return self.handle.read(length).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        length = int(self.unpack("Q"))  # type: ignore[call-overload]
+        self.handle.seek(length, 1)
+
+    def value(self, kind: int) -> object:
+        """One value of GGUF type `kind`; long arrays come back as None (skipped)."""
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind != _ARRAY:
+            raise ValueError(f"unknown value type {kind}")
+        item_kind = int(self.unpack("I"))  # type: ignore[call-overload]
+        count = int(self.unpack("Q"))  # type: ignore[call-overload]
+        if count > _KEEP_ARRAY_MAX:
+            self._skip_array(item_kind, count)
+            return None
+        return [self.value(item_kind) for _ in range(count)]
+
+    def _skip_array(self, item_kind: int, count: int) -> None:
+        if item_kind in _SCALARS:
+            self.handle.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
+        elif item_kind == _STRING:
+            for _ in range(count):
+                self.skip_string()
+        else:
+            for _ in range(count):
+                self.value(item_kind)
+
+
+def read_header(path: Path) -> dict[str, object]:
+    """The key/value pairs of a GGUF header (long arrays such as the vocabulary omitted)."""
+    try:
+        with open(path, "rb", buffering=1 << 20) as handle:
+            if handle.read(4) != GGUF_MAGIC:
+                raise NiahError(f"{path} is not a GGUF file (no GGUF magic)")
+            raw_version = handle.read(4)
+            endian = "<" if struct.unpack("<I", raw_version)[0] < 65536 else ">"
+            reader = _Reader(handle, endian)
+            version = struct.unpack(endian + "I", raw_version)[0]
+            count_fmt = "I" if version == 1 else "Q"
+            reader.unpack(count_fmt)  # tensor count
+            kv_count = int(reader.unpack(count_fmt))  # type: ignore[call-overload]
+            fields: dict[str, object] = {}
+            for _ in range(kv_count):
+                key = reader.string()
+                kind = int(reader.unpack("I"))  # type: ignore[call-overload]
+                value = reader.value(kind)
+                if value is not None:
+                    fields[key] = value
+            return fields
+    except OSError as exc:
+        raise NiahError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (EOFError, ValueError, struct.error) as exc:
+        raise NiahError(f"{path}: malformed GGUF header ({exc})") from None
+
+
+def _per_layer(value: object, n_layer: int, default: int = 0) -> tuple[int, ...]:
+    """A per-layer value that the header stores either once or as an array."""
+    if isinstance(value, list):
+        items = [int(v) for v in value][:n_layer]
+        return tuple(items + [items[-1] if items else default] * (n_layer - len(items)))
+    return (int(value) if value is not None else default,) * n_layer  # type: ignore[call-overload]
+
+
+def _split_size(path: Path, fields: dict[str, object]) -> int:
+    """Size of the model on disk: the sibling parts too when the file is `-0000k-of-0000n`."""
+    match = re.match(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", path.name)
+    if not match or int(fields.get("split.count", 1) or 1) <= 1:  # type: ignore[call-overload]
+        return path.stat().st_size
+    stem, total = match.group(1), int(match.group(3))
+    parts = [path.with_name(f"{stem}-{i:05d}-of-{total:05d}.gguf") for i in range(1, total + 1)]
+    return sum(part.stat().st_size for part in parts if part.exists())
+
+
+def facts_from_header(path: Path, fields: dict[str, object], file_size: int) -> GGUFFacts:
+    """Interpret header fields as GGUFFacts."""
+    arch = str(fields.get("general.architecture") or "")
+    if not arch:
+        raise NiahError(f"{path}: GGUF header has no general.architecture")
+
+    def key(name: str) -> object:
+        return fields.get(f"{arch}.{name}")
+
+    n_layer = int(key("block_count") or 0)  # type: ignore[call-overload]
+    heads = _per_layer(key("attention.head_count"), n_layer)
+    kv_raw = key("attention.head_count_kv")
+    kv_heads = _per_layer(kv_raw if kv_raw is not None else key("attention.head_count"), n_layer)
+    embd = key("embedding_length")
+    key_length = key("attention.key_length")
+    if key_length is None and embd and heads and heads[0]:
+        key_length = int(embd) // heads[0]  # type: ignore[call-overload]
+    value_length = key("attention.value_length") or key_length
+    nextn = int(key("nextn_predict_layers") or 0)  # type: ignore[call-overload]
+    interval = key("full_attention_interval")
+    main_layers = range(max(n_layer - nextn, 0))
+    if interval:
+        attention = tuple(i for i in main_layers if (i + 1) % int(interval) == 0)  # type: ignore[call-overload]
+    else:
+        attention = tuple(i for i in main_layers if kv_heads[i] > 0)
+    prefix = f"{arch}.rope.scaling."
+    scaling = tuple(sorted((k[len(prefix):], v) for k, v in fields.items() if k.startswith(prefix)))
+    window = key("attention.sliding_window")
+    context = key("context_length")
+    return GGUFFacts(
+        path=str(path),
+        file_size=file_size,
+        arch=arch,
+        name=str(fields["general.name"]) if "general.name" in fields else None,
+        context_length=int(context) if context is not None else None,  # type: ignore[call-overload]
+        block_count=n_layer,
+        head_count=heads[0] if heads else None,
+        head_count_kv=kv_heads,
+        key_length=int(key_length) if key_length is not None else None,  # type: ignore[call-overload]
+        value_length=int(value_length) if value_length is not None else None,  # type: ignore[call-overload]
+        attention_layers=attention,
+        full_attention_interval=int(interval) if interval else None,  # type: ignore[call-overload]
+        sliding_window=int(window) if window else None,  # type: ignore[call-overload]
+        rope_scaling=scaling,
+        nextn_predict_layers=nextn,
+    )
+
+
+def read_gguf_facts(path: str | Path) -> GGUFFacts:
+    """Read the header of the GGUF file at `path` (only the header) and return its facts."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NiahError(f"model file {path} does not exist")
+    fields = read_header(path)
+    return facts_from_header(path, fields, _split_size(path, fields))

@@ -1,0 +1,376 @@
+"""Launch profiles: TOML files naming a per-slot context, and the llama-server flags that deliver it.
+
+Beyond the model's native context a profile launches YaRN with a rope scale S chosen so that
+llama-server's own arithmetic (it recomputes the training context as native ÷ (1/S) in float32
+and caps every slot at it) lands on at least the target: a launch one token short is clamped.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from dataclasses import dataclass, field, fields
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+
+from niah.errors import NiahError
+from niah.gguf_meta import GGUFFacts
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "launch_profiles"
+# Bytes per element of each KV cache type llama-server accepts (block bytes / block elements).
+CACHE_TYPES = {
+    "f32": (4, 1), "f16": (2, 1), "bf16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32),
+    "q4_1": (20, 32), "iq4_nl": (18, 32), "q5_0": (22, 32), "q5_1": (24, 32),
+}
+# KV shape assumed when only --arch is known (no GGUF): attention layers, KV heads, K and V size.
+# qwen35: the seed's Qwen3.6 launch, 24 full-attention layers with 4 KV heads of 256.
+REFERENCE_SHAPES = {"qwen35": (24, 4, 256, 256)}
+KV_PAD = 256  # llama.cpp pads the context (and each slot's share) up to a multiple of 256
+RATIO_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class LaunchProfile:
+    """A named llama-server launch: per-slot context, slots, KV cache types and server options."""
+
+    name: str
+    """Profile name (the TOML file's stem unless the file says otherwise)."""
+    context: int
+    """Target per-slot context in tokens."""
+    parallel: int = 1
+    """Server slots (`--parallel`)."""
+    cache_type_k: str = "f16"
+    """KV cache type for K (`--cache-type-k`)."""
+    cache_type_v: str = "f16"
+    """KV cache type for V (`--cache-type-v`)."""
+    native_context: int | None = None
+    """The model's native context when the profile is made for one model; else from the GGUF."""
+    description: str = ""
+    """One line for `niah profile list`."""
+    rope_scaling: str = "auto"
+    """`auto` (YaRN beyond native), `yarn`, or `none` (no scaling: the server caps at native)."""
+    rope_scale: str | None = None
+    """Explicit YaRN factor S; by default the smallest 4-decimal S that reaches the target."""
+    kv_unified: bool = False
+    """One KV buffer shared by all slots (`--kv-unified`); otherwise `-c` is divided among slots."""
+    flash_attn: str | None = None
+    """`on`, `off` or `auto` (`-fa`)."""
+    gpu_layers: str | None = None
+    """`-ngl`: a number, `all` or `auto`."""
+    jinja: bool | None = None
+    """`--jinja` / `--no-jinja`."""
+    ubatch: int | None = None
+    """Physical batch size (`-ub`)."""
+    batch: int | None = None
+    """Logical batch size (`-b`)."""
+    threads: int | None = None
+    """CPU threads (`-t`)."""
+    mtp_draft_n_max: int | None = None
+    """MTP speculative decoding: `--spec-type draft-mtp --spec-draft-n-max N`."""
+    mmproj: str | None = None
+    """Multimodal projector file (`--mmproj`)."""
+    image_min_tokens: int | None = None
+    """`--image-min-tokens`."""
+    extra_args: tuple[str, ...] = ()
+    """Further llama-server arguments, appended as given."""
+    source: str = field(default="", compare=False)
+    """Where the profile was loaded from."""
+
+    def factor_label(self, native: int | None = None) -> str:
+        """The seed's factor column for this profile: `native`, `1.5x YaRN`, `3.85x YaRN`."""
+        native = self.native_context or native
+        return factor_label(self.context, native) if native else "unknown"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """KV cache and weight memory of a launch (compute buffers not included)."""
+
+    kv_bytes_per_token: float
+    kv_cells: int
+    kv_bytes: int
+    weights_bytes: int | None
+    shape: str
+
+    @property
+    def total_bytes(self) -> int | None:
+        return None if self.weights_bytes is None else self.weights_bytes + self.kv_bytes
+
+    def lines(self) -> list[str]:
+        """Human-readable lines, one per figure."""
+        out = [
+            f"KV per token:  {self.kv_bytes_per_token:,.0f} B  ({self.shape})",
+            f"KV total:      {gb(self.kv_bytes)}  ({self.kv_cells:,} cells)",
+        ]
+        if self.weights_bytes is None:
+            out.append("weights:       unknown (give --model GGUF)")
+        else:
+            out.append(f"weights:       {gb(self.weights_bytes)}  (file size)")
+            out.append(f"total:         {gb(self.total_bytes or 0)}  + compute buffers")
+        return out
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A profile resolved against a model: the flags and what llama-server should serve."""
+
+    profile: LaunchProfile
+    arch: str | None
+    native_context: int | None
+    args: tuple[str, ...]
+    ctx_size: int
+    """The `-c` value: all slots' cells unless the KV cache is unified."""
+    rope_scale: str | None
+    predicted_slot_context: int | None
+    """Per-slot context llama-server's arithmetic yields (None when native is unknown)."""
+    memory: MemoryEstimate | None
+
+
+def gb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB ({n_bytes / 2**30:,.1f} GiB)"
+
+
+def factor_label(context: int, native: int) -> str:
+    """Per-slot context ÷ native, as the seed writes it: `native`, `1.5x YaRN`, `3.85x YaRN`."""
+    if context <= native:
+        return "native"
+    ratio = f"{context / native:.2f}".rstrip("0").rstrip(".")
+    return f"{ratio}x YaRN"
+
+
+def _f32(value: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def yarn_n_ctx_train(native: int, rope_scale: str) -> int:
+    """The training context llama-server recomputes for `--rope-scale S --yarn-orig-ctx native`.
+
+    It parses S into a float, stores freq_scale = 1/S, and sets n_ctx_train to
+    native / freq_scale truncated, all in float32.
+    """
+    freq_scale = _f32(1.0 / _f32(float(rope_scale)))
+    return int(_f32(native / freq_scale))
+
+
+def choose_rope_scale(target: int, native: int) -> str:
+    """Smallest S with four decimals (ratio rounded up) whose recomputed context reaches `target`."""
+    step = Decimal(1).scaleb(-RATIO_DECIMALS)
+    scale = (Decimal(target) / Decimal(native)).quantize(step, rounding=ROUND_CEILING)
+    while yarn_n_ctx_train(native, str(scale)) < target:
+        scale += step
+    return format(scale.normalize(), "f")
+
+
+def pad(n: int) -> int:
+    return -(-n // KV_PAD) * KV_PAD
+
+
+def _uses_yarn(profile: LaunchProfile, native: int | None) -> bool:
+    if profile.rope_scaling == "none":
+        return False
+    if profile.rope_scaling == "yarn" or profile.rope_scale:
+        return True
+    return native is not None and profile.context > native
+
+
+def plan_launch(
+    profile: LaunchProfile,
+    facts: GGUFFacts | None,
+    native_context: int | None = None,
+    arch: str | None = None,
+) -> LaunchPlan:
+    """Resolve `profile` for a model (its GGUF facts, or `native_context` + `arch` standing in)."""
+    native = profile.native_context or (facts.context_length if facts else None) or native_context
+    arch = (facts.arch if facts else None) or arch
+    if facts and facts.context_length and profile.native_context and facts.context_length != native:
+        raise NiahError(
+            f"profile {profile.name} is made for a native context of {profile.native_context:,}, "
+            f"but {facts.path} has {facts.context_length:,}: copy the profile and set native_context"
+        )
+    ctx_size = profile.context if profile.kv_unified else profile.context * profile.parallel
+    args = ["-c", str(ctx_size), "--parallel", str(profile.parallel)]
+    if profile.kv_unified:
+        args.append("--kv-unified")
+    args += ["--cache-type-k", profile.cache_type_k, "--cache-type-v", profile.cache_type_v]
+    rope_scale = None
+    served_train = native
+    if _uses_yarn(profile, native):
+        if native is None or arch is None:
+            raise NiahError(
+                f"profile {profile.name} needs YaRN: give --model GGUF, or --native-context and --arch"
+            )
+        rope_scale = profile.rope_scale or choose_rope_scale(profile.context, native)
+        served_train = yarn_n_ctx_train(native, rope_scale)
+        args += [
+            "--override-kv", f"{arch}.context_length=int:{profile.context}",
+            "--rope-scaling", "yarn", "--rope-scale", rope_scale, "--yarn-orig-ctx", str(native),
+        ]
+    args += _option_args(profile)
+    n_ctx = pad(ctx_size)
+    per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel)
+    predicted = min(per_slot, served_train) if served_train else None
+    return LaunchPlan(
+        profile=profile,
+        arch=arch,
+        native_context=native,
+        args=tuple(args),
+        ctx_size=ctx_size,
+        rope_scale=rope_scale,
+        predicted_slot_context=predicted,
+        memory=estimate_memory(profile, facts, arch, n_ctx),
+    )
+
+
+def server_args(
+    profile: LaunchProfile,
+    facts: GGUFFacts | None,
+    native_context: int | None = None,
+    arch: str | None = None,
+) -> list[str]:
+    """llama-server flags for `profile` (no binary, -m, --host or --port): for start_server()."""
+    return list(plan_launch(profile, facts, native_context, arch).args)
+
+
+def _option_args(profile: LaunchProfile) -> list[str]:
+    args: list[str] = []
+    if profile.flash_attn:
+        args += ["-fa", profile.flash_attn]
+    if profile.gpu_layers:
+        args += ["-ngl", profile.gpu_layers]
+    if profile.jinja is not None:
+        args.append("--jinja" if profile.jinja else "--no-jinja")
+    for flag, value in (("-ub", profile.ubatch), ("-b", profile.batch), ("-t", profile.threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    if profile.mtp_draft_n_max:
+        args += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(profile.mtp_draft_n_max)]
+    if profile.mmproj:
+        args += ["--mmproj", profile.mmproj]
+    if profile.image_min_tokens is not None:
+        args += ["--image-min-tokens", str(profile.image_min_tokens)]
+    return args + list(profile.extra_args)
+
+
+def estimate_memory(
+    profile: LaunchProfile, facts: GGUFFacts | None, arch: str | None, n_ctx: int
+) -> MemoryEstimate | None:
+    """KV bytes per token over the attention layers, KV total for `n_ctx` cells, and weights."""
+    if facts is not None and facts.attention_layers and facts.key_length:
+        k_values, v_values = facts.kv_values_per_token
+        kv_heads = sorted({facts.head_count_kv[i] for i in facts.attention_layers})
+        shape = (
+            f"{len(facts.attention_layers)} attention layers of {facts.block_count} × "
+            f"{'/'.join(map(str, kv_heads))} KV heads × K {facts.key_length} + V {facts.value_length}"
+        )
+    elif arch in REFERENCE_SHAPES:
+        layers, heads, k_len, v_len = REFERENCE_SHAPES[arch]
+        k_values, v_values = layers * heads * k_len, layers * heads * v_len
+        shape = f"assumed for {arch}: {layers} attention layers × {heads} KV heads × K {k_len} + V {v_len}"
+    else:
+        return None
+    k_bytes, k_block = CACHE_TYPES[profile.cache_type_k]
+    v_bytes, v_block = CACHE_TYPES[profile.cache_type_v]
+    per_token = k_values * k_bytes / k_block + v_values * v_bytes / v_block
+    shape += f"; K {profile.cache_type_k}, V {profile.cache_type_v}"
+    return MemoryEstimate(
+        kv_bytes_per_token=per_token,
+        kv_cells=n_ctx,
+        kv_bytes=math.ceil(per_token * n_ctx),
+        weights_bytes=facts.file_size if facts else None,
+        shape=shape,
+    )
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+_FIELDS = {f.name: f for f in fields(LaunchProfile) if f.name != "source"}
+_REQUIRED = ("context",)
+_CHOICES = {
+    "cache_type_k": tuple(CACHE_TYPES),
+    "cache_type_v": tuple(CACHE_TYPES),
+    "rope_scaling": ("auto", "yarn", "none"),
+    "flash_attn": ("on", "off", "auto"),
+}
+_POSITIVE = ("context", "parallel", "native_context", "ubatch", "batch", "threads", "mtp_draft_n_max")
+
+
+def _check(where: str, data: dict[str, object]) -> dict[str, object]:
+    """Validate raw TOML values and convert them to LaunchProfile field values."""
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise NiahError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(_FIELDS)})")
+    for key in _REQUIRED:
+        if key not in data:
+            raise NiahError(f"{where}: missing required key {key!r}")
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if key in _POSITIVE or key == "image_min_tokens":
+            if isinstance(value, bool) or not isinstance(value, int) or value < (key != "image_min_tokens"):
+                raise NiahError(f"{where}: {key} must be a positive integer, not {value!r}")
+        elif key in ("kv_unified", "jinja"):
+            if not isinstance(value, bool):
+                raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
+        elif key == "extra_args":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise NiahError(f"{where}: extra_args must be a list of strings")
+            value = tuple(value)
+        elif key in ("gpu_layers", "rope_scale"):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise NiahError(f"{where}: {key} must be a number or a string, not {value!r}")
+            value = str(value)
+        elif not isinstance(value, str):
+            raise NiahError(f"{where}: {key} must be a string, not {value!r}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise NiahError(f"{where}: {key} = {value!r} is not one of {', '.join(_CHOICES[key])}")
+        out[key] = value
+    if out.get("rope_scale") is not None:
+        try:
+            ok = float(str(out["rope_scale"])) > 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise NiahError(f"{where}: rope_scale must be a number above 1, not {out['rope_scale']!r}")
+    if str(out.get("cache_type_v", "f16")) not in ("f32", "f16", "bf16") and out.get("flash_attn") == "off":
+        raise NiahError(f"{where}: a quantized V cache needs flash attention (flash_attn = \"on\")")
+    return out
+
+
+def parse_profile(text: str, name: str, source: str = "") -> LaunchProfile:
+    """A LaunchProfile from TOML text; errors name `source` and are NiahError (exit 2)."""
+    where = f"launch profile {source or name}"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise NiahError(f"{where}: invalid TOML: {exc}") from None
+    values = _check(where, data)
+    values.setdefault("name", name)
+    return LaunchProfile(source=source, **values)  # type: ignore[arg-type]
+
+
+def load_profile(name_or_path: str) -> LaunchProfile:
+    """A shipped profile by name (see `niah profile list`) or a profile from a .toml file."""
+    candidate = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".toml") or candidate.parent != Path("."):
+        path = candidate
+    else:
+        path = PROFILES_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            known = ", ".join(p.name for p in list_profiles())
+            raise NiahError(f"no launch profile {name_or_path!r} (shipped: {known}; or give a .toml path)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NiahError(f"cannot read launch profile {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_profile(text, path.stem, str(path))
+
+
+def list_profiles() -> list[LaunchProfile]:
+    """The shipped profiles, ordered by target context."""
+    profiles = [load_profile(str(path)) for path in sorted(PROFILES_DIR.glob("*.toml"))]
+    return sorted(profiles, key=lambda p: (p.native_context or 0, p.context, p.name))
