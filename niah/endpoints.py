@@ -14,6 +14,7 @@ import httpx
 
 from niah.client import ChatClient
 from niah.errors import NiahError
+from niah.gguf_meta import read_gguf_facts
 from niah.haystack import Prompt, build, get_template
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
@@ -42,6 +43,7 @@ class Endpoint:
         profile: LaunchProfile | None = None,
         server: ManagedServer | None = None,
         needed: int = 0,
+        native_context: int | None = None,
     ) -> None:
         self.url = url
         self.report = report
@@ -49,6 +51,7 @@ class Endpoint:
         self.profile = profile
         self.server = server
         self.needed = needed
+        self.native_context = native_context or report.n_ctx_train
         self.client = ChatClient(url, api_key=api_key, stall_timeout_s=stall_timeout_s)
         self.counter = ServerTokenizer(url, api_key=api_key)
 
@@ -62,7 +65,8 @@ class Endpoint:
 
     @property
     def factor(self) -> str:
-        native = self.report.n_ctx_train
+        """Served per-slot context ÷ the model's native context (from the GGUF when known)."""
+        native = self.native_context
         return factor_label(self.served_n_ctx, native) if native else "unknown"
 
     def server_count(self, prompt: Prompt, thinking: str) -> int:
@@ -101,10 +105,13 @@ class Endpoint:
             self.server.stop()
 
 
+def native_context(config: RunConfig) -> int | None:
+    """The model's native context from its GGUF header, when the run names a model file."""
+    return read_gguf_facts(config.model).context_length if config.model else None
+
+
 def launch_args(profile_name: str, config: RunConfig) -> tuple[LaunchProfile, list[str]]:
     """The profile and its llama-server flags for the run's model."""
-    from niah.gguf_meta import read_gguf_facts
-
     if config.model is None:
         raise NiahError("a managed launch needs --model GGUF")
     profile = load_profile(profile_name)
@@ -148,6 +155,7 @@ def open_endpoint(
             profile=profile,
             server=server,
             needed=needed,
+            native_context=native_context(config),
         )
         print(
             f"niah: preflight {report.verdict}: per-slot context {report.served_n_ctx:,}, "
