@@ -1,0 +1,149 @@
+"""Needles: what is planted, what is asked, and how an answer is scored.
+
+All prompt wording lives here: the default needle, its question, and the line that introduces
+the haystack. Custom needle/question/answer triples come from a small TOML or JSON file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from niah.errors import NiahError
+
+DEFAULT_NEEDLE = "The special magic number is {value}."
+DEFAULT_QUESTION = (
+    "What is the special magic number mentioned in the text above? Answer with the number only."
+)
+DEFAULT_INTRO = (
+    "A special magic number is hidden in the text below. Read the text carefully and remember "
+    "the number; a question about it follows the text."
+)
+CUSTOM_INTRO = "Read the text below carefully; a question about it follows the text."
+_STRIDE = 2654435761
+"""Odd, not a multiple of 3 or 5: coprime with 9,000,000, so trials 0..8,999,999 get distinct values."""
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One planted fact and the question that asks for it."""
+
+    text: str
+    """The sentence planted, e.g. "The special magic number is 4827193."."""
+    value: str
+    """What a correct answer contains, e.g. "4827193"."""
+    question: str
+    """The question asked after the haystack."""
+    intro: str = DEFAULT_INTRO
+    """The line before the haystack."""
+
+
+@dataclass(frozen=True)
+class NeedleTemplate:
+    """One custom triple; `{value}` in any part is replaced by a seeded 7-digit number."""
+
+    text: str
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class NeedleSpec:
+    """Custom needles from a file; a cell uses one of them, chosen by its seed."""
+
+    needles: tuple[NeedleTemplate, ...]
+    intro: str
+    source: str
+
+
+def needle_value(seed: int, length: int, depth: float, trial: int) -> str:
+    """A 7-digit value fixed by (seed, length, depth); each trial of a cell gets a different one."""
+    digest = hashlib.sha256(f"niah-needle:{seed}:{length}:{float(depth)!r}".encode()).digest()
+    base = int.from_bytes(digest[:8], "big")
+    return str(1_000_000 + (base + trial * _STRIDE) % 9_000_000)
+
+
+def make_needle(
+    seed: int, length: int, depth: float, trial: int, spec: NeedleSpec | None = None
+) -> Needle:
+    """The needle for one cell: the classic magic number by default, else one of `spec`'s triples."""
+    value = needle_value(seed, length, depth, trial)
+    if spec is None:
+        return Needle(DEFAULT_NEEDLE.format(value=value), value, DEFAULT_QUESTION)
+    choice = spec.needles[int(value) % len(spec.needles)]
+
+    def fill(part: str) -> str:
+        return part.replace("{value}", value)
+
+    return Needle(fill(choice.text), fill(choice.answer), fill(choice.question), spec.intro)
+
+
+def load_needle_spec(path: str | Path) -> NeedleSpec:
+    """Read custom needles from TOML or JSON: `[[needle]]` tables (or a JSON list) with text, question, answer."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NiahError(f"cannot read needle file {path}: {exc.__class__.__name__}") from None
+    try:
+        data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise NiahError(f"needle file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+    if isinstance(data, list):
+        data = {"needle": data}
+    entries = data.get("needle", data.get("needles")) if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise NiahError(f"needle file {path} has no needles: add [[needle]] tables with text, question, answer")
+    needles = []
+    for index, entry in enumerate(entries, 1):
+        parts = [entry.get(k) if isinstance(entry, dict) else None for k in ("text", "question", "answer")]
+        if not all(isinstance(p, str) and p.strip() for p in parts):
+            raise NiahError(f"needle {index} in {path} needs non-empty text, question and answer strings")
+        text, question, answer = (" ".join(p.split()) for p in parts)  # type: ignore[union-attr]
+        if answer.replace("{value}", "0000000").lower() not in text.replace("{value}", "0000000").lower():
+            raise NiahError(f"needle {index} in {path}: the answer {answer!r} does not occur in its text")
+        needles.append(NeedleTemplate(text, question, answer))
+    intro = data.get("intro", CUSTOM_INTRO) if isinstance(data, dict) else CUSTOM_INTRO
+    if not isinstance(intro, str) or not intro.strip():
+        raise NiahError(f"intro in {path} must be a non-empty string")
+    return NeedleSpec(tuple(needles), " ".join(intro.split()), str(path))
+
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+
+
+def strip_thinking(answer: str) -> str:
+    """The answer without its reasoning: `<think>...</think>` blocks, an unclosed `<think>` tail,
+    and everything before a lone `</think>` (when the template opened the block) are dropped."""
+    answer = _THINK_BLOCK.sub(" ", answer)
+    lowered = answer.lower()
+    if "</think>" in lowered:
+        answer = answer[lowered.rindex("</think>") + len("</think>"):]
+        lowered = answer.lower()
+    if "<think>" in lowered:
+        answer = answer[: lowered.index("<think>")]
+    return answer
+
+
+def score_answer(answer: str, value: str) -> bool:
+    """True when the final answer contains `value`.
+
+    Digit values may be written with spaces, commas, dots or apostrophes between digits
+    ("4,827,193", "4 8 2 7 1 9 3") but not inside a longer number. Other values match
+    case-insensitively with whitespace collapsed.
+    """
+    answer = strip_thinking(answer)
+    if value.isdigit():
+        separator = r"[\s,.'\u2019_\u00a0\u202f-]?"
+        pattern = r"(?<!\d)" + separator.join(re.escape(d) for d in value) + r"(?!\d)"
+        return re.search(pattern, answer) is not None
+    return " ".join(value.split()).lower() in " ".join(answer.split()).lower()
