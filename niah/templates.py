@@ -1,0 +1,177 @@
+"""Chat templates that wrap the user message, and prompt counting that honours special tokens.
+
+`builtin` is ChatML (the Qwen family's layout) for offline use; `server:URL` asks llama-server's
+`/apply-template`, exactly what `/v1/chat/completions` will render; `gguf:PATH` renders the
+model file's `tokenizer.chat_template` with jinja2.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from niah.errors import NiahError
+from niah.tokenizers import ServerTokenizer, Tokenizer
+
+_SENTINEL = "NIAHSENTINELa7f3c2"
+
+
+class ChatTemplate(Protocol):
+    """Renders chat messages into the prompt text the model reads."""
+
+    name: str
+
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+
+
+class BuiltinTemplate:
+    """ChatML with a generation prompt: `<|im_start|>user ... <|im_end|> <|im_start|>assistant`."""
+
+    name = "builtin"
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+
+
+class ServerTemplate:
+    """llama-server's own template via `POST /apply-template`."""
+
+    def __init__(
+        self, url: str, api_key: str | None = None, chat_template_kwargs: dict[str, object] | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.name = f"server:{self.url}"
+        self.kwargs = dict(chat_template_kwargs or {})
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(120.0, connect=5.0), headers=headers, trust_env=False
+        )
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        payload: dict[str, object] = {"messages": messages}
+        if self.kwargs:
+            payload["chat_template_kwargs"] = self.kwargs
+        try:
+            response = self._client.post(f"{self.url}/apply-template", json=payload)
+        except httpx.TransportError as exc:
+            raise NiahError(f"cannot reach llama-server at {self.url}: {exc}") from None
+        if response.status_code != 200:
+            raise NiahError(f"{self.url}/apply-template answered HTTP {response.status_code}: {response.text[:200]}")
+        return str(response.json()["prompt"])
+
+
+class GGUFTemplate:
+    """A GGUF file's `tokenizer.chat_template`, rendered with jinja2 like transformers does."""
+
+    def __init__(self, path: Path, chat_template_kwargs: dict[str, object] | None = None) -> None:
+        from gguf import GGUFReader
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.name = f"gguf:{path}"
+        self.kwargs = dict(chat_template_kwargs or {})
+        try:
+            reader = GGUFReader(str(path))
+        except (OSError, ValueError) as exc:
+            raise NiahError(f"cannot read GGUF {path}: {exc.__class__.__name__}: {exc}") from None
+        source = _gguf_string(reader, "tokenizer.chat_template")
+        if source is None:
+            raise NiahError(f"{path} has no tokenizer.chat_template; use --template builtin or server:URL")
+        self.special = {
+            "bos_token": _gguf_token(reader, "tokenizer.ggml.bos_token_id"),
+            "eos_token": _gguf_token(reader, "tokenizer.ggml.eos_token_id"),
+        }
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        self._template = env.from_string(source)
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return str(
+            self._template.render(
+                messages=messages, add_generation_prompt=True, **self.special, **self.kwargs
+            )
+        )
+
+
+def _raise_exception(message: str) -> None:
+    raise NiahError(f"chat template: {message}")
+
+
+def _gguf_string(reader: object, key: str) -> str | None:
+    field = reader.fields.get(key)  # type: ignore[attr-defined]
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _gguf_token(reader: object, key: str) -> str:
+    field = reader.fields.get(key)  # type: ignore[attr-defined]
+    tokens = reader.fields.get("tokenizer.ggml.tokens")  # type: ignore[attr-defined]
+    if field is None or tokens is None:
+        return ""
+    index = int(field.parts[field.data[0]][0])
+    return bytes(tokens.parts[tokens.data[index]]).decode("utf-8", errors="replace")
+
+
+def get_template(
+    spec: str, api_key: str | None = None, chat_template_kwargs: dict[str, object] | None = None
+) -> ChatTemplate:
+    """`builtin`, `server:URL` or `gguf:PATH`; `chat_template_kwargs` as the chat request sends them
+    (e.g. {"enable_thinking": False})."""
+    if spec == "builtin":
+        return BuiltinTemplate()
+    kind, _, arg = spec.partition(":")
+    if kind == "server" and arg:
+        return ServerTemplate(arg, api_key=api_key, chat_template_kwargs=chat_template_kwargs)
+    if kind == "gguf" and arg:
+        if not Path(arg).is_file():
+            raise NiahError(f"template gguf:{arg}: no such file")
+        return GGUFTemplate(Path(arg), chat_template_kwargs)
+    raise NiahError(f"unknown template {spec!r}: use builtin, server:URL or gguf:PATH")
+
+
+def frame(template: ChatTemplate) -> tuple[str, str]:
+    """The rendered text before and after a single user message's content."""
+    rendered = template.render([{"role": "user", "content": _SENTINEL}])
+    if rendered.count(_SENTINEL) != 1:
+        raise NiahError(f"template {template.name} does not place the user message verbatim")
+    head, _, tail = rendered.partition(_SENTINEL)
+    return head, tail
+
+
+@lru_cache(maxsize=8)
+def _special_pattern(specials: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+
+
+def count_text(tokenizer: Tokenizer, text: str) -> int:
+    """Tokens of rendered prompt text, special-token strings (e.g. `<|im_start|>`) counted as the
+    control tokens they are, as llama-server does with `parse_special`. No BOS."""
+    if isinstance(tokenizer, ServerTokenizer):
+        return len(tokenizer.encode(text, parse_special=True))
+    specials = getattr(tokenizer, "special_tokens", None)
+    if not specials:
+        return tokenizer.count(text)
+    pieces = _special_pattern(tuple(specials)).split(text)
+    return len(pieces) - 1 + sum(tokenizer.count(p) for p in pieces if p)
+
+
+def bos_count(tokenizer: Tokenizer) -> int:
+    """Tokens llama-server adds in front of a chat prompt (its BOS when the model asks for one)."""
+    if isinstance(tokenizer, ServerTokenizer):
+        body = tokenizer._post("/tokenize", {"content": "", "add_special": True, "parse_special": True})
+        return len(body["tokens"])  # type: ignore[arg-type]
+    return 0
+
+
+def count_prompt(tokenizer: Tokenizer, text: str) -> int:
+    """The full count of a rendered prompt: BOS (if any) plus `count_text`."""
+    return bos_count(tokenizer) + count_text(tokenizer, text)
