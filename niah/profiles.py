@@ -186,12 +186,14 @@ def plan_launch(
     arch: str | None = None,
 ) -> LaunchPlan:
     """Resolve `profile` for a model (its GGUF facts, or `native_context` + `arch` standing in)."""
-    native = profile.native_context or (facts.context_length if facts else None) or native_context
+    model_native = (facts.context_length if facts else None) or native_context
+    native = profile.native_context or model_native
     arch = (facts.arch if facts else None) or arch
-    if facts and facts.context_length and profile.native_context and facts.context_length != native:
+    if model_native and profile.native_context and model_native != profile.native_context:
+        where = facts.path if facts else "--native-context"
         raise NiahError(
             f"profile {profile.name} is made for a native context of {profile.native_context:,}, "
-            f"but {facts.path} has {facts.context_length:,}: copy the profile and set native_context"
+            f"but {where} says {model_native:,}: copy the profile and set native_context"
         )
     ctx_size = profile.context if profile.kv_unified else profile.context * profile.parallel
     args = ["-c", str(ctx_size), "--parallel", str(profile.parallel)]

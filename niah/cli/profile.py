@@ -1,0 +1,136 @@
+"""`niah profile list|show`: the shipped launch profiles, and a profile as a pasteable command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from niah.errors import NiahError
+from niah.gguf_meta import read_gguf_facts
+from niah.profiles import LaunchPlan, factor_label, list_profiles, load_profile, plan_launch
+from niah.server import find_server_binary
+
+PLACEHOLDER_MODEL = "MODEL.gguf"
+SHOW_EXAMPLE = "niah profile show yarn-1m --native-context 262144 --arch qwen35"
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "profile",
+        help="list launch profiles, or show one as a llama-server command line",
+        description=f"Launch profiles name a per-slot context and the flags that deliver it. Example: {SHOW_EXAMPLE}",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    actions.required = True
+    lister = actions.add_parser("list", help="the shipped profiles", description="List the shipped profiles.")
+    lister.set_defaults(func=list_command)
+    shower = actions.add_parser(
+        "show",
+        help="the full llama-server command and memory estimate",
+        description=f"Print the llama-server command line (shell-quoted) and a memory estimate. Example: {SHOW_EXAMPLE}",
+    )
+    shower.add_argument("profile", help="a shipped profile name or a .toml file")
+    shower.add_argument("--model", type=Path, help="the GGUF file: its header gives arch, native context, shape")
+    shower.add_argument("--native-context", type=int, help="native context when no --model is given")
+    shower.add_argument("--arch", help="GGUF architecture (e.g. qwen35) when no --model is given")
+    shower.add_argument("--server-bin", help="llama-server binary to put first (default: the one niah finds)")
+    shower.add_argument("--port", type=int, default=8080, help="port in the printed command (default 8080)")
+    shower.add_argument("--json", action="store_true", help="argv, plan and estimate as JSON")
+    shower.set_defaults(func=show_command)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    rows = [("NAME", "PER-SLOT", "FACTOR", "SLOTS", "KV K/V", "DESCRIPTION")]
+    for p in list_profiles():
+        factor = factor_label(p.context, p.native_context) if p.native_context else "-"
+        rows.append((p.name, f"{p.context:,}", factor, str(p.parallel), f"{p.cache_type_k}/{p.cache_type_v}", p.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def _binary(explicit: str | None) -> str:
+    try:
+        return str(find_server_binary(explicit))
+    except NiahError:
+        if explicit:
+            raise
+        return "llama-server"
+
+
+def full_argv(plan: LaunchPlan, binary: str, model: Path | None, port: int) -> list[str]:
+    """The whole llama-server command: binary, -m, loopback host and port, then the profile's flags."""
+    argv = [binary]
+    if model is not None:
+        argv += ["-m", str(model)]
+    return [*argv, "--host", "127.0.0.1", "--port", str(port), *plan.args]
+
+
+def show_command(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    facts = read_gguf_facts(args.model) if args.model else None
+    if args.native_context is not None and args.native_context <= 0:
+        raise NiahError("--native-context must be a positive number of tokens")
+    plan = plan_launch(profile, facts, args.native_context, args.arch)
+    binary = _binary(args.server_bin)
+    if args.json:
+        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port)), indent=2))
+        return 0
+    argv = full_argv(plan, binary, args.model or Path(PLACEHOLDER_MODEL), args.port)
+    print(f"# {profile.name}: {profile.description or profile.source}")
+    for line in plan_lines(plan):
+        print(f"# {line}")
+    if args.model is None:
+        print(f"# replace {PLACEHOLDER_MODEL} with your model file")
+    print(shlex.join(argv))
+    return 0
+
+
+def plan_lines(plan: LaunchPlan) -> list[str]:
+    """What the launch should serve and what it costs, as comment lines."""
+    profile = plan.profile
+    lines = [f"target per-slot context {profile.context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"]
+    if plan.predicted_slot_context is not None and plan.native_context:
+        detail = (
+            f" (YaRN: {plan.rope_scale} × {plan.native_context:,}, truncated, caps each slot)"
+            if plan.rope_scale
+            else ""
+        )
+        verdict = "OK" if plan.predicted_slot_context >= profile.context else "CLAMPED"
+        lines.append(
+            f"llama-server should serve {plan.predicted_slot_context:,} per slot{detail}: {verdict}; "
+            f"factor {factor_label(plan.predicted_slot_context, plan.native_context)}"
+        )
+    if plan.memory is None:
+        lines.append("memory: unknown (give --model GGUF, or --arch with a known shape)")
+    else:
+        lines.append("memory estimate:")
+        lines += [f"  {line}" for line in plan.memory.lines()]
+    return lines
+
+
+def plan_json(plan: LaunchPlan, argv: list[str]) -> dict[str, object]:
+    memory = plan.memory
+    return {
+        "profile": plan.profile.name,
+        "argv": argv,
+        "context": plan.profile.context,
+        "parallel": plan.profile.parallel,
+        "native_context": plan.native_context,
+        "arch": plan.arch,
+        "rope_scale": plan.rope_scale,
+        "predicted_slot_context": plan.predicted_slot_context,
+        "memory": None
+        if memory is None
+        else {
+            "kv_bytes_per_token": memory.kv_bytes_per_token,
+            "kv_cells": memory.kv_cells,
+            "kv_bytes": memory.kv_bytes,
+            "weights_bytes": memory.weights_bytes,
+            "total_bytes": memory.total_bytes,
+            "shape": memory.shape,
+        },
+    }
