@@ -119,12 +119,11 @@ def diagnose(
     needed: int,
     slots: int,
     train: int | None,
-    facts: GGUFFacts | None,
+    native: int | None,
+    arch: str | None,
     log: dict[str, tuple[str, ...]],
 ) -> str:
     """The most likely reason `served` < `needed`, and the fix."""
-    native = facts.context_length if facts else None
-    arch = facts.arch if facts else "ARCH"
     if "capping" in log:
         train = int(log["capping"][2])
     if "unified_cap" in log and int(log["unified_cap"][2]) == served:
@@ -142,7 +141,7 @@ def diagnose(
         return (
             f"the server caps each slot at the model's training context {train:,}; beyond it launch YaRN: "
             f"--rope-scaling yarn --rope-scale {choose_rope_scale(needed, base)} --yarn-orig-ctx {base} "
-            f"--override-kv {arch}.context_length=int:{needed} (see niah profile show)"
+            f"--override-kv {arch or 'ARCH'}.context_length=int:{needed} (see niah profile show)"
         )
     unified = log.get("kv_unified", ("", "false"))[1] == "true"
     if slots > 1 and not unified and served * slots >= needed:
@@ -184,7 +183,9 @@ def preflight(url: str, needed: int, log_path: Path | None = None, api_key: str 
         needed=needed,
         n_ctx_train=train,
         slots=slots,
-        cause=None if ok else diagnose(served, needed, slots, train, facts, log),
+        cause=None if ok else diagnose(
+            served, needed, slots, train, facts.context_length if facts else None, facts.arch if facts else None, log
+        ),
         props=props,
         native_context=facts.context_length if facts else None,
         evidence=tuple(v[0] for k, v in log.items() if k in ("capping", "n_ctx_slot", "adjusted", "unified_cap")),
