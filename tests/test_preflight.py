@@ -1,0 +1,163 @@
+"""Preflight and server lifecycle against the real llama-server with SmolLM2-135M (native 8,192)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import LiveServer
+from niah.cli import main
+from niah.errors import NiahError
+from niah.gguf_meta import read_gguf_facts
+from niah.preflight import preflight
+from niah.profiles import LaunchProfile, load_profile, server_args
+from niah.server import ManagedServer, WaitProgress, find_server_binary, free_port, start_server
+
+pytestmark = pytest.mark.server
+
+
+def props_n_ctx(url: str) -> int:
+    return int(httpx.get(f"{url}/props", timeout=10).json()["default_generation_settings"]["n_ctx"])
+
+
+def process_gone(pid: int) -> bool:
+    """True when no process (or process group) with this id is left."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_c_beyond_native_without_yarn_is_clamped(start_llama_server: Callable[..., LiveServer]) -> None:
+    live = start_llama_server("-c", "16384", "--parallel", "1")
+    report = preflight(live.url, 16384, live.log_path)
+    assert report.verdict == "CLAMPED"
+    assert report.served_n_ctx == props_n_ctx(live.url) == 8192
+    assert report.n_ctx_train == 8192 and report.native_context == 8192
+    assert report.cause is not None and "training context 8,192" in report.cause
+    assert "--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 8192" in report.cause
+    assert any("exceeds the training context of the model (8192)" in line for line in report.evidence)
+
+
+@pytest.mark.parametrize("name", ["tiny-yarn-16k", "tiny-yarn-32k"])
+def test_yarn_profiles_serve_their_target(
+    name: str, start_llama_server: Callable[..., LiveServer], tiny_model: Path
+) -> None:
+    profile = load_profile(name)
+    live = start_llama_server(*server_args(profile, read_gguf_facts(tiny_model)))
+    served = props_n_ctx(live.url)
+    assert served >= profile.context
+    report = preflight(live.url, profile.context, live.log_path)
+    assert report.verdict == "OK" and report.cause is None
+    assert report.served_n_ctx == served
+    assert report.native_context == 8192
+    assert profile.factor_label(report.native_context) == ("2x YaRN" if name == "tiny-yarn-16k" else "3.85x YaRN")
+
+
+def test_rope_scale_one_step_short_is_clamped(start_llama_server: Callable[..., LiveServer], tiny_model: Path) -> None:
+    # The seed's factor 3.85 on SmolLM2: llama-server caps the slot one token below 31,540.
+    short = LaunchProfile(name="seed-scale", context=31540, native_context=8192, rope_scale="3.85")
+    live = start_llama_server(*server_args(short, read_gguf_facts(tiny_model)))
+    report = preflight(live.url, 31540, live.log_path)
+    assert report.verdict == "CLAMPED" and report.served_n_ctx == 31539
+    assert report.cause is not None
+    assert report.cause.startswith("rope-scale too small: 3.85 × 8,192 = 31,539 < 31,540; use --rope-scale 3.8501")
+
+
+def test_parallel_slots_halve_the_context(tmp_path: Path, tiny_model: Path) -> None:
+    with start_server(
+        tiny_model, ["-c", "8192", "--parallel", "2"], tmp_path / "server.log", api_key="k-secret", timeout_s=120
+    ) as server:
+        with pytest.raises(NiahError, match="wants an API key"):
+            preflight(server.url, 8000)
+        report = preflight(server.url, 8000, server.log_path, api_key="k-secret")
+    assert report.verdict == "CLAMPED" and report.slots == 2 and report.served_n_ctx == 4096
+    assert report.cause is not None and "divided among 2 slots (4,096 each); use -c 16000" in report.cause
+    assert "k-secret" not in (tmp_path / "server.log").read_text()
+
+
+def test_server_that_exits_at_start_leaves_no_process(tmp_path: Path, tiny_model: Path) -> None:
+    log_path = tmp_path / "server.log"
+    argv = [str(find_server_binary()), "-m", str(tiny_model), "--port", str(free_port()), "--no-such-flag"]
+    server = ManagedServer(argv=argv, host="127.0.0.1", port=int(argv[4]), log_path=log_path)
+    with pytest.raises(NiahError) as info:
+        server.start(timeout_s=60)
+    message = str(info.value)
+    assert info.value.exit_code == 3
+    assert "exited with code" in message and "--no-such-flag" in message  # the full command
+    assert "invalid argument: --no-such-flag" in message  # the log's last lines
+    assert server.process is not None and process_gone(server.process.pid)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_model: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from niah.server import start_server
+        server = start_server(Path({str(tiny_model)!r}), ["-c", "2048"], Path({str(tmp_path / "s.log")!r}))
+        print(server.process.pid, flush=True)
+        with server:
+            time.sleep(120)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    server_pid = int(child.stdout.readline())
+    assert not process_gone(server_pid)
+    child.send_signal(signum)
+    child.wait(timeout=60)
+    child.stdout.close()
+    deadline = time.monotonic() + 30
+    while not process_gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process_gone(server_pid)
+
+
+def test_wait_progress_quotes_the_log(tmp_path: Path, tiny_model: Path) -> None:
+    stream = io.StringIO()
+    log_path = tmp_path / "server.log"
+    with start_server(
+        tiny_model, ["-c", "2048"], log_path, timeout_s=120, on_wait=WaitProgress(log_path, 0.5, stream)
+    ):
+        pass
+    assert "niah: waiting for llama-server to load (" in stream.getvalue()
+    assert log_path.read_text().startswith("# niah launched: ")
+
+
+def test_cli_check(llama_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--url", llama_server.url, "--context", "8000", "--answer-budget", "100"]) == 0
+    assert "niah: preflight OK: per-slot context 8,192, needed 8,100" in capsys.readouterr().out
+    assert main(["check", "--url", llama_server.url, "--context", "8k", "--log", str(llama_server.log_path)]) == 3
+    out = capsys.readouterr().out
+    assert "CLAMPED: per-slot context 8,192, needed 8,224" in out and "--rope-scale" in out
+
+
+def test_cli_check_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--url", f"http://127.0.0.1:{free_port()}", "--context", "1000"]) == 3
+    err = capsys.readouterr().err
+    assert "unreachable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_launch_starts_checks_and_stops(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    log_path = tmp_path / "launch.log"
+    code = main(["launch", "tiny-yarn-12k", "--model", str(tiny_model), "--port", str(port), "--log", str(log_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "preflight OK: per-slot context 12,288, needed 12,288" in out
+    assert "--rope-scale 1.5 --yarn-orig-ctx 8192" in out
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
