@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import LiveServer
+
 from niah.cli import main
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
@@ -76,15 +76,25 @@ def test_rope_scale_one_step_short_is_clamped(start_llama_server: Callable[..., 
 
 
 def test_parallel_slots_halve_the_context(tmp_path: Path, tiny_model: Path) -> None:
+    log_path = tmp_path / "server.log"
+    progress = io.StringIO()
     with start_server(
-        tiny_model, ["-c", "8192", "--parallel", "2"], tmp_path / "server.log", api_key="k-secret", timeout_s=120
+        tiny_model,
+        ["-c", "8192", "--parallel", "2"],
+        log_path,
+        api_key="k-secret",
+        timeout_s=120,
+        on_wait=WaitProgress(log_path, every_s=0.5, stream=progress),
     ) as server:
         with pytest.raises(NiahError, match="wants an API key"):
             preflight(server.url, 8000)
         report = preflight(server.url, 8000, server.log_path, api_key="k-secret")
     assert report.verdict == "CLAMPED" and report.slots == 2 and report.served_n_ctx == 4096
     assert report.cause is not None and "divided among 2 slots (4,096 each); use -c 16000" in report.cause
-    assert "k-secret" not in (tmp_path / "server.log").read_text()
+    log_text = log_path.read_text()
+    assert log_text.startswith("# niah launched: ") and "--api-key '***'" in log_text
+    assert "k-secret" not in log_text
+    assert "niah: waiting for llama-server to load (" in progress.getvalue()
 
 
 def test_server_that_exits_at_start_leaves_no_process(tmp_path: Path, tiny_model: Path) -> None:
@@ -124,17 +134,6 @@ def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_mo
     while not process_gone(server_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process_gone(server_pid)
-
-
-def test_wait_progress_quotes_the_log(tmp_path: Path, tiny_model: Path) -> None:
-    stream = io.StringIO()
-    log_path = tmp_path / "server.log"
-    with start_server(
-        tiny_model, ["-c", "2048"], log_path, timeout_s=120, on_wait=WaitProgress(log_path, 0.5, stream)
-    ):
-        pass
-    assert "niah: waiting for llama-server to load (" in stream.getvalue()
-    assert log_path.read_text().startswith("# niah launched: ")
 
 
 def test_cli_check(llama_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
