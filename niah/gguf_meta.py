@@ -19,6 +19,8 @@ GGUF_MAGIC = b"GGUF"
 # GGUF value types: id -> struct format of one scalar (strings and arrays handled apart).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# Hybrid architectures whose loader assumes a full-attention interval when the key is absent.
+HYBRID_DEFAULT_INTERVAL = {"qwen35": 4, "qwen35moe": 4, "qwen3next": 4}
 # Arrays longer than this (vocabularies, merges) are skipped: no fact needs them.
 _KEEP_ARRAY_MAX = 4096
 
@@ -50,7 +52,8 @@ class GGUFFacts:
     attention_layers: tuple[int, ...]
     """Indices of the layers that keep a KV cache (full attention), MTP layers excluded."""
     full_attention_interval: int | None
-    """Hybrid models (qwen35, qwen3next): every N-th layer is full attention, the rest recurrent."""
+    """Hybrid models (qwen35, qwen3next): every N-th layer is full attention, the rest recurrent
+    (llama.cpp's default when the key is absent; `attention.recurrent_layers` overrides)."""
     sliding_window: int | None
     """Window of sliding-window layers, when the model has any."""
     rope_scaling: tuple[tuple[str, object], ...]
@@ -181,9 +184,12 @@ def facts_from_header(path: Path, fields: dict[str, object], file_size: int) -> 
         key_length = int(embd) // heads[0]  # type: ignore[call-overload]
     value_length = key("attention.value_length") or key_length
     nextn = int(key("nextn_predict_layers") or 0)  # type: ignore[call-overload]
-    interval = key("full_attention_interval")
+    interval = key("full_attention_interval") or HYBRID_DEFAULT_INTERVAL.get(arch)
+    recurrent = key("attention.recurrent_layers")
     main_layers = range(max(n_layer - nextn, 0))
-    if interval:
+    if isinstance(recurrent, list) and len(recurrent) >= len(main_layers):
+        attention = tuple(i for i in main_layers if not recurrent[i])
+    elif interval:
         attention = tuple(i for i in main_layers if (i + 1) % int(interval) == 0)  # type: ignore[call-overload]
     else:
         attention = tuple(i for i in main_layers if kv_heads[i] > 0)

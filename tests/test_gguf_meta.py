@@ -126,3 +126,12 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, content: bytes, message: 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(NiahError, match="does not exist"):
         read_gguf_facts(tmp_path / "nope.gguf")
+
+
+def test_hybrid_defaults_and_recurrent_layer_override(tmp_path: Path) -> None:
+    base = {"context_length": 262144, "block_count": 8, "embedding_length": 2048,
+            "attention.head_count": 16, "attention.head_count_kv": 2, "attention.key_length": 256}
+    # qwen35 without full_attention_interval: llama.cpp assumes every 4th layer.
+    assert read_gguf_facts(write_gguf(tmp_path / "a.gguf", "qwen35", base)).attention_layers == (3, 7)
+    explicit = {**base, "attention.recurrent_layers": [True, False, True, True, True, True, False, True]}
+    assert read_gguf_facts(write_gguf(tmp_path / "b.gguf", "qwen35", explicit)).attention_layers == (1, 6)
