@@ -299,7 +299,11 @@ _CHOICES = {
     "rope_scaling": ("auto", "yarn", "none"),
     "flash_attn": ("on", "off", "auto"),
 }
-_POSITIVE = ("context", "parallel", "native_context", "ubatch", "batch", "threads", "mtp_draft_n_max")
+# Integer keys and their smallest allowed value.
+_MINIMUM = {
+    "context": 1, "parallel": 1, "native_context": 1, "ubatch": 1, "batch": 1, "threads": 1,
+    "mtp_draft_n_max": 1, "image_min_tokens": 0,
+}
 
 
 def _check(where: str, data: dict[str, object]) -> dict[str, object]:
@@ -312,9 +316,9 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
             raise NiahError(f"{where}: missing required key {key!r}")
     out: dict[str, object] = {}
     for key, value in data.items():
-        if key in _POSITIVE or key == "image_min_tokens":
-            if isinstance(value, bool) or not isinstance(value, int) or value < (key != "image_min_tokens"):
-                raise NiahError(f"{where}: {key} must be a positive integer, not {value!r}")
+        if key in _MINIMUM:
+            if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[key]:
+                raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]}, not {value!r}")
         elif key in ("kv_unified", "jinja"):
             if not isinstance(value, bool):
                 raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
