@@ -1,0 +1,94 @@
+"""`niah haystack`: build one prompt of exactly N tokens with the needle at a depth, and print it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from niah.corpus import DEFAULT_CORPUS, get_corpus
+from niah.errors import NiahError
+from niah.haystack import Prompt, build, get_template
+from niah.needles import load_needle_spec, make_needle
+from niah.tokenizers import DEFAULT_TOKENIZER, get_tokenizer
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "haystack",
+        help="build one token-exact needle prompt",
+        description="Build a prompt of exactly --length tokens (template included) with the needle at "
+        "--depth percent, and print it.  Example: niah haystack --length 4096 --depth 50 --json",
+    )
+    parser.add_argument("--length", type=int, required=True, help="prompt tokens, exactly")
+    parser.add_argument("--depth", type=float, required=True, help="needle depth in percent, 0-100")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="qwen3.6, gguf:PATH, hf:DIR_OR_ID or server:URL")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="builtin, noise or files:GLOB")
+    parser.add_argument("--seed", type=int, default=0, help="needle value seed (integer)")
+    parser.add_argument("--trial", type=int, default=0, help="trial index: each trial plants a different value")
+    parser.add_argument("--template", default="builtin", help="builtin, server:URL or gguf:PATH")
+    parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the prompt text")
+    parser.add_argument("-o", "--output", type=Path, help="write to FILE instead of standard output")
+    parser.set_defaults(func=run)
+
+
+def prompt_json(prompt: Prompt) -> dict[str, object]:
+    """The fields `--json` prints."""
+    return {
+        "text": prompt.text,
+        "messages": list(prompt.messages),
+        "prompt_tokens": prompt.prompt_tokens,
+        "length": prompt.length,
+        "needle": {
+            "text": prompt.needle.text,
+            "value": prompt.needle.value,
+            "question": prompt.needle.question,
+            "token_offset": prompt.needle_token_offset,
+            "tokens": prompt.needle_tokens,
+        },
+        "depth_nominal": prompt.depth_nominal,
+        "depth_actual": prompt.depth_actual,
+        "haystack_tokens": prompt.haystack_tokens,
+        "haystack_token_start": prompt.haystack_token_start,
+        "tokenizer": prompt.tokenizer,
+        "template": prompt.template,
+        "corpus": prompt.corpus,
+        "corpus_sha256": prompt.corpus_sha256,
+        "corpus_repeats": prompt.corpus_repeats,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.length <= 0:
+        raise NiahError(f"--length must be positive, not {args.length}")
+    if not 0 <= args.depth <= 100:
+        raise NiahError(f"--depth {args.depth:g} is outside 0-100")
+    if args.trial < 0:
+        raise NiahError("--trial must be 0 or more")
+    api_key = os.environ.get("NIAH_API_KEY")
+    corpus = get_corpus(args.corpus)
+    spec = load_needle_spec(args.needle) if args.needle else None
+    template = get_template(args.template, api_key=api_key)
+    tokenizer = get_tokenizer(args.tokenizer, api_key=api_key)
+    needle = make_needle(args.seed, args.length, args.depth, args.trial, spec)
+    prompt = build(args.length, args.depth, tokenizer, corpus, needle, template, verify=True)
+    output = json.dumps(prompt_json(prompt), ensure_ascii=False) + "\n" if args.json else prompt.text
+    if args.output:
+        try:
+            args.output.write_text(output, encoding="utf-8")
+        except OSError as exc:
+            raise NiahError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    else:
+        sys.stdout.write(output)
+    summary = (
+        f"niah: {prompt.prompt_tokens} tokens ({prompt.tokenizer}, template {prompt.template}); "
+        f"needle {prompt.needle.value} at haystack token {prompt.needle_token_offset} "
+        f"(depth {prompt.depth_actual:g}% for {prompt.depth_nominal:g}%)"
+    )
+    if prompt.corpus_repeats > 1:
+        summary += f"; corpus {prompt.corpus} repeated {prompt.corpus_repeats} times"
+    print(summary, file=sys.stderr)
+    return 0
