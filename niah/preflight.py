@@ -128,7 +128,7 @@ def diagnose(
         train = int(log["capping"][2])
     if "unified_cap" in log and int(log["unified_cap"][2]) == served:
         return f"--kv-unified-per-slot {served:,} caps every slot; raise it to at least {needed:,}"
-    if train is not None and served >= train:
+    if train is not None and needed > train:
         if native is not None and train > native:
             scale_match = ROPE_SCALE.search(log["command"][1]) if "command" in log else None
             scale = scale_match.group(1) if scale_match else f"~{train / native:.4f}"

@@ -159,6 +159,11 @@ def test_diagnose_names_the_scale_fix() -> None:
     log = {"command": ("", "llama-server -c 1010000 --rope-scale 3.85 --yarn-orig-ctx 262144")}
     cause = diagnose(1_009_254, 1_010_000, 1, 1_009_254, 262144, "qwen35", log)
     assert cause.startswith("rope-scale too small: 3.85 × 262,144 = 1,009,254 < 1,010,000; use --rope-scale 3.8529")
+    # Slots that share -c are the cause only while the need fits the training context.
+    assert diagnose(4096, 8000, 2, 8192, 8192, "llama", {}).startswith("-c is divided among 2 slots")
+    beyond = diagnose(4096, 10000, 2, 8192, 8192, "llama", {})
+    assert beyond.startswith("the server caps each slot at the model's training context 8,192")
+    assert diagnose(4096, 8000, 1, 8192, 8192, "llama", {}) == "-c is too small: launch with -c 8000"
 
 
 # ---- TOML loading errors: one line, exit 2 ---------------------------------------------------
