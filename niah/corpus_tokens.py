@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +39,8 @@ def measure_units(tokenizer: Tokenizer, text: str, starts: np.ndarray) -> tuple[
     counts = _lengths(tokenizer, pieces)
     atoms: list[list[int]] = []  # [start, count] per atom
     bounds = list(range(0, len(pieces), CHUNK)) + [len(pieces)]
-    joint = _lengths(tokenizer, ["".join(pieces[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
-    for a, b, total in zip(bounds[:-1], bounds[1:], joint):
+    joint = _lengths(tokenizer, ["".join(pieces[a:b]) for a, b in itertools.pairwise(bounds)])
+    for (a, b), total in zip(itertools.pairwise(bounds), joint):
         chunk = [[int(starts[i]), counts[i]] for i in range(a, b)]
         if sum(c for _, c in chunk) != total:
             chunk = _merge_pairs(tokenizer, text, chunk, int(starts[b]))

@@ -61,7 +61,7 @@ def _fix_articles(sentence: str) -> str:
     def article(match: re.Match[str]) -> str:
         word = match.group(2).lower()
         vowel = word[0] in "aeiou" and not word.startswith(_CONSONANT_SOUND)
-        if word.startswith("hour") or word.startswith("honest"):
+        if word.startswith(("hour", "honest")):
             vowel = True
         return match.group(1) + ("n " if vowel else " ")
 
@@ -111,7 +111,7 @@ class EssayWriter:
             if "adj2" in values:
                 while values["adj2"] == values.get("adj"):
                     values["adj2"] = self._pick(topic, "adj2")
-            text = _fix_articles(_SLOT.sub(lambda m: values[m.group(1)], template))
+            text = _fix_articles(template.format_map(values))
             text = text[0].upper() + text[1:]
             if role == "body" and not text.startswith("I ") and self.rng.random() < 0.18:
                 text = f"{self.rng.choice(self.common['connectors'])} {text[0].lower()}{text[1:]}"

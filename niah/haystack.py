@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Union
 
 from niah.corpus import Corpus
 from niah.corpus_tokens import TokenizedCorpus, tokenized
@@ -24,7 +23,7 @@ from niah.tokenizers import ServerTokenizer, Tokenizer
 
 __all__ = ["Prompt", "build", "get_template"]
 
-Piece = Union[str, tuple[int, int]]
+Piece = str | tuple[int, int]
 """Prompt text in pieces: literal text, or a run [i, j) of whole corpus atoms."""
 MAX_ROUNDS = 24
 
@@ -175,7 +174,7 @@ class _Builder:
         target = depth / 100.0 * filler
         if tail_tokens and target >= filler - 1e-9:
             return n + 1
-        return min(self.tc.locate(int(math.floor(target + 1e-9))), n)
+        return min(self.tc.locate(math.floor(target + 1e-9)), n)
 
     def text_of(self, pieces: list[Piece]) -> str:
         return "".join(p if isinstance(p, str) else self.tc.span_text(*p) for p in pieces)
