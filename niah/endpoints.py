@@ -15,11 +15,12 @@ import httpx
 from niah.client import ChatClient
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
-from niah.haystack import Prompt, build, get_template
+from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label, load_profile, server_args
 from niah.server import ManagedServer, start_server
+from niah.templates import get_template
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Endpoint:
         server: ManagedServer | None = None,
         needed: int = 0,
         native_context: int | None = None,
+        thinking: str = "off",
     ) -> None:
         self.url = url
         self.report = report
@@ -54,6 +56,9 @@ class Endpoint:
         self.native_context = native_context or report.n_ctx_train
         self.client = ChatClient(url, api_key=api_key, stall_timeout_s=stall_timeout_s)
         self.counter = ServerTokenizer(url, api_key=api_key)
+        self.template = get_template(
+            f"server:{url}", api_key=api_key, chat_template_kwargs={"enable_thinking": thinking == "on"}
+        )
 
     @property
     def served_n_ctx(self) -> int:
@@ -101,6 +106,8 @@ class Endpoint:
 
     def close(self) -> None:
         self.client.close()
+        self.counter._client.close()
+        self.template._client.close()  # type: ignore[attr-defined]
         if self.server is not None:
             self.server.stop()
 
@@ -156,6 +163,7 @@ def open_endpoint(
             server=server,
             needed=needed,
             native_context=native_context(config),
+            thinking=config.thinking,
         )
         print(
             f"niah: preflight {report.verdict}: per-slot context {report.served_n_ctx:,}, "
@@ -204,7 +212,7 @@ def prompt_builder(
     the server's tokenizer before anything is sent.
     """
     tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
-    template = get_template(f"server:{endpoint.url}", api_key=endpoint.api_key)
+    template = endpoint.template
 
     def build_cell(cell: Cell, needle: Needle) -> tuple[Prompt, int]:
         prompt = build(cell.length, cell.depth, tokenizer, corpus, needle, template)
