@@ -84,7 +84,7 @@ def test_parallel_slots_halve_the_context(tmp_path: Path, tiny_model: Path) -> N
         log_path,
         api_key="k-secret",
         timeout_s=120,
-        on_wait=WaitProgress(log_path, every_s=0.5, stream=progress),
+        on_wait=WaitProgress(log_path, every_s=0.0, stream=progress),
     ) as server:
         with pytest.raises(NiahError, match="wants an API key"):
             preflight(server.url, 8000)
