@@ -110,8 +110,9 @@ class _Builder:
         return total
 
     def tail_text(self, source: int, tokens: int, lead: str) -> str | None:
-        """A word-level prefix of atom `source` ending in '.', `tokens` long on its own, or None."""
-        words = self.tc.atom_text(source).strip().split(" ")
+        """A word-level prefix of atoms `source` and `source + 1` ending in '.', `tokens` long on its
+        own, or None."""
+        words = (self.tc.atom_text(source) + self.tc.atom_text(source + 1)).strip().split(" ")
         for size in range(1, len(words)):
             text = lead + " ".join(words[:size]).rstrip(",;:") + "."
             got = self.enc(text)
@@ -238,7 +239,7 @@ def _finish(
     """Measure offsets, check the needle is unique and the template verbatim, and make the Prompt."""
     start = builder.bos + builder.count(pieces[:1])
     before = builder.bos + builder.count(pieces[:needle_at])
-    upto = builder.bos + builder.count(pieces[: needle_at + 1])
+    upto = builder.bos + builder.count([*pieces[:needle_at], str(pieces[needle_at]).rstrip()])
     body_end = builder.bos + builder.count(pieces[:-1])
     body = builder.text_of(pieces[1:-1])
     needle = builder.needle

@@ -65,6 +65,9 @@ class ServerTemplate:
             raise NiahError(f"{self.url}/apply-template answered HTTP {response.status_code}: {response.text[:200]}")
         return str(response.json()["prompt"])
 
+    def close(self) -> None:
+        self._client.close()
+
 
 class GGUFTemplate:
     """A GGUF file's `tokenizer.chat_template`, rendered with jinja2 like transformers does."""
