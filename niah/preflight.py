@@ -30,6 +30,7 @@ LOG_PATTERNS = {
     "command": re.compile(r"^# niah launched: (.*)$"),
 }
 ROPE_SCALE = re.compile(r"--rope-scale (\S+)")
+YARN_ORIG_CTX = re.compile(r"--yarn-orig-ctx (\d+)")
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,13 @@ def diagnose(
         train = int(log["capping"][2])
     if "unified_cap" in log and int(log["unified_cap"][2]) == served:
         return f"--kv-unified-per-slot {served:,} caps every slot; raise it to at least {needed:,}"
+    command = log["command"][1] if "command" in log else ""
+    orig_match = YARN_ORIG_CTX.search(command)
+    if orig_match:  # the launch's own YaRN base wins over the GGUF's context length
+        native = int(orig_match.group(1))
     if train is not None and needed > train:
         if native is not None and train > native:
-            scale_match = ROPE_SCALE.search(log["command"][1]) if "command" in log else None
+            scale_match = ROPE_SCALE.search(command)
             scale = scale_match.group(1) if scale_match else f"~{train / native:.4f}"
             return (
                 f"rope-scale too small: {scale} × {native:,} = {train:,} < {needed:,}; "

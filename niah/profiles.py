@@ -133,6 +133,9 @@ class LaunchPlan:
 
 
 def gb(n_bytes: int) -> str:
+    """Bytes as GB and GiB (MB and MiB below a gigabyte)."""
+    if n_bytes < 1e9:
+        return f"{n_bytes / 1e6:,.0f} MB ({n_bytes / 2**20:,.0f} MiB)"
     return f"{n_bytes / 1e9:,.1f} GB ({n_bytes / 2**30:,.1f} GiB)"
 
 

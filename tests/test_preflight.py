@@ -160,3 +160,34 @@ def test_cli_launch_starts_checks_and_stops(tiny_model: Path, tmp_path: Path, ca
     assert "--rope-scale 1.5 --yarn-orig-ctx 8192" in out
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def mem_available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scale", "served"), [("3.85", 1_009_254), ("3.8529", 1_010_014)])
+def test_the_seeds_1m_arithmetic_on_the_real_server(
+    scale: str, served: int, start_llama_server: Callable[..., LiveServer]
+) -> None:
+    # SmolLM2 stands in for Qwen3.6: YaRN base 262,144 as in the seed; a q4_0 KV of 1,010,176 cells is 6.5 GB.
+    if mem_available_gb() < 12:
+        pytest.skip("needs about 7 GB of free memory for a 1,010,000-token KV cache")
+    live = start_llama_server(
+        "-c", "1010000", "--parallel", "1", "-ctk", "q4_0", "-ctv", "q4_0", "-fa", "on", "-ub", "64", "-b", "64",
+        "--no-warmup", "--override-kv", "llama.context_length=int:1010000",
+        "--rope-scaling", "yarn", "--rope-scale", scale, "--yarn-orig-ctx", "262144",
+    )
+    report = preflight(live.url, 1_010_000, live.log_path)
+    assert report.served_n_ctx == props_n_ctx(live.url) == served
+    if served < 1_010_000:
+        assert report.verdict == "CLAMPED" and report.cause is not None
+        assert report.cause.startswith(
+            "rope-scale too small: 3.85 × 262,144 = 1,009,254 < 1,010,000; use --rope-scale 3.8529"
+        )
+    else:
+        assert report.verdict == "OK"
