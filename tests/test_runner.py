@@ -106,3 +106,53 @@ def test_length_and_depth_forms() -> None:
             parse_lengths(bad)
     with pytest.raises(NiahError):
         parse_depths("0,101")
+
+
+def child_llama_servers() -> list[int]:
+    """PIDs of llama-server processes this test process started."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(os.getpid()) and name.startswith("llama-server"):
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_managed_server_killed_mid_run_is_crash_then_restarted(tiny_model: Path, tmp_path: Path) -> None:
+    import threading
+
+    results = tmp_path / "results.jsonl"
+    killed: list[int] = []
+
+    def kill_after_first_cell() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            if results.exists() and len(cell_records(results)) >= 1:
+                for pid in child_llama_servers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_first_cell, daemon=True)
+    killer.start()
+    summary = run(
+        RunConfig(
+            grid=((1024, (100.0, 50.0, 0.0)),),
+            out_dir=tmp_path,
+            model=tiny_model,
+            profiles=((1024, "tiny-native-8k"),),
+            show_progress=False,
+        )
+    )
+    killer.join(timeout=5)
+    assert killed, "the managed llama-server was never found"
+    outcomes = [r["outcome"] for r in cell_records(summary.results_path)]
+    assert len(outcomes) == 3
+    assert outcomes[1] == "CRASH"
+    assert outcomes[2] in ("PASS", "FAIL")  # the server was restarted and the run went on
+    assert summary.exit_code == 4
+    assert child_llama_servers() == []
