@@ -246,3 +246,17 @@ def test_cli_bad_profile_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.
     assert main(["profile", "show", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("niah: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_every_server_option_reaches_the_argv() -> None:
+    text = (
+        'context = 8192\nflash_attn = "on"\ngpu_layers = 99\njinja = false\nubatch = 2048\nbatch = 4096\n'
+        'threads = 8\nmtp_draft_n_max = 3\nmmproj = "mm.gguf"\nimage_min_tokens = 0\n'
+        'extra_args = ["--no-warmup"]\n'
+    )
+    args = server_args(parse_profile(text, "all"), None, 8192, "llama")
+    joined = " ".join(args)
+    for part in ("-fa on", "-ngl 99", "--no-jinja", "-ub 2048", "-b 4096", "-t 8",
+                 "--spec-type draft-mtp --spec-draft-n-max 3", "--mmproj mm.gguf", "--image-min-tokens 0"):
+        assert part in joined
+    assert args[-1] == "--no-warmup"
