@@ -113,14 +113,18 @@ class _Builder:
         """A word-level prefix of atoms `source` and `source + 1` ending in '.', `tokens` long on its
         own, or None."""
         words = (self.tc.atom_text(source) + self.tc.atom_text(source + 1)).strip().split(" ")
-        for size in range(1, len(words)):
-            text = lead + " ".join(words[:size]).rstrip(",;:") + "."
-            got = self.enc(text)
-            if got == tokens:
-                return text
-            if got > tokens:
-                return None
-        return None
+
+        def text_of(size: int) -> str:
+            return lead + " ".join(words[:size]).rstrip(",;:") + "."
+
+        lo, hi = 1, len(words) - 1  # binary search: the fewest words with at least `tokens` tokens
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.enc(text_of(mid)) < tokens:
+                lo = mid + 1
+            else:
+                hi = mid
+        return text_of(lo) if lo < len(words) and self.enc(text_of(lo)) == tokens else None
 
     def filler(self, tokens: int) -> tuple[int, str, int]:
         """(whole atoms n, truncated tail text, tail tokens) for about `tokens` filler tokens."""
