@@ -24,6 +24,8 @@ from niah.tokenizers import ServerTokenizer, Tokenizer
 CACHE_VERSION = 1
 CHUNK = 256
 """Units per jointly encoded verification chunk."""
+SERVER_CHUNK = 2048
+"""Units per `/tokenize` request when measuring with a server tokenizer."""
 
 
 def _lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
@@ -35,6 +37,53 @@ def _lengths(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
 
 def measure_units(tokenizer: Tokenizer, text: str, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Atoms of `text[starts[0]:starts[-1]]` as (atom starts incl. the end offset, token counts)."""
+    if isinstance(tokenizer, ServerTokenizer):
+        return _measure_with_pieces(tokenizer, text, starts.tolist())
+    return _measure_generic(tokenizer, text, starts)
+
+
+def token_starts(tokenizer: ServerTokenizer, text: str, **options: bool) -> list[int] | None:
+    """Byte offsets where the server's tokens of `text` start (then the end), or None when its
+    pieces do not spell the text (e.g. an added space prefix)."""
+    body = tokenizer._post("/tokenize", {"content": text, "with_pieces": True, **options})
+    offsets, position = [], 0
+    for token in body["tokens"]:  # type: ignore[union-attr]
+        offsets.append(position)
+        piece = token["piece"]
+        position += len(piece.encode("utf-8")) if isinstance(piece, str) else len(piece)
+    offsets.append(position)
+    return offsets if position == len(text.encode("utf-8")) else None
+
+
+def _measure_with_pieces(tokenizer: ServerTokenizer, text: str, starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One `/tokenize` call per chunk of units; atoms start where a unit and a token start together.
+
+    These counts follow the server's joint tokenization. They size the haystack; the builder then
+    counts every server prompt in full, so they never decide the final length.
+    """
+    atoms: list[list[int]] = []
+    for a in range(0, len(starts) - 1, SERVER_CHUNK):
+        part = starts[a:a + SERVER_CHUNK + 1]
+        offsets = token_starts(tokenizer, text[part[0]:part[-1]], add_special=False)
+        if offsets is None:
+            got_starts, got_counts = _measure_generic(tokenizer, text, np.asarray(part, dtype=np.int64))
+            atoms.extend([int(x), int(c)] for x, c in zip(got_starts[:-1], got_counts))
+            continue
+        token_at = {offset: index for index, offset in enumerate(offsets)}
+        firsts: list[tuple[int, int]] = []  # (unit start, index of the token starting there)
+        unit_byte = 0
+        for unit_start, unit_end in itertools.pairwise(part):
+            if unit_byte in token_at:
+                firsts.append((unit_start, token_at[unit_byte]))
+            unit_byte += len(text[unit_start:unit_end].encode("utf-8"))
+        ends = [index for _, index in firsts[1:]] + [len(offsets) - 1]
+        atoms.extend([start, end - index] for (start, index), end in zip(firsts, ends))
+    atom_starts = np.asarray([s for s, _ in atoms] + [starts[-1]], dtype=np.int64)
+    return atom_starts, np.asarray([c for _, c in atoms], dtype=np.int64)
+
+
+def _measure_generic(tokenizer: Tokenizer, text: str, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit counts, verified chunk by chunk against a joint encoding; merged where they disagree."""
     pieces = [text[a:b] for a, b in zip(starts[:-1].tolist(), starts[1:].tolist())]
     counts = _lengths(tokenizer, pieces)
     atoms: list[list[int]] = []  # [start, count] per atom
@@ -123,6 +172,9 @@ class TokenizedCorpus:
     def _check_wrap(self) -> bool:
         text = self.corpus.text
         last, first = text[self.starts[-2]:self.starts[-1]], text[self.starts[0]:self.starts[1]]
+        if isinstance(self.tokenizer, ServerTokenizer):  # a token must start where the copies meet
+            offsets = token_starts(self.tokenizer, last + first, add_special=False)
+            return offsets is not None and len(last.encode("utf-8")) in offsets
         return _lengths(self.tokenizer, [last + first])[0] == self.counts[-1] + self.counts[0]
 
     def ensure(self, tokens: int) -> None:

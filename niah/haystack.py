@@ -10,12 +10,13 @@ neighbours, and the build repeats until the count is exactly L.
 
 from __future__ import annotations
 
+import bisect
 import math
 import weakref
 from dataclasses import dataclass
 
 from niah.corpus import Corpus
-from niah.corpus_tokens import TokenizedCorpus, tokenized
+from niah.corpus_tokens import TokenizedCorpus, token_starts, tokenized
 from niah.errors import NiahError
 from niah.needles import Needle
 from niah.templates import ChatTemplate, bos_count, count_prompt, count_text, frame, get_template
@@ -203,7 +204,11 @@ def build(
     if not (isinstance(depth, (int, float)) and 0.0 <= depth <= 100.0):
         raise NiahError(f"depth {depth!r} is outside 0-100")
     builder = _Builder(tokenizer, corpus, needle, template)
-    minimum = builder.bos + builder.count(builder.assemble(0, "", 0)[0])
+    bare = builder.assemble(0, "", 0)[0]
+    if builder.full_count:
+        minimum = count_prompt(tokenizer, builder.text_of(bare))
+    else:
+        minimum = builder.bos + builder.count(bare)
     if length < minimum:
         raise NiahError(
             f"length {length} is too small: template, instructions, needle and question take "
@@ -236,6 +241,26 @@ def build(
     return _finish(builder, pieces, needle_at, n, tail, length, float(depth), template)
 
 
+def _server_offsets(builder: _Builder, pieces: list[Piece], needle_at: int) -> tuple[int, ...] | None:
+    """Prompt tokens before the body, the needle, the needle's end and the body's end, read from the
+    server's own tokenization of the whole prompt (None when its pieces do not spell the text)."""
+    text = builder.text_of(pieces)
+    offsets = token_starts(builder.tok, text, add_special=False, parse_special=True)  # type: ignore[arg-type]
+    if offsets is None:
+        return None
+    needle_start = len(builder.text_of(pieces[:needle_at]))
+    chars = (
+        len(builder.head),
+        needle_start,
+        needle_start + len(str(pieces[needle_at]).rstrip()),
+        len(text) - len(str(pieces[-1])),
+    )
+    return tuple(
+        builder.bos + bisect.bisect_left(offsets, len(text[:c].encode("utf-8")), 0, len(offsets) - 1)
+        for c in chars
+    )
+
+
 def _finish(
     builder: _Builder, pieces: list[Piece], needle_at: int, n: int, tail: str,
     length: int, depth: float, template: ChatTemplate,
@@ -245,6 +270,8 @@ def _finish(
     before = builder.bos + builder.count(pieces[:needle_at])
     upto = builder.bos + builder.count([*pieces[:needle_at], str(pieces[needle_at]).rstrip()])
     body_end = builder.bos + builder.count(pieces[:-1])
+    if builder.full_count:
+        start, before, upto, body_end = _server_offsets(builder, pieces, needle_at) or (start, before, upto, body_end)
     body = builder.text_of(pieces[1:-1])
     needle = builder.needle
     if body.count(needle.value) != 1:

@@ -169,13 +169,14 @@ def test_bad_input_is_one_line_exit_2(args, message, capsys):
 
 @pytest.mark.server
 def test_server_counts_exactly_the_length(llama_server, builtin):
-    """The real tiny server's own count of the rendered prompt is L, and it answers from the haystack."""
+    """The real tiny server's own count of the rendered prompt is L, the needle sits at the recorded
+    token offset, and the model answers from the haystack. (/tokenize is not limited by -c.)"""
     url = llama_server.url
     tokenizer = get_tokenizer(f"server:{url}")
     template = get_template(f"server:{url}")
     try:
         with httpx.Client(trust_env=False, timeout=httpx.Timeout(600.0, connect=5.0)) as client:
-            for length in (300, 1_000, 4_096, 8_000):
+            for length in (300, 1_000, 4_096, 8_000, 60_000):
                 for depth in (0, 50, 100):
                     needle = make_needle(0, length, depth, 0)
                     prompt = build(length, depth, tokenizer, builtin, needle, template)
@@ -184,6 +185,8 @@ def test_server_counts_exactly_the_length(llama_server, builtin):
                     tokens = client.post(f"{url}/tokenize", json={
                         "content": prompt.text, "parse_special": True, "add_special": True}).json()["tokens"]
                     assert len(tokens) == length == prompt.prompt_tokens
+                    at = prompt.haystack_token_start + prompt.needle_token_offset
+                    assert tokenizer.decode(tokens[at:at + prompt.needle_tokens]).strip() == needle.text
                     assert prompt.template == f"server:{url}" and prompt.tokenizer == f"server:{url}"
             prompt = build(1_000, 50, tokenizer, builtin, make_needle(0, 1_000, 50, 0), template)
             reply = client.post(f"{url}/v1/chat/completions", json={
