@@ -203,3 +203,16 @@ def test_gguf_template_renders_like_the_server(llama_server):
     with httpx.Client(trust_env=False, timeout=30.0) as client:
         served = client.post(f"{llama_server.url}/apply-template", json={"messages": messages}).json()["prompt"]
     assert get_template(f"gguf:{llama_server.model}").render(messages) == served
+
+
+def test_cli_custom_needle_to_file(tmp_path, capsys, qwen):
+    spec = tmp_path / "needle.toml"
+    spec.write_text('[[needle]]\ntext = "The vault code is {value}."\nquestion = "What is the vault code?"\n'
+                    'answer = "{value}"\n')
+    out = tmp_path / "prompt.txt"
+    code = main(["haystack", "--length", "3000", "--depth", "75", "--needle", str(spec), "-o", str(out)])
+    assert code == 0
+    text = out.read_text(encoding="utf-8")
+    assert len(reencode(qwen, text)) == 3000
+    assert "The vault code is " in text and text.rstrip().endswith("<|im_start|>assistant")
+    assert "What is the vault code?" in text and "3000 tokens" in capsys.readouterr().err
