@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from niah.errors import NiahError
 
-SUFFIXES = {"": 1, "k": 1024, "m": 1024 * 1024}
+SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,23 @@ class Cell:
 
 
 def parse_length(text: str) -> int:
-    """`1010000`, `131k` (= 131,072) or `1m` (= 1,048,576) as a positive token count."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    """A positive token count: `1010000`, or the long-context shorthands `Nk` and `Nm`.
+
+    `Nk` with N a power of two is N × 1,024 (`4k` = 4,096, `128k` = 131,072); any other `Nk` is
+    the multiple of 1,024 nearest N × 1,000 (`131k` = 131,072, `262k` = 262,144, `393k` = 393,216).
+    `Nm` likewise: `1m` = 1,048,576.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", text)
     if not match:
         raise NiahError(f"bad length {text!r}: use a token count like 1010000, 131k or 1m")
-    value = float(match.group(1)) * SUFFIXES[match.group(2).lower()]
-    if value != int(value) or value <= 0:
-        raise NiahError(f"bad length {text!r}: must be a positive whole number of tokens")
-    return int(value)
+    number, suffix = int(match.group(1)), match.group(2).lower()
+    if suffix:
+        binary, decimal = SUFFIXES[suffix]
+        is_power_of_two = number & (number - 1) == 0
+        number = number * binary if is_power_of_two else round(number * decimal / 1024) * 1024
+    if number <= 0:
+        raise NiahError(f"bad length {text!r}: must be a positive number of tokens")
+    return number
 
 
 def parse_lengths(text: str) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label, load_profile, server_args
-from niah.server import ManagedServer, start_server
+from niah.server import ManagedServer, WaitProgress, start_server
 from niah.templates import get_template
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
 
@@ -53,7 +53,7 @@ class Endpoint:
         self.profile = profile
         self.server = server
         self.needed = needed
-        self.native_context = native_context or report.n_ctx_train
+        self.native_context = native_context or report.native_context or report.n_ctx_train
         self.client = ChatClient(url, api_key=api_key, stall_timeout_s=stall_timeout_s)
         self.counter = ServerTokenizer(url, api_key=api_key)
         self.template = get_template(
@@ -148,6 +148,7 @@ def open_endpoint(
             server_bin=config.server_bin,
             host=config.host,
             api_key=config.api_key,
+            on_wait=WaitProgress(log_path),
         )
         url = server.url
     try:

@@ -48,9 +48,26 @@ class FaultProxy(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._forward("GET")
 
+    def _forward_stream(self) -> None:
+        """Relay a chat stream chunk by chunk (HTTP/1.0: the body ends when the connection closes)."""
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with httpx.Client(timeout=None, trust_env=False) as client:
+            with client.stream("POST", self.upstream + self.path, content=body,
+                               headers={"Content-Type": "application/json"}) as response:
+                self.send_response(response.status_code)
+                self.send_header("Content-Type", response.headers.get("content-type", "text/event-stream"))
+                self.end_headers()
+                for chunk in response.iter_raw():
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+        self.close_connection = True
+
     def do_POST(self) -> None:
-        if self.path != "/v1/chat/completions" or not self.faults:
+        if self.path != "/v1/chat/completions":
             self._forward("POST")
+            return
+        if not self.faults:
+            self._forward_stream()
             return
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         fault = self.faults.pop(0)
@@ -69,7 +86,7 @@ class FaultProxy(BaseHTTPRequestHandler):
         self.wfile.write(f"data: {json.dumps(progress)}\n\n".encode())
         self.wfile.flush()
         if fault == "stall":
-            self.stop.wait(30)  # silent until the client gives up
+            self.stop.wait(120)  # silent until the client gives up
         # "drop": close the connection mid-stream without a final chunk
         self.close_connection = True
 
@@ -96,7 +113,7 @@ def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_pa
             grid=((1024, (0.0, 25.0, 50.0, 75.0, 100.0)),),
             out_dir=tmp_path,
             url=fault_proxy.url,  # type: ignore[attr-defined]
-            stall_timeout_s=2.0,
+            stall_timeout_s=15.0,  # silence this long is a stall; a real 1K prefill under load stays below it
             show_progress=False,
         )
     )
