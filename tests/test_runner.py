@@ -85,7 +85,7 @@ def test_sigkill_mid_grid_then_resume_runs_each_cell_once(llama_server, tmp_path
     proc.wait()
     killed_at = len(cell_records(results))
     assert 2 <= killed_at < 5
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
     assert rerun.returncode in (0, 1), rerun.stderr
     keys = [(r["length"], r["depth"], r["trial"]) for r in cell_records(results)]
     assert sorted(keys) == sorted((1024, float(d), 0) for d in (0, 25, 50, 75, 100))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ class FaultProxy(BaseHTTPRequestHandler):
     """Forwards to `upstream`; chat completions take the next fault from `faults`."""
 
     upstream = ""
-    faults: list[str] = []
+    faults: ClassVar[list[str]] = []
     stop = threading.Event()
 
     def log_message(self, *args: object) -> None:
@@ -51,15 +52,15 @@ class FaultProxy(BaseHTTPRequestHandler):
     def _forward_stream(self) -> None:
         """Relay a chat stream chunk by chunk (HTTP/1.0: the body ends when the connection closes)."""
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        with httpx.Client(timeout=None, trust_env=False) as client:
-            with client.stream("POST", self.upstream + self.path, content=body,
-                               headers={"Content-Type": "application/json"}) as response:
-                self.send_response(response.status_code)
-                self.send_header("Content-Type", response.headers.get("content-type", "text/event-stream"))
-                self.end_headers()
-                for chunk in response.iter_raw():
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
+        with httpx.Client(timeout=None, trust_env=False) as client, client.stream(
+            "POST", self.upstream + self.path, content=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            self.send_response(response.status_code)
+            self.send_header("Content-Type", response.headers.get("content-type", "text/event-stream"))
+            self.end_headers()
+            for chunk in response.iter_raw():
+                self.wfile.write(chunk)
+                self.wfile.flush()
         self.close_connection = True
 
     def do_POST(self) -> None:
