@@ -45,7 +45,7 @@ class RunProgress:
     def start_cell(self, cell: Cell) -> None:
         self._cell = cell
         self._cell_started = time.monotonic()
-        self._bar.set_description(f"L={cell.length:,} D={cell.depth:g}% t{cell.trial}")
+        self._bar.set_description(self._label(cell))
 
     def prefill(self, event: dict[str, object]) -> None:
         """A `prompt_progress` event: {total, cache, processed, time_ms}."""
@@ -76,7 +76,12 @@ class RunProgress:
             self._tokens_done += computed_tokens
             self._seconds_done += prompt_ms / 1000
         self._bar.update(1)
-        self._bar.write(f"{self._bar.desc}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")
+        label = self._label(self._cell) if self._cell else "cell"
+        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")
+
+    @staticmethod
+    def _label(cell: Cell) -> str:
+        return f"L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
 
     def close(self) -> None:
         self._bar.close()
