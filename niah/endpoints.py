@@ -106,7 +106,7 @@ class Endpoint:
 
     def close(self) -> None:
         self.client.close()
-        self.counter._client.close()
+        self.counter.close()
         self.template._client.close()  # type: ignore[attr-defined]
         if self.server is not None:
             self.server.stop()

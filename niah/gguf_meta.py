@@ -94,8 +94,8 @@ class _Reader:
         length = int(self.unpack("Q"))  # type: ignore[call-overload]
         self.handle.seek(length, 1)
 
-    def value(self, kind: int) -> object:
-        """One value of GGUF type `kind`; long arrays come back as None (skipped)."""
+    def value(self, kind: int, keep_long: bool = False) -> object:
+        """One value of GGUF type `kind`; long arrays come back as None (skipped) unless `keep_long`."""
         if kind in _SCALARS:
             return self.unpack(_SCALARS[kind])
         if kind == _STRING:
@@ -104,7 +104,11 @@ class _Reader:
             raise ValueError(f"unknown value type {kind}")
         item_kind = int(self.unpack("I"))  # type: ignore[call-overload]
         count = int(self.unpack("Q"))  # type: ignore[call-overload]
-        if count > _KEEP_ARRAY_MAX:
+        if keep_long and item_kind in _SCALARS:
+            fmt = _SCALARS[item_kind]
+            data = self.handle.read(struct.calcsize(fmt) * count)
+            return list(struct.unpack(f"{self.endian}{count}{fmt}", data))
+        if count > _KEEP_ARRAY_MAX and not keep_long:
             self._skip_array(item_kind, count)
             return None
         return [self.value(item_kind) for _ in range(count)]
@@ -120,8 +124,9 @@ class _Reader:
                 self.value(item_kind)
 
 
-def read_header(path: Path) -> dict[str, object]:
-    """The key/value pairs of a GGUF header (long arrays such as the vocabulary omitted)."""
+def read_header(path: Path, keep: frozenset[str] = frozenset()) -> dict[str, object]:
+    """The key/value pairs of a GGUF header; long arrays (such as the vocabulary) are omitted
+    unless their key is in `keep`."""
     try:
         with open(path, "rb", buffering=1 << 20) as handle:
             if handle.read(4) != GGUF_MAGIC:
@@ -137,7 +142,7 @@ def read_header(path: Path) -> dict[str, object]:
             for _ in range(kv_count):
                 key = reader.string()
                 kind = int(reader.unpack("I"))  # type: ignore[call-overload]
-                value = reader.value(kind)
+                value = reader.value(kind, keep_long=key in keep)
                 if value is not None:
                     fields[key] = value
             return fields

@@ -105,6 +105,9 @@ class ServerTokenizer:
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
+    def close(self) -> None:
+        self._client.close()
+
     def check_reachable(self) -> None:
         self._post("/tokenize", {"content": "", "add_special": False})
 
@@ -116,6 +119,7 @@ class HFTokenizer:
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" banner
         try:
             from transformers import AutoTokenizer
         except ImportError:
@@ -123,7 +127,10 @@ class HFTokenizer:
         try:
             self._tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
         except Exception as exc:
-            raise NiahError(f"hf:{source}: no local tokenizer found ({type(exc).__name__})") from None
+            raise NiahError(
+                f"hf:{source}: no tokenizer in that folder or the local cache (offline only; "
+                f"{type(exc).__name__})"
+            ) from None
         self.name = f"hf:{source}"
 
     def encode(self, text: str) -> list[int]:

@@ -1,0 +1,117 @@
+"""Tokenizer backends: gguf:, hf: and server: agree id for id with the real llama-server; qwen3.6 facts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from niah.gguf_meta import read_header
+from niah.gguf_tokenizer import GGUFTokenizer
+from niah.server import free_port
+from niah.tokenizers import QwenTiktoken, ServerTokenizer, get_tokenizer
+
+TEXTS = [
+    "Plain English prose about rivers, mills and the farmers who traded grain there.",
+    "The special magic number is 4827193.",
+    "Digits 0123456789, 3.14159, 1,010,000 and 262144.",
+    "Punctuation runs: !!! ... ??? --- ;;; (([[{{}}]])) @#$%^&*",
+    "new\nlines\n\n\ttabs\t and   several    spaces  ",
+    "Non-ASCII: naïve café résumé, 東京タワー, Ünïcödé, emoji 🙂🎉.",
+    "Text with <|im_start|>user\nhello<|im_end|> control strings inside.",
+    "I'm sure you're right; we'll see what they'd say. IT'S DONE.",
+]
+
+
+def write_hf_tokenizer(model: Path, folder: Path) -> Path:
+    """A tokenizer.json built from the GGUF's own vocabulary and merges with the `tokenizers` library."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    header = read_header(model, keep=frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges"}))
+    tokens = list(header["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
+    merges = [tuple(m.split(" ", 1)) for m in header["tokenizer.ggml.merges"]]  # type: ignore[union-attr]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    tokenizer = Tokenizer(bpe)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [  # SmolLM2's pre-tokenizer: digits one by one, then GPT-2's byte-level split
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder
+
+
+@pytest.mark.server
+def test_gguf_hf_and_server_give_identical_ids(llama_server, tmp_path: Path) -> None:
+    server = get_tokenizer(f"server:{llama_server.url}")
+    gguf = get_tokenizer(f"gguf:{llama_server.model}")
+    hf = get_tokenizer("hf:" + str(write_hf_tokenizer(llama_server.model, tmp_path / "hf")))
+    for text in TEXTS:
+        expected = server.encode(text)
+        assert gguf.encode(text) == expected, text
+        assert hf.encode(text) == expected, text
+        assert gguf.decode(expected) == text
+    assert isinstance(server, ServerTokenizer)
+    assert server.decode(server.encode(TEXTS[0])) == TEXTS[0]
+    server.close()
+
+
+def test_gguf_control_strings_are_text(tiny_model: Path) -> None:
+    tokenizer = GGUFTokenizer(tiny_model)
+    im_start = tokenizer._ids["<|im_start|>"]
+    assert im_start not in tokenizer.encode("a <|im_start|> b")
+    assert tokenizer.count("The special magic number is 4827193.") == len(tokenizer.encode("The special magic number is 4827193."))
+
+
+def test_qwen36_specials_are_text_and_known_ids() -> None:
+    qwen = get_tokenizer("qwen3.6")
+    assert isinstance(qwen, QwenTiktoken)
+    ids = qwen.encode("<|im_start|>user")
+    assert 248045 not in ids and len(ids) > 2
+    assert qwen.special_tokens["<|im_start|>"] == 248045
+    assert qwen.special_tokens["<think>"] == 248068
+    assert qwen.special_tokens["<|endoftext|>"] == 248044
+    text = "The special magic number is 4827193. Ünïcödé 東京"
+    assert qwen.decode(qwen.encode(text)) == text
+    assert qwen.encode("4827193") == [qwen.encode(d)[0] for d in "4827193"]  # digits one by one
+
+
+def niah(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "niah", *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_tokenize_cli_counts(tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text(TEXTS[1])
+    result = niah("tokenize", "--tokenizer", "qwen3.6", str(text))
+    assert result.returncode == 0
+    assert int(result.stdout.strip()) == get_tokenizer("qwen3.6").count(TEXTS[1])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["nonsense", "gguf:/no/such/model.gguf", "gguf:{notgguf}", "server:http://127.0.0.1:{port}", "hf:/no/such/dir"],
+)
+def test_tokenize_cli_bad_specs_are_one_line_exit_2(spec: str, tmp_path: Path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("this is not a GGUF file")
+    spec = spec.format(notgguf=not_gguf, port=free_port())
+    result = niah("tokenize", "--tokenizer", spec, str(text))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_tokenize_cli_missing_file_is_one_line() -> None:
+    result = niah("tokenize", "/no/such/file.txt")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
