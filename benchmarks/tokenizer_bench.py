@@ -20,7 +20,8 @@ from niah.server import find_tiny_model, start_server
 from niah.tokenizers import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_tokenizers import write_hf_tokenizer  # noqa: E402
+from test_tokenizers import write_hf_tokenizer
+
 
 def english_text() -> str:
     """The built-in essay corpus: about 1.3M Qwen3.6 tokens of English."""
