@@ -30,11 +30,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "demo",
         help="miniature seed experiment on the bundled CPU server and tiny model",
         description="Run native/1.5x/2x/3.85x rows with SmolLM2-135M on the bundled llama-server and "
-        "write the report to reports/demo/ (about 10 minutes on 2 cores; --full adds every depth "
-        "on every row up to 3.85x and takes about an hour). Example: niah demo",
+        "write results and report to runs/demo/. Rerunning resumes. --full adds every depth on every "
+        "row up to 3.85x (hours on 2 cores: a 31K-token prefill alone takes ~10 minutes). Example: niah demo",
     )
     parser.add_argument("--full", action="store_true", help="every depth on every row, 3.85x row included")
-    parser.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"),
+        help="run folder (default runs/demo; the published report was made with --full --out reports/demo)",
+    )
     add_common_options(parser)
     parser.set_defaults(func=demo_command)
 
