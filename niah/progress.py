@@ -32,7 +32,9 @@ class RunProgress:
 
     def __init__(self, cells: list[Cell], enabled: bool = True) -> None:
         self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells)))
-        self._bar = tqdm(total=len(cells), unit="cell", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=len(cells), unit="cell", disable=not enabled, file=sys.stderr, dynamic_ncols=True, delay=1.0
+        )
         self._tokens_done = 0
         self._seconds_done = 0.0
         self._cell: Cell | None = None
