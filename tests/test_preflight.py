@@ -131,7 +131,7 @@ def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_mo
     assert not process_gone(server_pid)
     try:
         child.send_signal(signum)
-        child.wait(timeout=60)
+        child.wait(timeout=120)
     finally:
         if child.poll() is None:
             child.kill()
