@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 import httpx
 
 from niah.client import ChatClient
-from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
+from niah.gguf_meta import GGUFFacts
 from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label, load_profile, server_args
 from niah.server import ManagedServer, WaitProgress, start_server
-from niah.templates import get_template
+from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
 
 if TYPE_CHECKING:
@@ -56,8 +55,9 @@ class Endpoint:
         self.native_context = native_context or report.native_context or report.n_ctx_train
         self.client = ChatClient(url, api_key=api_key, stall_timeout_s=stall_timeout_s)
         self.counter = ServerTokenizer(url, api_key=api_key)
-        self.template = get_template(
-            f"server:{url}", api_key=api_key, chat_template_kwargs={"enable_thinking": thinking == "on"}
+        """The server's tokenizer; every count and template render waits through it (`wait_s`)."""
+        self.template = ServerTemplate(
+            url, chat_template_kwargs={"enable_thinking": thinking == "on"}, server=self.counter
         )
 
     @property
@@ -74,17 +74,9 @@ class Endpoint:
         native = self.native_context
         return factor_label(self.served_n_ctx, native) if native else "unknown"
 
-    def server_count(self, prompt: Prompt, thinking: str) -> int:
+    def server_count(self, prompt: Prompt) -> int:
         """Prompt tokens as the server will count them: its template, then its tokenizer."""
-        payload: dict[str, object] = {
-            "messages": list(prompt.messages),
-            "chat_template_kwargs": {"enable_thinking": thinking == "on"},  # as the client sends it
-        }
-        rendered = self.counter._post("/apply-template", payload)["prompt"]
-        body = self.counter._post(
-            "/tokenize", {"content": rendered, "parse_special": True, "add_special": True}
-        )
-        return len(body["tokens"])  # type: ignore[arg-type]
+        return count_prompt(self.counter, self.template.render(list(prompt.messages)))
 
     def server_died(self) -> bool:
         """True when the managed process is gone, or an unmanaged server stopped answering."""
@@ -107,38 +99,34 @@ class Endpoint:
     def close(self) -> None:
         self.client.close()
         self.counter.close()
-        self.template._client.close()  # type: ignore[attr-defined]
         if self.server is not None:
             self.server.stop()
 
 
-def native_context(config: RunConfig) -> int | None:
-    """The model's native context from its GGUF header, when the run names a model file."""
-    return read_gguf_facts(config.model).context_length if config.model else None
-
-
-def launch_args(profile_name: str, config: RunConfig) -> tuple[LaunchProfile, list[str]]:
+def launch_args(profile_name: str, facts: GGUFFacts) -> tuple[LaunchProfile, list[str]]:
     """The profile and its llama-server flags for the run's model."""
-    if config.model is None:
-        raise NiahError("a managed launch needs --model GGUF")
     profile = load_profile(profile_name)
-    return profile, server_args(profile, read_gguf_facts(config.model))
+    return profile, server_args(profile, facts)
 
 
 @contextmanager
 def open_endpoint(
-    config: RunConfig, profile_name: str | None, needed: int, fingerprint: dict[str, object]
+    config: RunConfig,
+    launch: tuple[LaunchProfile, list[str]] | None,
+    needed: int,
+    fingerprint: dict[str, object],
+    native_context: int | None = None,
 ) -> Iterator[Endpoint]:
-    """Start (or reach) the server for one launch group, preflight it, and always clean up."""
+    """Start `launch` (a profile and its flags) or reach `config.url`, preflight, always clean up."""
     server: ManagedServer | None = None
     profile: LaunchProfile | None = None
-    if profile_name is None:
+    if launch is None:
         assert config.url is not None
         url = config.url.rstrip("/")
         log_path = None
     else:
         assert config.model is not None
-        profile, args = launch_args(profile_name, config)
+        profile, args = launch
         log_path = config.out_dir / "logs" / f"{profile.name}.log"
         print(f"niah: starting llama-server for profile {profile.name} ...", flush=True)
         server = start_server(
@@ -153,7 +141,7 @@ def open_endpoint(
         url = server.url
     try:
         report = preflight(url, needed, log_path, config.api_key)
-        if profile_name is None:
+        if launch is None:
             fingerprint["server"] = server_fingerprint(url, report)
         endpoint = Endpoint(
             url,
@@ -163,14 +151,10 @@ def open_endpoint(
             profile=profile,
             server=server,
             needed=needed,
-            native_context=native_context(config),
+            native_context=native_context,
             thinking=config.thinking,
         )
-        print(
-            f"niah: preflight {report.verdict}: per-slot context {report.served_n_ctx:,}, "
-            f"needed {needed:,}" + (f" — {report.cause}" if report.cause else ""),
-            flush=True,
-        )
+        print(f"niah: preflight {report.summary()}", flush=True)
         try:
             yield endpoint
         finally:
@@ -217,10 +201,12 @@ def prompt_builder(
 
     def build_cell(cell: Cell, needle: Needle) -> tuple[Prompt, int]:
         prompt = build(cell.length, cell.depth, tokenizer, corpus, needle, template)
-        counted = endpoint.server_count(prompt, config.thinking)
-        if counted != cell.length and tokenizer is not endpoint.counter:
+        if tokenizer is endpoint.counter:  # build() already counted the server's own render
+            return prompt, prompt.prompt_tokens
+        counted = endpoint.server_count(prompt)
+        if counted != cell.length:
             prompt = build(cell.length, cell.depth, endpoint.counter, corpus, needle, template)
-            counted = endpoint.server_count(prompt, config.thinking)
+            counted = prompt.prompt_tokens
         return prompt, counted
 
     return build_cell

@@ -8,6 +8,7 @@ lookup first). User-defined tokens are still matched as whole strings, as llama.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import regex
@@ -107,7 +108,7 @@ class GGUFTokenizer:
         parts = list(word)
         ranks = self._ranks
         while len(parts) > 1:
-            pairs = [ranks.get((a, b)) for a, b in zip(parts, parts[1:])]
+            pairs = [ranks.get(pair) for pair in pairwise(parts)]
             best = min((r for r in pairs if r is not None), default=None)
             if best is None:
                 break

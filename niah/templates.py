@@ -13,8 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-import httpx
-
 from niah.errors import NiahError
 from niah.tokenizers import ServerTokenizer, Tokenizer
 
@@ -40,33 +38,31 @@ class BuiltinTemplate:
 
 
 class ServerTemplate:
-    """llama-server's own template via `POST /apply-template`."""
+    """llama-server's own template via `POST /apply-template`.
+
+    `server` shares an existing connection (and its wait-time accounting) to the same server.
+    """
 
     def __init__(
-        self, url: str, api_key: str | None = None, chat_template_kwargs: dict[str, object] | None = None
+        self,
+        url: str,
+        api_key: str | None = None,
+        chat_template_kwargs: dict[str, object] | None = None,
+        server: ServerTokenizer | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = f"server:{self.url}"
         self.kwargs = dict(chat_template_kwargs or {})
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(120.0, connect=5.0), headers=headers, trust_env=False
-        )
+        self._server = server or ServerTokenizer(self.url, api_key=api_key)
 
     def render(self, messages: list[dict[str, str]]) -> str:
         payload: dict[str, object] = {"messages": messages}
         if self.kwargs:
             payload["chat_template_kwargs"] = self.kwargs
-        try:
-            response = self._client.post(f"{self.url}/apply-template", json=payload)
-        except httpx.TransportError as exc:
-            raise NiahError(f"cannot reach llama-server at {self.url}: {exc}") from None
-        if response.status_code != 200:
-            raise NiahError(f"{self.url}/apply-template answered HTTP {response.status_code}: {response.text[:200]}")
-        return str(response.json()["prompt"])
+        return str(self._server._post("/apply-template", payload)["prompt"])
 
     def close(self) -> None:
-        self._client.close()
+        self._server.close()
 
 
 class GGUFTemplate:
