@@ -25,8 +25,10 @@ from niah.errors import (
     EXIT_OK,
     NiahError,
 )
+from niah.gguf_meta import read_gguf_facts
 from niah.haystack import Prompt
 from niah.needles import load_needle_spec, make_needle, score_answer
+from niah.profiles import LaunchProfile
 from niah.progress import RunProgress
 from niah.report import render_report
 from niah.results import CellResult, ResultsFile
@@ -125,25 +127,38 @@ def run(config: RunConfig) -> RunSummary:
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    facts = read_gguf_facts(config.model) if config.model else None
     if config.model:
         fingerprint["model"] = model_identity(config.model)
+    launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
     if config.profiles:
-        fingerprint["launches"] = {name: launch_args(name, config)[1] for name in sorted({p for _, p in config.profiles})}
+        if facts is None:
+            raise NiahError("a managed launch needs --model GGUF")
+        launches = {name: launch_args(name, facts) for name in sorted({p for _, p in config.profiles})}
+        fingerprint["launches"] = {name: args for name, (_, args) in launches.items()}
     config.out_dir.mkdir(parents=True, exist_ok=True)
+    # A managed run's fingerprint is known before any launch, so finished groups start no server;
+    # a --url run's fingerprint includes what the server reports.
+    results = None if config.url else ResultsFile(config.results_path, fingerprint)
     progress = RunProgress(cells, enabled=config.show_progress)
     computed = cached = 0
-    launch_invalid = False
-    results: ResultsFile | None = None
     try:
         for profile_name, lengths in groups:
-            todo = [c for c in cells if c.length in lengths]
+            group = [c for c in cells if c.length in lengths]
+            if results is not None:
+                done = results.done_keys()
+                progress.skip(sum(c.key in done for c in group))
+                if all(c.key in done for c in group):
+                    continue
             needed = max(lengths) + config.budget
-            with open_endpoint(config, profile_name, needed, fingerprint) as endpoint:
+            launch = launches[profile_name] if profile_name else None
+            native = facts.context_length if facts else None
+            with open_endpoint(config, launch, needed, fingerprint, native) as endpoint:
                 if results is None:
                     results = ResultsFile(config.results_path, fingerprint)
-                done = results.done_keys()
-                todo = [c for c in todo if c.key not in done]
-                progress.skip(len([c for c in cells if c.length in lengths]) - len(todo))
+                    done = results.done_keys()
+                    progress.skip(sum(c.key in done for c in group))
+                todo = [c for c in group if c.key not in done]
                 if not todo:
                     continue
                 build = prompt_builder(endpoint, config, corpus)
@@ -151,7 +166,6 @@ def run(config: RunConfig) -> RunSummary:
                     needle = make_needle(config.seed, cell.length, cell.depth, cell.trial, needle_spec)
                     progress.start_cell(cell)
                     if cell.length + config.budget > endpoint.served_n_ctx:
-                        launch_invalid = True
                         result = unsent_result(
                             cell, needle.value, endpoint, "CLAMPED",
                             f"served per-slot context {endpoint.served_n_ctx:,} < "
@@ -178,7 +192,7 @@ def run(config: RunConfig) -> RunSummary:
                     progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
     finally:
         progress.close()
-    if results is None:  # every group was already finished before this run
+    if results is None:  # the grid had no row to run
         results = ResultsFile(config.results_path, fingerprint)
     report = render_report(config.results_path, config.out_dir)
     outcomes = Counter(results.outcomes())
@@ -189,13 +203,13 @@ def run(config: RunConfig) -> RunSummary:
         prefill_tokens_computed=computed,
         prefill_tokens_cached=cached,
         grid_markdown=report.grid_markdown,
-        exit_code=exit_code(outcomes, launch_invalid),
+        exit_code=exit_code(outcomes),
     )
 
 
-def exit_code(outcomes: Counter[str], launch_invalid: bool) -> int:
+def exit_code(outcomes: Counter[str]) -> int:
     """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL cells > 0 all PASS."""
-    if launch_invalid or outcomes.get("CLAMPED"):
+    if outcomes.get("CLAMPED"):
         return EXIT_LAUNCH_INVALID
     if any(name not in ("PASS", "FAIL") for name in outcomes):
         return EXIT_NON_RETRIEVAL

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,19 @@ def test_managed_server_killed_mid_run_is_crash_then_restarted(tiny_model: Path,
     assert outcomes[2] in ("PASS", "FAIL")  # the server was restarted and the run went on
     assert summary.exit_code == 4
     assert set(child_llama_servers()) <= before
+
+
+def test_resuming_a_finished_managed_run_starts_no_server(tiny_model: Path, tmp_path: Path) -> None:
+    config = RunConfig(
+        grid=((1024, (50.0,)),),
+        out_dir=tmp_path,
+        model=tiny_model,
+        profiles=((1024, "tiny-native-8k"),),
+        show_progress=False,
+    )
+    first = run(config)
+    assert len(cell_records(first.results_path)) == 1
+    # A binary that does not exist: any attempt to launch would fail the rerun.
+    again = run(replace(config, server_bin=str(tmp_path / "no-llama-server")))
+    assert len(cell_records(again.results_path)) == 1
+    assert again.exit_code == first.exit_code

@@ -104,8 +104,6 @@ def run_command(args: argparse.Namespace) -> int:
         raise NiahError("managed launches need --model GGUF")
     if args.model and not args.model.is_file():
         raise NiahError(f"model file {args.model} does not exist")
-    if args.trials < 1:
-        raise NiahError("--trials must be at least 1")
     config = RunConfig(
         grid=tuple((length, depths) for length in lengths),
         trials=args.trials,
