@@ -40,9 +40,21 @@ class RunProgress:
         self._cell: Cell | None = None
         self._cell_started = 0.0
 
-    def skip(self, count: int) -> None:
-        """Cells already finished in an earlier run (resume)."""
-        self._bar.update(count)
+    def skip(self, cells: list[Cell]) -> None:
+        """Cells already finished in an earlier run (resume): counted done, left out of the ETA and the rate."""
+        fresh = [c for c in cells if self._remaining.pop(c.key, None) is not None]
+        if self._bar.disable:
+            return
+        self._bar.n += len(fresh)
+        self._bar.initial += len(fresh)
+        self._bar.last_print_n = self._bar.n
+        self._bar.refresh()
+
+    @property
+    def tokens_left(self) -> int:
+        """Prefill tokens the cells not yet started are expected to compute."""
+        current = self._cell.key if self._cell else None
+        return sum(n for key, n in self._remaining.items() if key != current)
 
     def start_cell(self, cell: Cell) -> None:
         self._cell = cell
@@ -66,9 +78,7 @@ class RunProgress:
         rate = self._tokens_done / self._seconds_done if self._seconds_done > 0 else current_rate
         if rate <= 0:
             return "?"
-        current = self._cell.key if self._cell else None
-        later = sum(n for key, n in self._remaining.items() if key != current)
-        seconds = (left_in_cell + later) / rate
+        seconds = (left_in_cell + self.tokens_left) / rate
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
     def end_cell(self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None) -> None:

@@ -147,7 +147,7 @@ def run(config: RunConfig) -> RunSummary:
             group = [c for c in cells if c.length in lengths]
             if results is not None:
                 done = results.done_keys()
-                progress.skip(sum(c.key in done for c in group))
+                progress.skip([c for c in group if c.key in done])
                 if all(c.key in done for c in group):
                     continue
             needed = max(lengths) + config.budget
@@ -157,7 +157,7 @@ def run(config: RunConfig) -> RunSummary:
                 if results is None:
                     results = ResultsFile(config.results_path, fingerprint)
                     done = results.done_keys()
-                    progress.skip(sum(c.key in done for c in group))
+                    progress.skip([c for c in group if c.key in done])
                 todo = [c for c in group if c.key not in done]
                 if not todo:
                     continue
