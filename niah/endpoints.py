@@ -40,6 +40,7 @@ class Endpoint:
         *,
         api_key: str | None,
         stall_timeout_s: float,
+        connect_timeout_s: float = 10.0,
         profile: LaunchProfile | None = None,
         server: ManagedServer | None = None,
         needed: int = 0,
@@ -53,7 +54,9 @@ class Endpoint:
         self.server = server
         self.needed = needed
         self.native_context = native_context or report.native_context or report.n_ctx_train
-        self.client = ChatClient(url, api_key=api_key, stall_timeout_s=stall_timeout_s)
+        self.client = ChatClient(
+            url, api_key=api_key, stall_timeout_s=stall_timeout_s, connect_timeout_s=connect_timeout_s
+        )
         self.counter = ServerTokenizer(url, api_key=api_key)
         """The server's tokenizer; every count and template render waits through it (`wait_s`)."""
         self.template = ServerTemplate(
@@ -148,6 +151,7 @@ def open_endpoint(
             report,
             api_key=config.api_key,
             stall_timeout_s=config.stall_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
             profile=profile,
             server=server,
             needed=needed,

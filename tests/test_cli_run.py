@@ -22,6 +22,10 @@ from niah.server import free_port
         (["--lengths", "1k", "--profile", "no-such-profile", "--model", __file__], 2),
         (["--lengths", "1k", "--profile-for-length", "2k=tiny-native-8k", "--model", __file__], 2),
         (["--lengths", "1k", "--url", "http://127.0.0.1:{port}"], 3),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--answer-budget", "0"], 2),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--stall-timeout", "0"], 2),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--connect-timeout", "-1"], 2),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--temperature", "-0.5"], 2),
     ],
 )
 def test_bad_run_input(args: list[str], code: int, tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -294,3 +296,29 @@ def test_prompt_tokens_fall_back_to_timings_without_usage(fake_server: Any) -> N
     assert result.status == "ok" and result.finish_reason == "length"
     assert (result.prompt_tokens, result.prompt_n, result.cache_n, result.predicted_n) == (100, 7, 93, 8)
     assert (result.prompt_ms, result.predicted_ms) == (1.5, 4.0)
+
+
+def test_a_server_that_never_accepts_is_unreachable_within_the_connect_timeout() -> None:
+    """A listener whose accept queue is full: the SYN is dropped, so only the connect timeout ends the wait."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue (its size is the backlog plus a little)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        started = time.monotonic()
+        result = _chat(f"http://127.0.0.1:{port}", client_args={"connect_timeout_s": 1.0, "stall_timeout_s": 60})
+        elapsed = time.monotonic() - started
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert result.status == "unreachable"
+    assert "connect timeout" in (result.error or "")
+    assert elapsed < 30

@@ -51,6 +51,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--no-cache-reuse", action="store_true", help="strict: no prompt-cache reuse")
     parser.add_argument("--stall-timeout", type=float, default=600.0, help="seconds of stream silence = TIMEOUT")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to open each cell's connection")
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY); never written anywhere")
     parser.add_argument("--server-bin", help="llama-server binary for managed launches")
     parser.add_argument("--host", default="127.0.0.1", help="bind address of managed servers")
@@ -69,6 +70,7 @@ def common_config(args: argparse.Namespace) -> dict[str, object]:
         "temperature": args.temperature,
         "cache_reuse": not args.no_cache_reuse,
         "stall_timeout_s": args.stall_timeout,
+        "connect_timeout_s": args.connect_timeout,
         "api_key": args.api_key or os.environ.get("NIAH_API_KEY"),
         "server_bin": args.server_bin,
         "host": args.host,
