@@ -126,7 +126,7 @@ class HFTokenizer:
             raise NiahError("hf: tokenizers need transformers: pip install 'niah[hf]'") from None
         try:
             self._tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError and its own types
             raise NiahError(
                 f"hf:{source}: no tokenizer in that folder or the local cache (offline only; "
                 f"{type(exc).__name__})"

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from niah.errors import NiahError
-from niah.server import HOW_TO_GET_SERVER, ManagedServer, find_server_binary, find_tiny_model, start_server
+from niah.server import (
+    HOW_TO_GET_SERVER,
+    ManagedServer,
+    find_server_binary,
+    find_tiny_model,
+    start_server,
+)
 
 
 @dataclass(frozen=True)
