@@ -87,6 +87,7 @@ class RunProgress:
         if computed_tokens and prompt_ms:
             self._tokens_done += computed_tokens
             self._seconds_done += prompt_ms / 1000
+        self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
         self._bar.update(1)
         label = self._label(self._cell) if self._cell else "cell"
         self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")

@@ -22,4 +22,6 @@ def test_resumed_cells_leave_the_eta_and_the_rate() -> None:
     assert progress._bar.initial == 2
     progress.start_cell(cells[2])
     assert progress.tokens_left == 0
+    progress.end_cell("PASS", computed_tokens=1000, prompt_ms=2000)
+    assert progress._bar.postfix == "ETA 0:00:00"  # no stale prefill ETA once the last cell ends
     progress.close()
