@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from niah.cli.demo import ALL_DEPTHS, DEMO_ROWS
 from niah.profiles import load_profile
 from niah.runner import ANSWER_BUDGET
 
 SMOLLM2_NATIVE = 8192
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_rows_use_the_seeds_factors_and_fit_their_context() -> None:
@@ -17,3 +25,18 @@ def test_rows_use_the_seeds_factors_and_fit_their_context() -> None:
         assert set(depths) <= set(ALL_DEPTHS)
         factors.append(profile.factor_label(SMOLLM2_NATIVE))
     assert factors == ["native", "native", "1.5x YaRN", "2x YaRN", "3.85x YaRN"]
+
+
+@pytest.mark.server
+def test_demo_resumes_the_published_run_and_names_the_rows_it_skipped(tmp_path: Path, tiny_model: Path) -> None:
+    """Every default cell is already in reports/demo/results.jsonl, so no server starts and the grid is re-rendered."""
+    shutil.copy(REPO / "reports" / "demo" / "results.jsonl", tmp_path / "results.jsonl")
+    result = subprocess.run(
+        [sys.executable, "-m", "niah", "demo", "--out", str(tmp_path), "--no-progress", "--server-bin", "/nonexistent"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 4, result.stderr  # the published grid has TRUNCATED cells besides FAILs
+    assert "starting llama-server" not in result.stdout + result.stderr
+    published = (REPO / "reports" / "demo" / "grid.md").read_text(encoding="utf-8")
+    assert result.stdout.startswith(published.rstrip("\n"))
+    assert "not run by default: 31,508 (tiny-yarn-32k)" in result.stdout

@@ -50,4 +50,8 @@ def demo_command(args: argparse.Namespace) -> int:
         profiles=tuple((length, profile) for length, profile, _ in DEMO_ROWS),
         **common_config(args),  # type: ignore[arg-type]
     )
-    return print_summary(run(config))
+    code = print_summary(run(config))
+    if not args.full:
+        skipped = ", ".join(f"{length:,} ({profile})" for length, profile, depths in DEMO_ROWS if not depths)
+        print(f"not run by default: {skipped}; `niah demo --full` runs every row at every depth")
+    return code
