@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="miniature seed experiment on the bundled CPU server and tiny model",
         description="Run native/1.5x/2x/3.85x rows with SmolLM2-135M on the bundled llama-server and "
         "write results and report to runs/demo/. Rerunning resumes. --full adds every depth on every "
-        "row up to 3.85x (hours on 2 cores: a 31K-token prefill alone takes ~10 minutes). Example: niah demo",
+        "row up to 3.85x (about 2 hours on 2 cores: one 31K-token prefill alone took 14 minutes). Example: niah demo",
     )
     parser.add_argument("--full", action="store_true", help="every depth on every row, 3.85x row included")
     parser.add_argument(
