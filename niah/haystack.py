@@ -261,17 +261,23 @@ def _server_offsets(builder: _Builder, pieces: list[Piece], needle_at: int) -> t
     )
 
 
+def _counted_offsets(builder: _Builder, pieces: list[Piece], needle_at: int) -> tuple[int, ...]:
+    """The same four offsets as `_server_offsets`, counted piece by piece."""
+    return (
+        builder.bos + builder.count(pieces[:1]),
+        builder.bos + builder.count(pieces[:needle_at]),
+        builder.bos + builder.count([*pieces[:needle_at], str(pieces[needle_at]).rstrip()]),
+        builder.bos + builder.count(pieces[:-1]),
+    )
+
+
 def _finish(
     builder: _Builder, pieces: list[Piece], needle_at: int, n: int, tail: str,
     length: int, depth: float, template: ChatTemplate,
 ) -> Prompt:
     """Measure offsets, check the needle is unique and the template verbatim, and make the Prompt."""
-    start = builder.bos + builder.count(pieces[:1])
-    before = builder.bos + builder.count(pieces[:needle_at])
-    upto = builder.bos + builder.count([*pieces[:needle_at], str(pieces[needle_at]).rstrip()])
-    body_end = builder.bos + builder.count(pieces[:-1])
-    if builder.full_count:
-        start, before, upto, body_end = _server_offsets(builder, pieces, needle_at) or (start, before, upto, body_end)
+    server = _server_offsets(builder, pieces, needle_at) if builder.full_count else None
+    start, before, upto, body_end = server or _counted_offsets(builder, pieces, needle_at)
     body = builder.text_of(pieces[1:-1])
     needle = builder.needle
     if body.count(needle.value) != 1:
