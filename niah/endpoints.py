@@ -40,7 +40,7 @@ class Endpoint:
         *,
         api_key: str | None,
         stall_timeout_s: float,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float,
         profile: LaunchProfile | None = None,
         server: ManagedServer | None = None,
         needed: int = 0,

@@ -155,9 +155,8 @@ def run(config: RunConfig) -> RunSummary:
         for profile_name, lengths in groups:
             group = [c for c in cells if c.length in lengths]
             if results is not None:
-                done = results.done_keys()
-                progress.skip([c for c in group if c.key in done])
-                if all(c.key in done for c in group):
+                todo = unfinished(results, group, progress)
+                if not todo:
                     continue
             needed = max(lengths) + config.budget
             launch = launches[profile_name] if profile_name else None
@@ -165,9 +164,7 @@ def run(config: RunConfig) -> RunSummary:
             with open_endpoint(config, launch, needed, fingerprint, native) as endpoint:
                 if results is None:
                     results = ResultsFile(config.results_path, fingerprint)
-                    done = results.done_keys()
-                    progress.skip([c for c in group if c.key in done])
-                todo = [c for c in group if c.key not in done]
+                    todo = unfinished(results, group, progress)
                 if not todo:
                     continue
                 build = prompt_builder(endpoint, config, corpus)
@@ -214,6 +211,13 @@ def run(config: RunConfig) -> RunSummary:
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
     )
+
+
+def unfinished(results: ResultsFile, group: list[Cell], progress: RunProgress) -> list[Cell]:
+    """The group's cells not yet in the results; the finished ones are marked done on the bar."""
+    done = results.done_keys()
+    progress.skip([c for c in group if c.key in done])
+    return [c for c in group if c.key not in done]
 
 
 def exit_code(outcomes: Counter[str]) -> int:
