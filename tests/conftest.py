@@ -1,4 +1,5 @@
-"""Shared fixtures: a real llama-server with the tiny SmolLM2 model on a free loopback port."""
+"""Shared fixtures: a real llama-server with the tiny SmolLM2 model (or the qwen35 test bed) on a
+free loopback port."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from niah.server import (
     find_tiny_model,
     start_server,
 )
+from niah.testbed import build_testbed
 
 
 @dataclass(frozen=True)
@@ -72,3 +74,10 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         yield LiveServer(server.url, log_path, model, server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def qwen35_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The qwen35 test bed with its MTP block, built once per session (seconds; no server needed)."""
+    path, _ = build_testbed("qwen35", tmp_path_factory.mktemp("testbed") / "qwen35-testbed.gguf", mtp=True)
+    return path
