@@ -21,6 +21,9 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 # Hybrid architectures whose loader assumes a full-attention interval when the key is absent.
 HYBRID_DEFAULT_INTERVAL = {"qwen35": 4, "qwen35moe": 4, "qwen3next": 4}
+# Sliding-window architectures whose loader assumes a layer pattern when the header has none: every
+# N-th layer is global, the others use the window (llama.cpp's load_swa_pattern defaults).
+SWA_DEFAULT_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2}
 # Arrays longer than this (vocabularies, merges) are skipped: no fact needs them.
 _KEEP_ARRAY_MAX = 4096
 
@@ -60,6 +63,14 @@ class GGUFFacts:
     """`ARCH.rope.scaling.*` keys as (short name, value) pairs, empty when the file has none."""
     nextn_predict_layers: int
     """MTP layers (`ARCH.nextn_predict_layers`), usable with `--spec-type draft-mtp`."""
+    swa_layers: tuple[int, ...] = ()
+    """Attention layers that use the sliding window (empty when the model has none or the
+    pattern is unknown)."""
+    recurrent_layers: tuple[int, ...] = ()
+    """Recurrent layers (Gated DeltaNet / Mamba-style `ssm.*` keys), MTP layers excluded."""
+    recurrent_state_values: int = 0
+    """f32 values of one recurrent layer's state per sequence: the conv window
+    (conv_kernel − 1) × (inner + 2 × groups × state) plus the state itself, state × inner."""
 
     @property
     def kv_values_per_token(self) -> tuple[int, int]:
@@ -202,6 +213,10 @@ def facts_from_header(path: Path, fields: dict[str, object], file_size: int) -> 
     scaling = tuple(sorted((k[len(prefix):], v) for k, v in fields.items() if k.startswith(prefix)))
     window = key("attention.sliding_window")
     context = key("context_length")
+    swa_layers = _swa_layers(arch, key("attention.sliding_window_pattern"), attention) if window else ()
+    conv, inner, state, groups = (int(key(f"ssm.{k}") or 0) for k in  # type: ignore[call-overload]
+                                  ("conv_kernel", "inner_size", "state_size", "group_count"))
+    recurrent_layers = tuple(i for i in main_layers if i not in attention) if inner else ()
     return GGUFFacts(
         path=str(path),
         file_size=file_size,
@@ -218,7 +233,21 @@ def facts_from_header(path: Path, fields: dict[str, object], file_size: int) -> 
         sliding_window=int(window) if window else None,  # type: ignore[call-overload]
         rope_scaling=scaling,
         nextn_predict_layers=nextn,
+        swa_layers=swa_layers,
+        recurrent_layers=recurrent_layers,
+        recurrent_state_values=max(conv - 1, 0) * (inner + 2 * groups * state) + state * inner,
     )
+
+
+def _swa_layers(arch: str, pattern: object, attention: tuple[int, ...]) -> tuple[int, ...]:
+    """Attention layers with a sliding window: a per-layer array, a period N (the last of every N
+    layers is global), or the architecture's default period."""
+    if isinstance(pattern, list):
+        return tuple(i for i in attention if i < len(pattern) and pattern[i])
+    period = int(pattern) if pattern is not None else SWA_DEFAULT_PATTERN.get(arch)  # type: ignore[call-overload]
+    if not period:
+        return ()
+    return tuple(i for i in attention if i % period < period - 1)
 
 
 def read_gguf_facts(path: str | Path) -> GGUFFacts:

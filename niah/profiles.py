@@ -7,7 +7,6 @@ and caps every slot at it) lands on at least the target: a launch one token shor
 
 from __future__ import annotations
 
-import math
 import struct
 import sys
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
+from niah.memory import CACHE_TYPES, LaunchShape, MemoryEstimate, formula
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,14 +23,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "launch_profiles"
-# Bytes per element of each KV cache type llama-server accepts (block bytes / block elements).
-CACHE_TYPES = {
-    "f32": (4, 1), "f16": (2, 1), "bf16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32),
-    "q4_1": (20, 32), "iq4_nl": (18, 32), "q5_0": (22, 32), "q5_1": (24, 32),
-}
-# KV shape assumed when only --arch is known (no GGUF): attention layers, KV heads, K and V size.
-# qwen35: the seed's Qwen3.6 launch, 24 full-attention layers with 4 KV heads of 256.
-REFERENCE_SHAPES = {"qwen35": (24, 4, 256, 256)}
 KV_PAD = 256  # llama.cpp pads the context (and each slot's share) up to a multiple of 256
 RATIO_DECIMALS = 4
 
@@ -89,34 +81,6 @@ class LaunchProfile:
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
-    """KV cache and weight memory of a launch (compute buffers not included)."""
-
-    kv_bytes_per_token: float
-    kv_cells: int
-    kv_bytes: int
-    weights_bytes: int | None
-    shape: str
-
-    @property
-    def total_bytes(self) -> int | None:
-        return None if self.weights_bytes is None else self.weights_bytes + self.kv_bytes
-
-    def lines(self) -> list[str]:
-        """Human-readable lines, one per figure."""
-        out = [
-            f"KV per token:  {self.kv_bytes_per_token:,.0f} B  ({self.shape})",
-            f"KV total:      {gb(self.kv_bytes)}  ({self.kv_cells:,} cells)",
-        ]
-        if self.weights_bytes is None:
-            out.append("weights:       unknown (give --model GGUF)")
-        else:
-            out.append(f"weights:       {gb(self.weights_bytes)}  (file size)")
-            out.append(f"total:         {gb(self.total_bytes or 0)}  + compute buffers")
-        return out
-
-
-@dataclass(frozen=True)
 class LaunchPlan:
     """A profile resolved against a model: the flags and what llama-server should serve."""
 
@@ -130,13 +94,6 @@ class LaunchPlan:
     predicted_slot_context: int | None
     """Per-slot context llama-server's arithmetic yields (None when native is unknown)."""
     memory: MemoryEstimate | None
-
-
-def gb(n_bytes: int) -> str:
-    """Bytes as GB and GiB (MB and MiB below a gigabyte)."""
-    if n_bytes < 1e9:
-        return f"{n_bytes / 1e6:,.0f} MB ({n_bytes / 2**20:,.0f} MiB)"
-    return f"{n_bytes / 1e9:,.1f} GB ({n_bytes / 2**30:,.1f} GiB)"
 
 
 def factor_label(context: int, native: int) -> str:
@@ -265,31 +222,13 @@ def _option_args(profile: LaunchProfile) -> list[str]:
 def estimate_memory(
     profile: LaunchProfile, facts: GGUFFacts | None, arch: str | None, n_ctx: int
 ) -> MemoryEstimate | None:
-    """KV bytes per token over the attention layers, KV total for `n_ctx` cells, and weights."""
-    if facts is not None and facts.attention_layers and facts.key_length:
-        k_values, v_values = facts.kv_values_per_token
-        kv_heads = sorted({facts.head_count_kv[i] for i in facts.attention_layers})
-        shape = (
-            f"{len(facts.attention_layers)} attention layers of {facts.block_count} × "
-            f"{'/'.join(map(str, kv_heads))} KV heads × K {facts.key_length} + V {facts.value_length}"
-        )
-    elif arch in REFERENCE_SHAPES:
-        layers, heads, k_len, v_len = REFERENCE_SHAPES[arch]
-        k_values, v_values = layers * heads * k_len, layers * heads * v_len
-        shape = f"assumed for {arch}: {layers} attention layers × {heads} KV heads × K {k_len} + V {v_len}"
-    else:
-        return None
-    k_bytes, k_block = CACHE_TYPES[profile.cache_type_k]
-    v_bytes, v_block = CACHE_TYPES[profile.cache_type_v]
-    per_token = k_values * k_bytes / k_block + v_values * v_bytes / v_block
-    shape += f"; K {profile.cache_type_k}, V {profile.cache_type_v}"
-    return MemoryEstimate(
-        kv_bytes_per_token=per_token,
-        kv_cells=n_ctx,
-        kv_bytes=math.ceil(per_token * n_ctx),
-        weights_bytes=facts.file_size if facts else None,
-        shape=shape,
+    """niah's formula for the launch: KV cache for `n_ctx` cells, recurrent state, and weights."""
+    launch = LaunchShape(
+        n_ctx=n_ctx, parallel=profile.parallel, kv_unified=profile.kv_unified,
+        cache_type_k=profile.cache_type_k, cache_type_v=profile.cache_type_v,
+        ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max,
     )
+    return formula(launch, facts, arch)
 
 
 # ---- loading ----------------------------------------------------------------------------------

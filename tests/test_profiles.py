@@ -230,7 +230,9 @@ def test_cli_profile_show_json_with_model(tiny_model: Path, capsys: pytest.Captu
     assert data["argv"][0].endswith("llama-server")
     assert data["argv"][1:3] == ["-m", str(tiny_model)]
     assert data["rope_scale"] == "3.8501" and data["predicted_slot_context"] == 31540
-    assert data["memory"]["weights_bytes"] == tiny_model.stat().st_size
+    assert data["memory_formula"]["weights_bytes"] == tiny_model.stat().st_size
+    assert data["memory_formula"]["source"] == "formula"
+    assert data["memory"]["source"] == "llama-fit-params"  # the bundled build ships it
 
 
 def test_cli_profile_list(capsys: pytest.CaptureFixture[str]) -> None:

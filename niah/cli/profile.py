@@ -9,6 +9,7 @@ from pathlib import Path
 
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
+from niah.memory import MemoryEstimate, project
 from niah.profiles import LaunchPlan, factor_label, list_profiles, load_profile, plan_launch
 from niah.server import find_server_binary
 
@@ -61,6 +62,12 @@ def _binary(explicit: str | None) -> str:
         return "llama-server"
 
 
+def _memory(plan: LaunchPlan, model: Path | None, binary: str) -> MemoryEstimate | None:
+    """llama-fit-params' projection with the profile's flags when there is a model file, else the formula."""
+    server = Path(binary) if Path(binary).is_file() else None
+    return project(plan.memory, model, server, plan.args)
+
+
 def full_argv(plan: LaunchPlan, binary: str, model: Path | None, port: int) -> list[str]:
     """The whole llama-server command: binary, -m, loopback host and port, then the profile's flags."""
     argv = [binary]
@@ -76,12 +83,13 @@ def show_command(args: argparse.Namespace) -> int:
         raise NiahError("--native-context must be a positive number of tokens")
     plan = plan_launch(profile, facts, args.native_context, args.arch)
     binary = _binary(args.server_bin)
+    memory = _memory(plan, args.model, binary)
     if args.json:
-        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port)), indent=2))
+        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port), memory), indent=2))
         return 0
     argv = full_argv(plan, binary, args.model or Path(PLACEHOLDER_MODEL), args.port)
     print(f"# {profile.name}: {profile.description or profile.source}")
-    for line in plan_lines(plan):
+    for line in plan_lines(plan, memory):
         print(f"# {line}")
     if args.model is None:
         print(f"# replace {PLACEHOLDER_MODEL} with your model file")
@@ -89,7 +97,7 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_lines(plan: LaunchPlan) -> list[str]:
+def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None) -> list[str]:
     """What the launch should serve and what it costs, as comment lines."""
     profile = plan.profile
     lines = [f"target per-slot context {profile.context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"]
@@ -104,16 +112,18 @@ def plan_lines(plan: LaunchPlan) -> list[str]:
             f"llama-server should serve {plan.predicted_slot_context:,} per slot{detail}: {verdict}; "
             f"factor {factor_label(plan.predicted_slot_context, plan.native_context)}"
         )
-    if plan.memory is None:
+    if memory is None:
         lines.append("memory: unknown (give --model GGUF, or --arch with a known shape)")
     else:
-        lines.append("memory estimate:")
-        lines += [f"  {line}" for line in plan.memory.lines()]
+        lines.append("memory:")
+        lines += [f"  {line}" for line in memory.lines()]
+        if memory is not plan.memory and plan.memory is not None and memory.source != plan.memory.source:
+            lines.append("memory by niah's formula:")
+            lines += [f"  {line}" for line in plan.memory.lines()[1:]]
     return lines
 
 
-def plan_json(plan: LaunchPlan, argv: list[str]) -> dict[str, object]:
-    memory = plan.memory
+def plan_json(plan: LaunchPlan, argv: list[str], memory: MemoryEstimate | None) -> dict[str, object]:
     return {
         "profile": plan.profile.name,
         "argv": argv,
@@ -123,14 +133,6 @@ def plan_json(plan: LaunchPlan, argv: list[str]) -> dict[str, object]:
         "arch": plan.arch,
         "rope_scale": plan.rope_scale,
         "predicted_slot_context": plan.predicted_slot_context,
-        "memory": None
-        if memory is None
-        else {
-            "kv_bytes_per_token": memory.kv_bytes_per_token,
-            "kv_cells": memory.kv_cells,
-            "kv_bytes": memory.kv_bytes,
-            "weights_bytes": memory.weights_bytes,
-            "total_bytes": memory.total_bytes,
-            "shape": memory.shape,
-        },
+        "memory": None if memory is None else memory.as_json(),
+        "memory_formula": None if plan.memory is None else plan.memory.as_json(),
     }
