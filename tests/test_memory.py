@@ -1,0 +1,168 @@
+"""niah's memory formula against llama.cpp's own arithmetic (llama-fit-params, and a real server's
+log): full attention (SmolLM2), hybrid recurrent + attention (the qwen35 test bed) and sliding
+window (Gemma 3 270M), at f16 and q8_0/q4_0 KV, one and two slots."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from niah.cli import main
+from niah.errors import NiahError
+from niah.gguf_meta import read_gguf_facts
+from niah.memory import MIB, find_fit_params, fit_params, fit_params_args, parse_fit_params
+from niah.packaged_models import find_gemma3_270m
+from niah.profiles import parse_profile, plan_launch
+from niah.server import find_server_binary
+
+QUANTIZED = 'cache_type_k = "q8_0"\ncache_type_v = "q4_0"\nflash_attn = "on"\n'
+
+
+def _need(find: Callable[[], Path]) -> Path:
+    try:
+        return find()
+    except NiahError as exc:
+        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def fit_tool() -> Path:
+    def find() -> Path:
+        tool = find_fit_params(find_server_binary())
+        if tool is None:
+            raise NiahError("no llama-fit-params beside llama-server (bash scripts/setup.sh)")
+        return tool
+
+    return _need(find)
+
+
+@pytest.fixture(scope="module")
+def gemma3() -> Path:
+    return _need(find_gemma3_270m)
+
+
+def models(request: pytest.FixtureRequest, name: str) -> Path:
+    fixture = {"smollm2": "tiny_model", "qwen35": "qwen35_testbed", "gemma3": "gemma3"}[name]
+    return Path(request.getfixturevalue(fixture))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("model", ["smollm2", "qwen35", "gemma3"])
+@pytest.mark.parametrize(
+    ("context", "options"),
+    [(4096, ""), (4096, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n")],
+)
+def test_formula_agrees_with_llama_fit_params(
+    request: pytest.FixtureRequest, fit_tool: Path, model: str, context: int, options: str
+) -> None:
+    path = models(request, model)
+    facts = read_gguf_facts(path)
+    profile = parse_profile(f"context = {context}\n{options}", "check")
+    plan = plan_launch(profile, facts)
+    assert plan.memory is not None and plan.memory.source == "formula"
+    projected = fit_params(fit_tool, path, plan.args)
+    assert projected.source == "llama-fit-params"
+    expected = plan.memory
+    if profile.kv_unified and facts.swa_layers:
+        # llama-fit-params refuses --kv-unified, so it sizes one window cache per slot instead of
+        # one shared window of n_swa × slots: compare with the launch it was actually given.
+        given = plan_launch(parse_profile(f"context = {context // 2}\nparallel = 2\n", "given"), facts).memory
+        assert given is not None and given.kv_bytes != expected.kv_bytes
+        expected = given
+    assert projected.kv_bytes == pytest.approx(expected.kv_bytes, rel=0.01)
+    assert projected.recurrent_bytes == pytest.approx(expected.recurrent_bytes, rel=0.01)
+    assert (expected.recurrent_bytes > 0) == (model == "qwen35")
+    assert projected.kv_cells == expected.kv_cells
+    # Compute buffers have no formula: they follow the graph llama.cpp reserves (batch × vocabulary
+    # logits, attention scratch), so they are only compared for being there.
+    assert projected.compute_bytes and projected.compute_bytes > 0
+    assert projected.total_bytes and projected.total_bytes > projected.kv_bytes + projected.compute_bytes
+
+
+def test_gemma3_window_cache_is_llama_cpps_count(gemma3: Path) -> None:
+    # DESIGN.md: 8192 cells × 3 global layers + 1024 cells × 15 window layers = 39 MiB at f16.
+    plan = plan_launch(parse_profile("context = 8192", "g"), read_gguf_facts(gemma3))
+    assert plan.memory is not None
+    assert plan.memory.kv_bytes == (8192 * 3 + 1024 * 15) * 2 * (256 * 2) * 1  # 1 KV head of 256, K+V f16
+    assert plan.memory.kv_bytes == 39 * MIB
+
+
+def test_server_only_flags_are_dropped() -> None:
+    args = ["-c", "8", "--jinja", "--kv-unified", "--spec-type", "draft-mtp", "--spec-draft-n-max", "3", "-fa", "on"]
+    assert fit_params_args(args) == ["-c", "8", "-fa", "on"]
+
+
+def test_parse_a_device_view() -> None:
+    log = (
+        "llama_kv_cache: size = 1024.00 MiB ( 8192 cells, 24 layers, 1/1 seqs), K (f16): 512.00 MiB\n"
+        "llama_memory_recurrent: size =   75.38 MiB (     1 cells,  72 layers,  1 seqs  0 rs_seq)\n"
+        "sched_reserve:      CUDA0 compute buffer size =   500.50 MiB\n"
+        "sched_reserve:  CUDA_Host compute buffer size =    20.00 MiB\n"
+        "common_memory_breakdown_print: |   - CUDA0 (H200)  | 143000 = 120000 + (21000 = 19400 + 1099 + 500) + 1000 |\n"
+        "common_memory_breakdown_print: |   - Host          |                      1000 =   980 +    0 +  20   |\n"
+        "common_params_fit_impl: projected to use 21000 MiB of device memory vs. 120000 MiB of free device memory\n"
+    )
+    memory = parse_fit_params(log)
+    assert memory.kv_bytes == 1024 * MIB and memory.recurrent_bytes == round(75.38 * MIB)
+    assert memory.compute_bytes == round(520.5 * MIB)
+    assert [d.name for d in memory.devices] == ["CUDA0 (H200)", "Host"]
+    assert memory.devices[0].total_mib == 143000 and memory.devices[0].free_mib == 120000
+    assert memory.weights_bytes == (19400 + 980) * MIB and memory.total_bytes == 21000 * MIB
+    with pytest.raises(ValueError):
+        parse_fit_params("nothing here\n")
+
+
+@pytest.mark.server
+def test_mtp_snapshots_match_the_server(
+    start_llama_server: Callable[..., object], qwen35_testbed: Path
+) -> None:
+    # llama-fit-params refuses --spec-type, so what MTP drafting adds (a recurrent rollback
+    # snapshot per drafted token, and the draft context's KV cache for the MTP block) is checked
+    # against a real server's own log instead.
+    profile = parse_profile("context = 4096\nmtp_draft_n_max = 3\n", "mtp")
+    plan = plan_launch(profile, read_gguf_facts(qwen35_testbed))
+    assert plan.memory is not None
+    live = start_llama_server(*plan.args, "-lv", "4", model_path=qwen35_testbed)
+    log = Path(live.log_path).read_text()  # type: ignore[attr-defined]
+    recurrent = re.findall(r"llama_memory_recurrent: size =\s*([\d.]+) MiB", log)
+    kv = re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", log)
+    assert recurrent and len(kv) == 2, "the server log lacks the state sizes (target KV, MTP KV)"
+    assert float(recurrent[0]) * MIB == pytest.approx(plan.memory.recurrent_bytes, rel=0.01)
+    assert sum(map(float, kv)) * MIB == pytest.approx(plan.memory.kv_bytes, rel=0.01)
+    plain = plan_launch(parse_profile("context = 4096\n", "plain"), read_gguf_facts(qwen35_testbed)).memory
+    assert plain is not None and plan.memory.recurrent_bytes == 4 * plain.recurrent_bytes
+
+
+@pytest.mark.server
+def test_profile_show_reports_llama_cpps_projection(
+    fit_tool: Path, qwen35_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    profile = tmp_path / "bed.toml"
+    profile.write_text("context = 4096\n" + QUANTIZED)
+    assert main(["profile", "show", str(profile), "--model", str(qwen35_testbed), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    memory, formula = data["memory"], data["memory_formula"]
+    assert memory["source"] == "llama-fit-params" and formula["source"] == "formula"
+    assert set(memory) >= {"kv_bytes", "recurrent_bytes", "compute_bytes", "weights_bytes", "total_bytes"}
+    assert memory["devices"] and memory["devices"][0]["name"] == "Host"
+    assert formula["recurrent_bytes"] > 0
+    assert memory["recurrent_bytes"] == pytest.approx(formula["recurrent_bytes"], rel=0.01)
+    assert main(["profile", "show", str(profile), "--model", str(qwen35_testbed)]) == 0
+    text = capsys.readouterr().out
+    assert "source:        llama-fit-params" in text and "projected to use" in text
+
+
+def test_profile_show_without_a_model_uses_the_formula(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "show", "yarn-1m", "--native-context", "262144", "--arch", "qwen35", "--json"]) == 0
+    memory = json.loads(capsys.readouterr().out)["memory"]
+    assert memory["source"] == "formula" and memory["compute_bytes"] is None
+    # 72 Gated DeltaNet layers × (3 × (4096 + 2·16·128) + 128 × 4096) f32 values, one slot
+    assert memory["recurrent_bytes"] == 72 * (3 * (4096 + 4096) + 128 * 4096) * 4
+    assert 40e9 < memory["kv_bytes"] < 41e9
