@@ -331,6 +331,9 @@ def project(formula_estimate: MemoryEstimate | None, model: Path | None, server_
         projected = fit_params(tool, model, server_args)
     except ValueError as exc:
         return replace(formula_estimate, note=str(exc)) if formula_estimate else None
-    if formula_estimate is not None:
-        projected = replace(projected, shape=formula_estimate.shape)
-    return projected
+    notes = []
+    if "--kv-unified" in server_args:
+        notes.append("it cannot take --kv-unified: per-slot caches, same totals but for sliding windows")
+    if "--spec-type" in server_args:
+        notes.append("it cannot take --spec-type: MTP's draft KV and recurrent snapshots are not in it")
+    return replace(projected, shape=formula_estimate.shape if formula_estimate else "", note="; ".join(notes))
