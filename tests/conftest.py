@@ -81,3 +81,15 @@ def qwen35_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The qwen35 test bed with its MTP block, built once per session (seconds; no server needed)."""
     path, _ = build_testbed("qwen35", tmp_path_factory.mktemp("testbed") / "qwen35-testbed.gguf", mtp=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen35_server(qwen35_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One shared server on the qwen35 test bed at its native 4,096 context, one slot."""
+    _testbed()
+    log_path = tmp_path_factory.mktemp("qwen35-server") / "server.log"
+    server = start_server(qwen35_testbed, ["-c", "4096", "--parallel", "1"], log_path, timeout_s=120)
+    try:
+        yield LiveServer(server.url, log_path, qwen35_testbed, server)
+    finally:
+        server.stop()
