@@ -135,3 +135,22 @@ def test_hybrid_defaults_and_recurrent_layer_override(tmp_path: Path) -> None:
     assert read_gguf_facts(write_gguf(tmp_path / "a.gguf", "qwen35", base)).attention_layers == (3, 7)
     explicit = {**base, "attention.recurrent_layers": [True, False, True, True, True, True, False, True]}
     assert read_gguf_facts(write_gguf(tmp_path / "b.gguf", "qwen35", explicit)).attention_layers == (1, 6)
+
+
+def test_sliding_window_layers_and_recurrent_state(tmp_path: Path) -> None:
+    base = {"context_length": 32768, "block_count": 12, "embedding_length": 640,
+            "attention.head_count": 4, "attention.head_count_kv": 1, "attention.key_length": 256,
+            "attention.sliding_window": 512}
+    # gemma3 without a pattern key: llama.cpp makes every 6th layer global
+    facts = read_gguf_facts(write_gguf(tmp_path / "g.gguf", "gemma3", base))
+    assert facts.swa_layers == (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)
+    explicit = {**base, "attention.sliding_window_pattern": 3}
+    assert read_gguf_facts(write_gguf(tmp_path / "p.gguf", "gemma3", explicit)).swa_layers == (0, 1, 3, 4, 6, 7, 9, 10)
+    no_window = {k: v for k, v in base.items() if k != "attention.sliding_window"}
+    assert read_gguf_facts(write_gguf(tmp_path / "n.gguf", "gemma3", no_window)).swa_layers == ()
+    hybrid = {"context_length": 4096, "block_count": 8, "embedding_length": 64, "attention.head_count": 8,
+              "attention.head_count_kv": 4, "attention.key_length": 256, "full_attention_interval": 4,
+              "ssm.conv_kernel": 4, "ssm.inner_size": 512, "ssm.state_size": 128, "ssm.group_count": 2}
+    facts = read_gguf_facts(write_gguf(tmp_path / "h.gguf", "qwen35", hybrid))
+    assert facts.recurrent_layers == (0, 1, 2, 4, 5, 6)
+    assert facts.recurrent_state_values == 3 * (512 + 2 * 2 * 128) + 128 * 512
