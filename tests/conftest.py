@@ -93,3 +93,19 @@ def qwen35_server(qwen35_testbed: Path, tmp_path_factory: pytest.TempPathFactory
         yield LiveServer(server.url, log_path, qwen35_testbed, server)
     finally:
         server.stop()
+
+
+def render_gguf_template(model: Path, messages: list[dict[str, str]], **kwargs: object) -> str:
+    """A GGUF's chat template rendered offline with jinja2 (header read with niah's fast reader)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from niah.gguf_meta import read_header
+
+    source = str(read_header(model)["tokenizer.chat_template"])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    env.globals["raise_exception"] = fail
+    return str(env.from_string(source).render(messages=messages, add_generation_prompt=True, **kwargs))

@@ -10,14 +10,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import gguf
 import httpx
 import pytest
+from conftest import render_gguf_template
 
 from niah.cli import main
 from niah.corpus import get_corpus
-from niah.gguf_meta import read_gguf_facts
-from niah.templates import GGUFTemplate
+from niah.gguf_meta import read_gguf_facts, read_header
+from niah.testbed_vocab import QWEN36_CHAT_TEMPLATE
 from niah.tokenizers import get_tokenizer
 
 THINKING_OFF = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -45,19 +45,18 @@ def test_header_is_the_target_shape(qwen35_testbed: Path) -> None:
     assert facts.full_attention_interval == 4 and facts.attention_layers == (3, 7)
     assert facts.key_length == facts.value_length == 256
     assert set(facts.head_count_kv) == {4}
-    reader = gguf.GGUFReader(str(qwen35_testbed))
-    names = {t.name for t in reader.tensors}
-    assert "blk.0.ssm_conv1d.weight" in names and "blk.3.attn_q.weight" in names
-    assert "blk.8.nextn.eh_proj.weight" in names and "blk.3.ssm_a" not in names
-    assert reader.fields["tokenizer.ggml.pre"].contents() == "qwen35"
-    assert reader.fields["qwen35.rope.dimension_sections"].contents() == [11, 11, 10, 0]
+    header = read_header(qwen35_testbed)
+    assert header["tokenizer.ggml.pre"] == "qwen35" and header["tokenizer.ggml.model"] == "gpt2"
+    assert header["qwen35.rope.dimension_sections"] == [11, 11, 10, 0]
+    assert header["qwen35.ssm.inner_size"] == header["qwen35.ssm.state_size"] * header["qwen35.ssm.time_step_rank"]  # type: ignore[operator]
+    assert header["tokenizer.chat_template"] == QWEN36_CHAT_TEMPLATE
 
 
 def test_template_renders_like_qwen36(qwen35_testbed: Path) -> None:
     hi = [{"role": "user", "content": " hi \n"}]
-    assert GGUFTemplate(qwen35_testbed, {"enable_thinking": False}).render(hi) == THINKING_OFF
-    assert GGUFTemplate(qwen35_testbed, {"enable_thinking": True}).render(hi) == THINKING_ON
-    assert GGUFTemplate(qwen35_testbed).render(hi) == THINKING_ON  # thinking is the default
+    assert render_gguf_template(qwen35_testbed, hi, enable_thinking=False) == THINKING_OFF
+    assert render_gguf_template(qwen35_testbed, hi, enable_thinking=True) == THINKING_ON
+    assert render_gguf_template(qwen35_testbed, hi) == THINKING_ON  # thinking is the default
     turns = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "a"},
@@ -65,7 +64,7 @@ def test_template_renders_like_qwen36(qwen35_testbed: Path) -> None:
         {"role": "user", "content": "b"},
         {"role": "assistant", "content": "B", "reasoning_content": "new"},
     ]
-    rendered = GGUFTemplate(qwen35_testbed, {"enable_thinking": False}).render(turns)
+    rendered = render_gguf_template(qwen35_testbed, turns, enable_thinking=False)
     assert rendered.startswith(
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\na<|im_end|>\n"
         "<|im_start|>assistant\nA<|im_end|>\n<|im_start|>user\nb<|im_end|>\n"

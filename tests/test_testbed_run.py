@@ -11,16 +11,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, render_gguf_template
 
 from niah.cli import main
 from niah.corpus import get_corpus
 from niah.haystack import build
 from niah.needles import make_needle
-from niah.templates import GGUFTemplate
 from niah.tokenizers import get_tokenizer
 
 NOT_SENT_OR_BROKEN = {"CLAMPED", "CONTEXT_ERROR", "TOKEN_MISMATCH", "CRASH", "HTTP_ERROR", "TIMEOUT"}
+
+
+class HeaderTemplate:
+    """The test bed's own chat template, rendered offline (a ChatTemplate for haystack.build)."""
+
+    def __init__(self, model: Path, thinking: bool) -> None:
+        self.name = f"header:{model}"
+        self.model, self.thinking = model, thinking
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return render_gguf_template(self.model, messages, enable_thinking=self.thinking)
 
 
 def cells(out: Path) -> list[dict[str, object]]:
@@ -43,7 +53,7 @@ def test_auto_tokenizer_counts_exactly_on_qwen35(
     records = cells(out)
     assert len(records) == 4
     qwen = get_tokenizer("qwen3.6")
-    template = GGUFTemplate(qwen35_server.model, {"enable_thinking": thinking == "on"})
+    template = HeaderTemplate(qwen35_server.model, thinking == "on")
     with httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0), trust_env=False) as client:
         for record in records:
             assert record["outcome"] not in NOT_SENT_OR_BROKEN, record
