@@ -195,6 +195,9 @@ def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> M
         )
         state = facts.recurrent_state_values
         recurrent_layers = len(facts.recurrent_layers)
+        if recurrent_layers:
+            every = f", full attention every {facts.full_attention_interval}" if facts.full_attention_interval else ""
+            shape += f", {recurrent_layers} recurrent layers of {state:,} state values{every}"
     elif arch in REFERENCE_SHAPES:
         layers, heads, k_len, v_len = REFERENCE_SHAPES[arch]
         per_token = layers * (_row_bytes(k_type, heads * k_len) + _row_bytes(v_type, heads * v_len))

@@ -92,6 +92,7 @@ def test_profile_show_reads_the_testbed_header(
     assert data["arch"] == "qwen35" and data["native_context"] == 4096
     formula = data["memory_formula"]
     assert "2 attention layers of 9 × 4 KV heads × K 256 + V 256" in formula["shape"]
+    assert "6 recurrent layers of 68,608 state values, full attention every 4" in formula["shape"]
     assert "assumed" not in formula["shape"]
     # 6 Gated DeltaNet layers × (3 × (512 + 2·2·128) + 128 × 512) f32 values, one slot
     assert formula["recurrent_bytes"] == 6 * (3 * 1024 + 128 * 512) * 4
