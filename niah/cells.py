@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from niah.errors import NiahError
 
+ANSWER_BUDGET = 32
+"""Tokens a cell leaves for the answer (on top of its length L) with thinking off."""
+THINKING_ANSWER_BUDGET = 4096
+"""The same with thinking on: the reasoning comes before the answer."""
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 
@@ -82,12 +86,17 @@ def plan_cells(grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int) -> 
 
     Consecutive prompts of one length share the haystack up to the later cell's needle, so
     descending depth lets the server's prompt cache skip that prefix.
+    Rows of the same length (`--lengths 131k,128k` names 131,072 twice) are one row: each cell is
+    planned once.
     """
     if trials < 1:
         raise NiahError("--trials must be at least 1")
+    rows: dict[int, set[float]] = {}
+    for length, depths in grid:
+        rows.setdefault(length, set()).update(float(d) for d in depths)
     return [
-        Cell(length, float(depth), trial)
-        for length, depths in sorted(grid)
+        Cell(length, depth, trial)
+        for length, depths in sorted(rows.items())
         for trial in range(trials)
-        for depth in sorted(set(depths), reverse=True)
+        for depth in sorted(depths, reverse=True)
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
@@ -30,10 +30,15 @@ def expected_prefill(cells: list[Cell]) -> list[int]:
 class RunProgress:
     """A tqdm bar over cells; its postfix shows prefill tokens, rate and an ETA."""
 
-    def __init__(self, cells: list[Cell], enabled: bool = True) -> None:
+    def __init__(
+        self, cells: list[Cell], enabled: bool = True, stream: TextIO | None = None, delay_s: float = 1.0
+    ) -> None:
         self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells)))
+        self._lines = stream
+        """Where the one-line-per-cell results go (stdout by default; the bar's stream when given)."""
         self._bar = tqdm(
-            total=len(cells), unit="cell", disable=not enabled, file=sys.stderr, dynamic_ncols=True, delay=1.0
+            total=len(cells), unit="cell", disable=not enabled, file=stream or sys.stderr,
+            dynamic_ncols=True, delay=delay_s, mininterval=0 if stream else 0.1,
         )
         self._tokens_done = 0
         self._seconds_done = 0.0
@@ -90,7 +95,7 @@ class RunProgress:
         self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
         self._bar.update(1)
         label = self._label(self._cell) if self._cell else "cell"
-        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")
+        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)", file=self._lines)
 
     @staticmethod
     def _label(cell: Cell) -> str:

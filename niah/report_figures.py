@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.report import MIXED, UNTESTED, cell_category
+from niah.grid import MIXED, UNTESTED, cell_category
 
 COLOURS = {
     "PASS": "#2e7d32",
