@@ -100,24 +100,31 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
     exact = int((sent["prompt_tokens_served"] == sent["length"]).sum())
     trials = df.groupby(["task", "length", "depth"])["trial"].count()
     trial_text = f"{trials.min()}" if trials.min() == trials.max() else f"{trials.min()}–{trials.max()}"
+    tokenizer = f"`{file_names(str(fp.get('tokenizer', NOT_RECORDED)))}`"
+    if fp.get("tokenizer") == "auto":
+        tokenizer += " (Qwen3.6's own when the server's vocabulary is Qwen3.6's, else the server's /tokenize)"
+    corpus = f"`{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
+    if fp.get("corpus_sha256"):
+        corpus += f", sha256 `{fp['corpus_sha256']}`"
+    generation = (
+        f"temperature {fp.get('temperature', NOT_RECORDED)}, thinking {fp.get('thinking', NOT_RECORDED)}, "
+        f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens, "
+        f"prompt-cache reuse {_on_off(fp.get('cache_reuse'))}"
+    )
+    requests = _duration(_sum(df["wall_s"]))
     return [
         f"- **Model file:** {_model_line(fp)}",
         f"- **llama-server:** {_server_version(fp)}",
-        f"- **Tokenizer:** `{fp.get('tokenizer', NOT_RECORDED)}`"
-        + (" (Qwen3.6's own when the server's vocabulary is Qwen3.6's, else the server's /tokenize)" if fp.get("tokenizer") == "auto" else "")
-        + f"; every prompt was counted by llama-server before sending, and {exact} of {len(sent)} sent prompts "
-        "were served at exactly the cell's length (usage.prompt_tokens).",
+        (f"- **Tokenizer:** {tokenizer}; every prompt was counted by llama-server before sending, and "
+        f"{exact} of {len(sent)} sent prompts were served at exactly the cell's length (usage.prompt_tokens)."),
         f"- **Chat template:** {_template(fp)}",
-        f"- **Haystack:** corpus `{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
-        + (f", sha256 `{fp['corpus_sha256']}`" if fp.get("corpus_sha256") else "") + ".",
+        f"- **Haystack:** corpus {corpus}.",
         f"- **Needle:** {_needle(fp)}",
-        f"- **Generation:** temperature {fp.get('temperature', NOT_RECORDED)}, thinking {fp.get('thinking', NOT_RECORDED)}, "
-        f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens, prompt-cache reuse "
-        f"{_on_off(fp.get('cache_reuse'))}.",
-        f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; a pass rate's 95% Wilson score interval "
-        "is given per length below (depths pooled).",
-        f"- **Wall time:** {_duration(float(df['wall_s'].fillna(0).sum()))} in requests; "
-        f"{_span(df, header)} from the results header to the last cell (server starts included).",
+        f"- **Generation:** {generation}.",
+        (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
+        "of the pass rate is given per length below (depths pooled)."),
+        (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
+        "last cell (server starts included)."),
     ]
 
 
@@ -298,7 +305,7 @@ def _span(df: pd.DataFrame, header: dict[str, Any]) -> str:
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
