@@ -68,7 +68,11 @@ class Comparison:
 
 def compare_runs(target_a: Path, target_b: Path) -> Comparison:
     """Load two run folders (or results files) and compare them; NiahError when nothing is in common."""
-    a, b = load_run(Path(target_a)), load_run(Path(target_b))
+    return compare(load_run(Path(target_a)), load_run(Path(target_b)))
+
+
+def compare(a: Run, b: Run) -> Comparison:
+    """Match two loaded runs cell by cell; NiahError when they have no cell in common."""
     table_a, table_b = cell_table(a.cells), cell_table(b.cells)
     merged = table_a.merge(table_b, on=KEYS, how="outer", suffixes=("_a", "_b"), indicator=True)
     common = merged[merged["_merge"] == "both"]
