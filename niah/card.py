@@ -149,15 +149,25 @@ def _model_line(fp: dict[str, Any]) -> str:
 
 
 def _server_version(fp: dict[str, Any]) -> str:
-    """The llama-server version/build from wherever the header holds it."""
-    found: list[str] = []
-    for key in ("llama_server", "server_version", "server"):
-        value = fp.get(key)
-        if isinstance(value, str) and value:
-            found.append(value)
-        elif isinstance(value, dict):
-            found += [f"{k} {v}" for k, v in sorted(value.items()) if ("version" in k or "build" in k) and v]
-    return "; ".join(f"`{file_names(' '.join(str(f).split()))}`" for f in found) + "." if found else NOT_RECORDED + "."
+    """The llama-server version/build from wherever the header holds it (one entry per distinct value)."""
+    found: dict[str, str] = {}
+    for path, value in _leaves(fp):
+        key = path[-1].lower()
+        near_server = any("server" in p.lower() or "launch" in p.lower() for p in path[:-1])
+        if key in ("build_info", "server_version", "llama_server_version", "llama_server") or (
+            near_server and ("version" in key or "build" in key)
+        ):
+            found.setdefault(" ".join(str(value).split()), ".".join(path))
+    if not found:
+        return NOT_RECORDED + "."
+    return "; ".join(f"`{file_names(v)}`" + (f" ({k})" if len(found) > 1 else "") for v, k in found.items()) + "."
+
+
+def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(key path, value) of every non-empty scalar under a nested dict."""
+    if isinstance(value, dict):
+        return [leaf for k, v in sorted(value.items()) for leaf in _leaves(v, (*path, str(k)))]
+    return [(path, value)] if path and value not in (None, "", [], {}) and not isinstance(value, list) else []
 
 
 def _template(fp: dict[str, Any]) -> str:
@@ -196,6 +206,8 @@ def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
     for profile, group in df.groupby(df["profile"].fillna("-"), sort=False):
         lengths = sorted(group["length"].unique())
         argv = launches.get(profile)
+        if isinstance(argv, dict):  # {"argv": [...], ...} when a launch records more than its flags
+            argv = argv.get("argv", argv.get("args"))
         if isinstance(argv, list):
             command = " ".join(["llama-server", "-m", model, *(file_names(str(a)) for a in argv)])
             name = f"`{file_names(str(profile))}`"

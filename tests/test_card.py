@@ -165,8 +165,25 @@ def test_card_names_files_only_and_never_a_key(tmp_path: Path, monkeypatch: pyte
     assert "`llama-server -m m.gguf -c 4096 --mmproj mm.gguf --api-key ***`" in card
     assert "custom needles from `custom.toml`, sha256 `" + "12" * 32 in card
     assert "corpus `files:*.txt`" in card and "--corpus files:*.txt" in card and "--needle custom.toml" in card
-    assert "`version version: 11434 (616baba9)`" in card
+    assert "**llama-server:** `version: 11434 (616baba9)`." in card
     assert not re.search(r"(?<![\w.:])/\w+/", card)  # no absolute folder anywhere
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"llama_server": "version: 11434 (616baba9)"},
+        {"server_version": "version: 11434 (616baba9)"},
+        {"server": {"url": "http://127.0.0.1:8080", "build_info": "b11434-616baba9"}},
+        {"launches": {"p-native": {"argv": ["-c", "4096"], "version": "version: 11434 (616baba9)"}}},
+    ],
+)
+def test_card_finds_the_server_build_where_the_header_keeps_it(tmp_path: Path, where: dict[str, object]) -> None:
+    run = load_run(write_run(tmp_path, [cell(2048, 0.0, 0, "PASS")], {**FINGERPRINT, **where}))
+    card = render_card(run.cells, run.header)
+    assert re.search(r"\*\*llama-server:\*\* `(version: 11434 \(616baba9\)|b11434-616baba9)`\.", card)
+    if "launches" in where:
+        assert "`llama-server -m m.gguf -c 4096`" in card
 
 
 def test_card_splits_the_grid_per_task(tmp_path: Path) -> None:
