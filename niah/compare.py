@@ -209,7 +209,8 @@ def render_heatmap(comparison: Comparison) -> bytes:
         ax.set_xticks(range(len(depths)), [f"{d:g}%" for d in depths])
         ax.set_yticks(range(len(lengths)), [f"{int(n):,}" for n in lengths])
         ax.set_ylabel("prompt length (tokens)")
-        ax.set_title(f"A → B{'' if len(tasks) == 1 else f' (task {task})'}", fontsize=10)
+        names_ab = f"A {Path(comparison.a.name).name} → B {Path(comparison.b.name).name}"
+        ax.set_title(names_ab + ("" if len(tasks) == 1 else f" (task {task})"), fontsize=10)
     axes[-1, 0].set_xlabel("needle depth (% of haystack)")
     present = [c for c in names if c in set(cells["change"])]
     handles = [Patch(color=CHANGE_COLOURS[c], label=c) for c in present]

@@ -99,6 +99,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert report["changes"]["broke"] == 1 and report["changes"]["same"] == 1
     assert report["fingerprint_changes"] == ["launches.p"]
     first = report["cells"][0]
+    assert (first["length"], first["depth"], first["a_trials"]) == (1024, 0.0, 1)
     assert (first["a_label"], first["b_label"], first["b_other"], first["change"]) == ("PASS", "CLAMPED", "CLAMPED:1", "broke")
     assert json.loads((tmp_path / "diff" / "compare.json").read_text()) == report
     assert (tmp_path / "diff" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
