@@ -1,7 +1,7 @@
 """Render a run's report from its results JSONL alone, via one tidy pandas frame.
 
 Writes `grid.md` (the seed's length × depth matrix), `cells.csv`, `summary.json`,
-`heatmap.png` and a self-contained `report.html`.
+`heatmap.png`, a self-contained `report.html` and `card.md` (niah.card).
 
 The grid itself (labels, categories) comes from `niah.grid`.
 """
@@ -64,6 +64,7 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     """Write grid.md, cells.csv, summary.json, heatmap.png and report.html for `results_path`."""
+    from niah.card import write_card
     from niah.report_figures import render_heatmap, render_html
 
     results_path, out_dir = Path(results_path), Path(out_dir)
@@ -90,6 +91,7 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     png = render_heatmap(grid_frame(df))
     paths.heatmap_png.write_bytes(png)
     paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
+    write_card(results_path, out_dir)
     return paths
 
 
