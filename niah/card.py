@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
-from niah.report import grid_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
 from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
 from niah.stats import wilson_interval
@@ -54,14 +54,15 @@ def write_card(target: Path, out_dir: Path | None = None) -> Path:
     out = Path(out_dir) if out_dir is not None else run.results_path.parent
     out.mkdir(parents=True, exist_ok=True)
     path = out / CARD_NAME
-    path.write_text(render_card(run.cells, run.header), encoding="utf-8")
+    path.write_text(render_card(run.cells, run.header, run.fingerprint), encoding="utf-8")
     return path
 
 
-def render_card(df: pd.DataFrame, header: dict[str, Any]) -> str:
-    """The card's markdown: grid(s), legend, method, launches, per-length rates, reproduce command."""
+def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """The card's markdown: grid(s), legend, method, launches, per-length rates, reproduce command.
+    `fingerprint` is the run's, with the server facts recorded after the header (`read_facts`)."""
     df = with_tasks(df)
-    fp = redact(header.get("fingerprint") or {})
+    fp = redact(fingerprint)
     model = _model_name(fp)
     parts = [f"## Needle in a haystack: {model}\n", _intro(fp), *_grids(df), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
@@ -103,6 +104,8 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
     tokenizer = f"`{file_names(str(fp.get('tokenizer', NOT_RECORDED)))}`"
     if fp.get("tokenizer") == "auto":
         tokenizer += " (Qwen3.6's own when the server's vocabulary is Qwen3.6's, else the server's /tokenize)"
+    if fp.get("tokenizer_resolved"):
+        tokenizer += f", resolved to `{file_names(str(fp['tokenizer_resolved']))}`"
     corpus = f"`{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
     if fp.get("corpus_sha256"):
         corpus += f", sha256 `{fp['corpus_sha256']}`"
@@ -149,25 +152,10 @@ def _model_line(fp: dict[str, Any]) -> str:
 
 
 def _server_version(fp: dict[str, Any]) -> str:
-    """The llama-server version/build from wherever the header holds it (one entry per distinct value)."""
-    found: dict[str, str] = {}
-    for path, value in _leaves(fp):
-        key = path[-1].lower()
-        near_server = any("server" in p.lower() or "launch" in p.lower() for p in path[:-1])
-        if key in ("build_info", "server_version", "llama_server_version", "llama_server") or (
-            near_server and ("version" in key or "build" in key)
-        ):
-            found.setdefault(" ".join(str(value).split()), ".".join(path))
-    if not found:
-        return NOT_RECORDED + "."
-    return "; ".join(f"`{file_names(v)}`" + (f" ({k})" if len(found) > 1 else "") for v, k in found.items()) + "."
-
-
-def _leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    """(key path, value) of every non-empty scalar under a nested dict."""
-    if isinstance(value, dict):
-        return [leaf for k, v in sorted(value.items()) for leaf in _leaves(v, (*path, str(k)))]
-    return [(path, value)] if path and value not in (None, "", [], {}) and not isinstance(value, list) else []
+    """`llama-server --version` of managed launches, or the /props build of a --url server."""
+    server = fp.get("server") if isinstance(fp.get("server"), dict) else {}
+    version = fp.get("server_version") or server.get("build_info")
+    return f"`{' '.join(str(version).split())}`." if version else NOT_RECORDED + "."
 
 
 def _template(fp: dict[str, Any]) -> str:
@@ -193,9 +181,9 @@ def _needle(fp: dict[str, Any]) -> str:
         )
     if not spec:
         return f"wording {NOT_RECORDED} ({seed})."
-    digest = fp.get("needle_sha256") or fp.get("needle_spec_sha256")
-    hashed = f", sha256 `{digest}`" if digest else f"; its hash is {NOT_RECORDED}"
-    return f"custom needles from `{file_names(str(spec))}`{hashed} ({seed})."
+    if isinstance(spec, dict):  # {"file": name, "sha256": hash of its bytes}
+        return f"custom needles from `{file_names(str(spec.get('file')))}`, sha256 `{spec.get('sha256')}` ({seed})."
+    return f"custom needles from `{file_names(str(spec))}`; its hash is {NOT_RECORDED} ({seed})."
 
 
 def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
@@ -293,8 +281,9 @@ def _option_flags(fp: dict[str, Any]) -> list[str]:
                                ("temperature", "--temperature", 0.0)):
         if key in fp and fp[key] != default:
             flags.append(f"{flag} {file_names(str(fp[key]))}")
-    if fp.get("needle_spec") not in (None, "default"):
-        flags.append(f"--needle {file_names(str(fp['needle_spec']))}")
+    spec = fp.get("needle_spec")
+    if spec not in (None, "default"):
+        flags.append(f"--needle {file_names(str(spec.get('file') if isinstance(spec, dict) else spec))}")
     default_budget = 4096 if fp.get("thinking") == "on" else 32
     if isinstance(fp.get("answer_budget"), int) and fp["answer_budget"] != default_budget:
         flags.append(f"--answer-budget {fp['answer_budget']}")

@@ -261,6 +261,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def read_facts(path: Path) -> dict[str, Any]:
+    """The run's fingerprint together with the server facts recorded after it (FACT_KEYS)."""
+    header, records, _ = _read_records(Path(path))
+    return {**(header.get("fingerprint") or {}), **_merged_facts(records)}
+
+
 def read_header(path: Path) -> dict[str, Any]:
     """The header record of a results file (NiahError when it is not one)."""
     return _read(Path(path))[0]

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
-from niah.report import cell_label
-from niah.results import RETRIEVAL_OUTCOMES, load_cells, read_header
+from niah.grid import cell_label
+from niah.results import RETRIEVAL_OUTCOMES, load_cells, read_facts, read_header
 from niah.stats import wilson_interval
 
 RESULTS_NAME = "results.jsonl"
@@ -30,10 +30,8 @@ class Run:
     header: dict[str, Any]
     cells: pd.DataFrame
     """load_cells() with a `task` column filled (`single` when the results have none)."""
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self.header.get("fingerprint") or {}
+    fingerprint: dict[str, Any]
+    """The header's fingerprint with the server facts recorded once servers were up."""
 
 
 def results_path_of(target: Path) -> Path:
@@ -56,7 +54,7 @@ def load_run(target: Path) -> Run:
     cells = with_tasks(load_cells(path))
     if cells.empty:
         raise NiahError(f"{path} holds no finished cells yet")
-    return Run(name=str(target), results_path=path, header=header, cells=cells)
+    return Run(name=str(target), results_path=path, header=header, cells=cells, fingerprint=read_facts(path))
 
 
 def with_tasks(df: pd.DataFrame) -> pd.DataFrame:

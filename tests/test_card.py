@@ -57,8 +57,13 @@ def cell(length: int, depth: float, trial: int, outcome: str, **extra: object) -
     return CellResult(length=length, depth=depth, trial=trial, outcome=outcome, **fields)  # type: ignore[arg-type]
 
 
-def write_run(path: Path, cells: list[CellResult], fingerprint: dict[str, object] = FINGERPRINT) -> Path:
+def write_run(
+    path: Path, cells: list[CellResult], fingerprint: dict[str, object] = FINGERPRINT,
+    facts: dict[str, object] | None = None,
+) -> Path:
     results = ResultsFile(path / "results.jsonl", fingerprint)
+    if facts:
+        results.check_facts(facts)  # as the runner records them once a server is up
     for c in cells:
         results.append(c)
     return path
@@ -122,7 +127,7 @@ def test_committed_demo_card_is_what_niah_card_writes(tmp_path: Path) -> None:
 
 def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:
     run = load_run(three_trial_run(tmp_path))
-    card = render_card(run.cells, run.header)
+    card = render_card(run.cells, run.header, run.fingerprint)
     assert "```text\nlength 0% 100% factor\n2048 PASS 2/3 native\n6144 1/3 2/3,TRUNCATED 2x YaRN\n```" in card
     assert "`TRUNCATED`: the answer budget ran out" in card and "`CLAMPED`" not in card
     low, high = wilson_interval(5, 6)
@@ -142,7 +147,7 @@ def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:
 def test_card_marks_a_clamped_launch_and_unrecorded_facts(tmp_path: Path) -> None:
     fingerprint = {k: v for k, v in FINGERPRINT.items() if k not in ("tokenizer", "needle_spec")}
     run = load_run(write_run(tmp_path, [cell(4090, 0.0, 0, "CLAMPED", profile="p-native", server_n_ctx=4096, factor="native"), cell(2048, 0.0, 0, "PASS")], fingerprint))
-    card = render_card(run.cells, run.header)
+    card = render_card(run.cells, run.header, run.fingerprint)
     assert "4,096 < 4,090 + 32 (CLAMPED)" in card
     assert "`CLAMPED`: the server's per-slot context was below" in card
     assert "**Tokenizer:** `not recorded`" in card and "**Needle:** wording not recorded" in card
@@ -153,14 +158,14 @@ def test_card_names_files_only_and_never_a_key(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("NIAH_API_KEY", "sk-live-0123456789abcdef")
     fingerprint = dict(FINGERPRINT)
     fingerprint["model"] = {"file": "/home/ann/models/m.gguf", "bytes": 1, "head_sha256": "ef" * 32}
-    fingerprint["needle_spec"] = "/home/ann/needles/custom.toml"
-    fingerprint["needle_sha256"] = "12" * 32
+    fingerprint["needle_spec"] = {"file": "/home/ann/needles/custom.toml", "sha256": "12" * 32}
     fingerprint["corpus"] = "files:/home/ann/texts/*.txt"
-    fingerprint["llama_server"] = {"version": "version: 11434 (616baba9)", "binary": "/opt/llama/bin/llama-server"}
     fingerprint["launches"] = {"/home/ann/p/mine.toml": ["-c", "4096", "--mmproj", "/home/ann/mm.gguf",
                                                           "--api-key", "sk-live-0123456789abcdef"]}
-    run = load_run(write_run(tmp_path, [cell(2048, 50.0, 0, "PASS", profile="/home/ann/p/mine.toml")], fingerprint))
-    card = render_card(run.cells, run.header)
+    facts = {"server_version": "version: 11434 (616baba9)", "tokenizer_resolved": "server:http://127.0.0.1:1"}
+    run = load_run(write_run(tmp_path, [cell(2048, 50.0, 0, "PASS", profile="/home/ann/p/mine.toml")],
+                             fingerprint, facts))
+    card = render_card(run.cells, run.header, run.fingerprint)
     assert "/home/ann" not in card and "/opt/llama" not in card and "sk-live" not in card
     assert "`llama-server -m m.gguf -c 4096 --mmproj mm.gguf --api-key ***`" in card
     assert "custom needles from `custom.toml`, sha256 `" + "12" * 32 in card
@@ -170,27 +175,23 @@ def test_card_names_files_only_and_never_a_key(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize(
-    "where",
+    ("facts", "shown"),
     [
-        {"llama_server": "version: 11434 (616baba9)"},
-        {"server_version": "version: 11434 (616baba9)"},
-        {"server": {"url": "http://127.0.0.1:8080", "build_info": "b11434-616baba9"}},
-        {"launches": {"p-native": {"argv": ["-c", "4096"], "version": "version: 11434 (616baba9)"}}},
+        ({"server_version": "version: 11434 (616baba9)"}, "version: 11434 (616baba9)"),  # managed launches
+        ({"server": {"url": "http://127.0.0.1:8080", "build_info": "b11434-616baba9"}}, "b11434-616baba9"),  # --url
     ],
 )
-def test_card_finds_the_server_build_where_the_header_keeps_it(tmp_path: Path, where: dict[str, object]) -> None:
-    run = load_run(write_run(tmp_path, [cell(2048, 0.0, 0, "PASS")], {**FINGERPRINT, **where}))
-    card = render_card(run.cells, run.header)
-    assert re.search(r"\*\*llama-server:\*\* `(version: 11434 \(616baba9\)|b11434-616baba9)`\.", card)
-    if "launches" in where:
-        assert "`llama-server -m m.gguf -c 4096`" in card
+def test_card_names_the_server_build_from_the_recorded_facts(tmp_path: Path, facts: dict, shown: str) -> None:
+    run = load_run(write_run(tmp_path, [cell(2048, 0.0, 0, "PASS")], facts=facts))
+    card = render_card(run.cells, run.header, run.fingerprint)
+    assert f"**llama-server:** `{shown}`." in card
 
 
 def test_card_splits_the_grid_per_task(tmp_path: Path) -> None:
     run = load_run(three_trial_run(tmp_path))
     other = run.cells[run.cells["length"] == 2048].assign(task="multikey", outcome="FAIL")
     df = pd.concat([run.cells, other], ignore_index=True)
-    card = render_card(df, run.header)
+    card = render_card(df, run.header, run.fingerprint)
     assert "Task `single`:\n\n```text\nlength 0% 100% factor\n2048 PASS 2/3 native\n6144" in card
     assert "Task `multikey`:\n\n```text\nlength 0% 100% factor\n2048 FAIL FAIL native\n```" in card
     assert "| multikey | 2,048 | native | 6 | 0/6 | 0% " in card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from niah.cli import main
 from niah.compare import compare, compare_runs, to_markdown
 from niah.results import CellResult, ResultsFile
-from niah.runs import Run, load_run
+from niah.runs import load_run
 
 FINGERPRINT = {"model": {"file": "m.gguf"}, "launches": {"p": ["-c", "8192"]}, "needle_seed": 0}
 
@@ -81,7 +82,7 @@ def test_tasks_are_compared_separately(tmp_path: Path) -> None:
     b = load_run(write_run(tmp_path / "b", {(1024, 0.0): "P"}))
     b_cells = pd.concat([b.cells, b.cells.assign(task="multikey", outcome="FAIL")], ignore_index=True)
     a_cells = pd.concat([a.cells, a.cells.assign(task="multikey")], ignore_index=True)
-    comparison = compare(Run("a", a.results_path, a.header, a_cells), Run("b", b.results_path, b.header, b_cells))
+    comparison = compare(replace(a, cells=a_cells), replace(b, cells=b_cells))
     assert comparison.cells[["task", "change"]].values.tolist() == [["single", "same"], ["multikey", "regression"]]
     assert "| multikey | 1024 | 0% | PASS | FAIL |" in to_markdown(comparison)
 
@@ -126,7 +127,7 @@ def test_cli_bad_input_is_one_line_exit_2(
     if setup == "bad_json":
         (b / "results.jsonl").write_text('{"record": "header", "schema_version": 1}\n{"length": 1\n')
     elif setup == "no_cells":
-        ResultsFile(b / "results.jsonl", FINGERPRINT)
+        ResultsFile(b / "results.jsonl", FINGERPRINT).write_header()
     elif setup == "disjoint":
         write_run(b, {(2048, 0.0): "P"})
     assert main(["compare", str(a), str(b)]) == 2
