@@ -182,8 +182,11 @@ class ResultsFile:
         fails before it records anything leaves no file behind)."""
         if self._header_written:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_bytes(b"")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(b"")
+        except OSError as exc:
+            raise NiahError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._header_written = True
         header = {
             "record": "header",

@@ -8,6 +8,7 @@ reason and the managed process's liveness. One writer appends finished cells to 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -170,9 +171,15 @@ def server_spec(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | Non
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """`--out` must be a folder (or not exist yet)."""
+    """`--out` must be a folder niah can write in (made here when it does not exist yet)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NiahError(f"--out {out_dir} is a file, not a folder: name a run folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NiahError(f"cannot create the run folder {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise NiahError(f"the run folder {out_dir} is not writable")
 
 
 @dataclass

@@ -119,7 +119,7 @@ class ServerSession:
     # --- lifecycle ---------------------------------------------------------------------
 
     def open(self) -> Self:
-        """Start the managed launch and wait for its health; a URL session only checks the URL."""
+        """Start the managed launch and wait for its health (a URL session has nothing to start)."""
         if self.spec.managed:
             self._launch()
         return self

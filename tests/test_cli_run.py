@@ -78,6 +78,17 @@ def test_bad_run_input(args: list[str], code: int, tmp_path: Path, html_server: 
     assert not (out / "results.jsonl").exists()
 
 
+def test_an_out_folder_that_cannot_be_made_is_one_line_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "niah", "run", "--lengths", "1k", "--url", f"http://127.0.0.1:{free_port()}",
+         "--out", "/proc/niah-run"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("niah: error: cannot create the run folder /proc/niah-run")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_out_naming_an_existing_file_is_bad_input_and_leaves_it_alone(tmp_path: Path) -> None:
     existing = tmp_path / "results.jsonl"
     existing.write_text("my notes\n")
