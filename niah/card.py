@@ -15,6 +15,7 @@ import pandas as pd
 
 from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
+from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
 from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
 from niah.stats import wilson_interval
@@ -68,6 +69,9 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
     parts += ["### Per length\n", _per_length(df)]
+    drafts = draft_markdown(draft_acceptance(df))
+    if drafts:
+        parts += ["### MTP acceptance by context length\n", drafts]
     parts += ["### Reproduce\n", _reproduce(df, fp, model)]
     return "\n".join(parts)
 

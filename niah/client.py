@@ -47,6 +47,10 @@ class ChatResult:
     prompt_ms: float | None
     predicted_n: int | None
     predicted_ms: float | None
+    draft_n: int | None
+    """timings.draft_n: tokens a draft (e.g. the model's MTP head) proposed; None without drafting."""
+    draft_n_accepted: int | None
+    """timings.draft_n_accepted: drafted tokens the model accepted."""
     http_status: int | None
     error: str | None
     """A short message for every status but ok."""
@@ -213,6 +217,8 @@ def _result(state: _Stream, status: str, http_status: int | None, error: str | N
         prompt_ms=_float(timings.get("prompt_ms")),
         predicted_n=_int(timings.get("predicted_n")),
         predicted_ms=_float(timings.get("predicted_ms")),
+        draft_n=_int(timings.get("draft_n")),
+        draft_n_accepted=_int(timings.get("draft_n_accepted")),
         http_status=http_status,
         error=error,
         wall_s=round(wall_s, 3),

@@ -15,6 +15,7 @@ from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label
+from niah.reuse import reuse_kind, shortfall_reason
 from niah.session import ServerSession, ServerSpec
 from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
@@ -39,6 +40,8 @@ class Endpoint:
         self.profile = profile
         self.report: PreflightReport = preflight(session, needed)
         self.native_context = native_context or self.report.native_context or self.report.n_ctx_train
+        self.last_prompt: Prompt | None = None
+        """The last prompt this server processed: what the next one can reuse from its cache."""
         self.counter = ServerTokenizer(session)
         """The server's tokenizer; its requests' wait is counted in `session.wait_s`."""
         self.template = ServerTemplate(session)
@@ -76,10 +79,16 @@ class Endpoint:
     def died(self) -> bool:
         return self.session.died()
 
+    def reuse_shortfall_reason(self) -> str:
+        """Why this server reuses less of a shared prefix than it could (see niah.reuse)."""
+        spec = self.session.spec
+        return shortfall_reason(reuse_kind(self.report.model_facts), spec.args if spec.managed else None)
+
     def restart(self) -> None:
-        """Start the managed server again with the same flags and preflight it again."""
+        """Start the managed server again with the same flags and preflight it again (its cache is empty)."""
         self.session.restart()
         self.report = preflight(self.session, self.needed)
+        self.last_prompt = None
 
 
 @contextmanager

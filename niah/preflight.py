@@ -56,6 +56,8 @@ class PreflightReport:
     """The model's native context from its GGUF header (None when the file is not readable here)."""
     evidence: tuple[str, ...] = ()
     """Log lines that explain the served context (managed launches)."""
+    model_facts: GGUFFacts | None = None
+    """Header facts of the GGUF the server loaded, when that file is readable here."""
 
     def summary(self) -> str:
         """One line: verdict and the numbers."""
@@ -178,4 +180,5 @@ def preflight(session: ServerSession, needed: int, log_path: Path | None = None)
         props=props,
         native_context=facts.context_length if facts else None,
         evidence=tuple(v[0] for k, v in log.items() if k in ("capping", "n_ctx_slot", "adjusted", "unified_cap")),
+        model_facts=facts,
     )

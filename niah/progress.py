@@ -8,22 +8,23 @@ from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
+from niah.cells import shared_prefix
+
 if TYPE_CHECKING:
     from niah.cells import Cell
 
 
-def expected_prefill(cells: list[Cell]) -> list[int]:
-    """Tokens each cell is expected to compute when the previous cell's prefix is reused.
-
-    A cell after a deeper cell of the same length and trial reuses the haystack up to its own needle.
-    """
+def expected_prefill(cells: list[Cell], launch_of: dict[int, object] | None = None) -> list[int]:
+    """Tokens each cell is expected to compute when the previous cell's prefix is reused: all but the
+    haystack it shares with the cell sent before it on the same launch (`launch_of`: length → launch;
+    each launch's cells go in plan order)."""
+    launch_of = launch_of or {}
     expected: list[int] = []
-    previous: Cell | None = None
+    previous: dict[object, Cell] = {}
     for cell in cells:
-        same_run = previous is not None and (previous.length, previous.trial) == (cell.length, cell.trial)
-        shared = cell.depth / 100 if same_run and previous.depth > cell.depth else 0.0  # type: ignore[union-attr]
-        expected.append(max(1, round(cell.length * (1 - shared))))
-        previous = cell
+        launch = launch_of.get(cell.length)
+        expected.append(max(1, round(cell.length - shared_prefix(previous.get(launch), cell))))
+        previous[launch] = cell
     return expected
 
 
@@ -31,9 +32,14 @@ class RunProgress:
     """A tqdm bar over cells; its postfix shows prefill tokens, rate and an ETA."""
 
     def __init__(
-        self, cells: list[Cell], enabled: bool = True, stream: TextIO | None = None, delay_s: float = 1.0
+        self,
+        cells: list[Cell],
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        delay_s: float = 1.0,
+        launch_of: dict[int, object] | None = None,
     ) -> None:
-        self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells)))
+        self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells, launch_of)))
         self._lines = stream
         """Where the one-line-per-cell results go (stdout by default; the bar's stream when given)."""
         self._bar = tqdm(

@@ -42,6 +42,8 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
     }
     computed = _total(df["prompt_n"])
     cached = _total(df["cache_n"])
+    reusable = _total(df["cache_expected"])
+    predicted_ms = float(df["predicted_ms"].fillna(0).sum())
     prompt_ms = float(df["prompt_ms"].fillna(0).sum())
     return {
         "cells": len(df),
@@ -54,12 +56,38 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
             "cache_saved_fraction": round(cached / (cached + computed), 4) if cached + computed else 0.0,
             "prompt_ms": round(prompt_ms, 1),
             "prefill_tokens_per_s": round(computed / prompt_ms * 1000, 1) if prompt_ms else None,
+            "cache_tokens_reusable": reusable,
+            "reuse_achieved_fraction": round(cached / reusable, 4) if reusable else None,
         },
+        "decode_tokens_per_s": round(_total(df["predicted_n"]) / predicted_ms * 1000, 2) if predicted_ms else None,
+        "draft_acceptance": draft_acceptance(df),
         "predicted_ms": round(float(df["predicted_ms"].fillna(0).sum()), 1),
         "wall_s": round(float(df["wall_s"].fillna(0).sum()), 2),
         "grid": grid_markdown(df).splitlines(),
         "fingerprint": fingerprint,
     }
+
+
+def draft_acceptance(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per length: drafted and accepted tokens and the acceptance rate, for cells whose server drafted
+    (speculative decoding, e.g. --spec-type draft-mtp); empty when none did."""
+    drafted = df[pd.to_numeric(df["draft_n"]).fillna(0) > 0]
+    rows = []
+    for length, group in drafted.groupby("length"):
+        n, accepted = _total(group["draft_n"]), _total(group["draft_n_accepted"])
+        rows.append({"length": int(length), "cells": len(group), "draft_n": n, "draft_n_accepted": accepted,
+                     "acceptance": round(accepted / n, 4) if n else None})
+    return rows
+
+
+def draft_markdown(rows: list[dict[str, Any]]) -> str:
+    """The "MTP acceptance by context length" table (empty string without drafted cells)."""
+    if not rows:
+        return ""
+    lines = ["| length | cells | drafted | accepted | acceptance |", "|---|---|---|---|---|"]
+    lines += [f"| {r['length']:,} | {r['cells']} | {r['draft_n']:,} | {r['draft_n_accepted']:,} | "
+              f"{r['acceptance']:.0%} |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def render_report(results_path: Path, out_dir: Path) -> ReportPaths:

@@ -90,6 +90,12 @@ class CellResult:
     """Short reason for a non-retrieval outcome."""
     tokenizer: str | None = None
     """The tokenizer that built the prompt: the resolved one, or `server` after a rebuild."""
+    cache_expected: int | None = None
+    """Prompt tokens shared with the previous prompt on the same server: what cache_n could be."""
+    draft_n: int | None = None
+    """Tokens a draft proposed (speculative decoding, e.g. --spec-type draft-mtp)."""
+    draft_n_accepted: int | None = None
+    """Drafted tokens the model accepted."""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -116,6 +122,9 @@ _COUNT_COLUMNS = (
     "cache_n",
     "predicted_n",
     "server_n_ctx",
+    "cache_expected",
+    "draft_n",
+    "draft_n_accepted",
 )
 CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finished"]
 

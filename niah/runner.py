@@ -32,6 +32,7 @@ from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
+from niah.reuse import reusable_tokens, shortfall
 from niah.session import ServerSpec, ServerUnreachable
 
 RESULTS_FILE = "results.jsonl"
@@ -94,6 +95,8 @@ class RunSummary:
     outcomes: dict[str, int]
     prefill_tokens_computed: int
     prefill_tokens_cached: int
+    prefill_tokens_reusable: int
+    """Tokens the cells shared with the previous prompt on their server: the most the cache could give."""
     grid_markdown: str
     exit_code: int
 
@@ -193,6 +196,8 @@ class RunState:
     progress: RunProgress
     computed: int = 0
     cached: int = 0
+    reusable: int = 0
+    """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
 
 
 def run(config: RunConfig) -> RunSummary:
@@ -210,7 +215,8 @@ def run(config: RunConfig) -> RunSummary:
             profile = load_profile(name)
             launches[name] = (profile, server_args(profile, facts))
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
-    state = RunState(config, corpus, needle_spec, results, RunProgress(cells, enabled=config.show_progress))
+    progress = RunProgress(cells, enabled=config.show_progress, launch_of=dict(config.profiles))
+    state = RunState(config, corpus, needle_spec, results, progress)
     try:
         for profile_name, lengths in launch_groups(config):
             group = [c for c in cells if c.length in lengths]
@@ -229,6 +235,7 @@ def run(config: RunConfig) -> RunSummary:
         outcomes=dict(outcomes),
         prefill_tokens_computed=state.computed,
         prefill_tokens_cached=state.cached,
+        prefill_tokens_reusable=state.reusable,
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
     )
@@ -262,12 +269,22 @@ def run_group(
             server_facts["server"] = endpoint.facts()
         state.results.check_facts(server_facts)
         build = prompt_builder(endpoint, tokenizer, state.corpus)
+        warned = False
         for cell in todo:
             result = run_cell(state, endpoint, build, cell)
             state.results.append(result)
             state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
             state.computed += result.prompt_n or 0
             state.cached += result.cache_n or 0
+            state.reusable += result.cache_expected or 0
+            if not warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
+                warned = True
+                print(
+                    f"niah: llama-server reused {result.cache_n or 0:,} of the {result.cache_expected:,} prompt "
+                    f"tokens L={cell.length:,} D={cell.depth:g}% shares with the previous prompt: "
+                    f"{endpoint.reuse_shortfall_reason()}",
+                    flush=True,
+                )
             if result.outcome == "CRASH":
                 if not spec.managed:
                     raise NiahError(
@@ -321,6 +338,10 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         cache_prompt=config.cache_reuse,
         on_progress=state.progress.prefill,
     )
+    if config.cache_reuse:
+        base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)
+    if chat.prompt_n is not None:  # the server processed it: its cache now holds this prompt
+        endpoint.last_prompt = prompt
     outcome, error = decide_outcome(chat, prompt, endpoint)
     wall = time.monotonic() - started
     server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0)) / 1000
@@ -336,6 +357,8 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         prompt_ms=chat.prompt_ms,
         predicted_n=chat.predicted_n,
         predicted_ms=chat.predicted_ms,
+        draft_n=chat.draft_n,
+        draft_n_accepted=chat.draft_n_accepted,
         finish_reason=chat.finish_reason,
         error=error,
         overhead_s=round(max(0.0, overhead), 4),

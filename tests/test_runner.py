@@ -90,14 +90,16 @@ def test_duplicate_lengths_are_planned_and_sent_once(llama_server, tmp_path: Pat
 
 
 @pytest.mark.server
-def test_descending_depth_reuses_prefix(llama_server, tmp_path: Path) -> None:
-    summary = run(url_config(llama_server.url, tmp_path, (2048,), (100.0, 75.0, 50.0)))
+def test_each_prompt_reuses_what_it_shares_with_the_one_before(llama_server, tmp_path: Path) -> None:
+    summary = run(url_config(llama_server.url, tmp_path, (1024, 2048), (50.0, 100.0)))
     records = cell_records(summary.results_path)
-    assert [r["depth"] for r in records] == [100.0, 75.0, 50.0]
-    assert all(int(r["cache_n"]) > 0 for r in records[1:])  # type: ignore[call-overload]
+    assert [(r["length"], r["depth"]) for r in records] == [(1024, 50.0), (1024, 100.0), (2048, 50.0), (2048, 100.0)]
+    for record in records[1:]:  # the server's cache_n against what niah expected it to reuse
+        expected, cached = int(record["cache_expected"]), int(record["cache_n"])  # type: ignore[call-overload]
+        assert expected > 400 and abs(cached - expected) <= 8, record
     computed = sum(int(r["prompt_n"]) for r in records)  # type: ignore[call-overload]
     naive = sum(int(r["length"]) for r in records)  # type: ignore[call-overload]
-    assert computed <= 0.75 * naive, (computed, naive)
+    assert computed <= 0.6 * naive, (computed, naive)
 
 
 @pytest.mark.server
@@ -139,14 +141,16 @@ def test_sigkill_mid_grid_then_resume_runs_each_cell_once(llama_server, tmp_path
 @pytest.mark.parametrize("lengths", ["131k,128k", "131072,131k"])
 def test_the_same_length_twice_is_planned_once(lengths: str) -> None:
     cells = plan_cells(tuple((length, (0.0, 50.0)) for length in parse_lengths(lengths)), trials=1)
-    assert cells == [Cell(131072, 50.0, 0), Cell(131072, 0.0, 0)]
+    assert cells == [Cell(131072, 0.0, 0), Cell(131072, 50.0, 0)]
 
 
-def test_plan_orders_depth_descending_per_length_and_trial() -> None:
+def test_plan_orders_cells_by_needle_position_across_lengths() -> None:
     cells = plan_cells(((2048, (0.0, 50.0)), (1024, (100.0, 0.0, 50.0))), trials=2)
-    assert cells[:3] == [Cell(1024, 100.0, 0), Cell(1024, 50.0, 0), Cell(1024, 0.0, 0)]
-    assert cells[3] == Cell(1024, 100.0, 1)
-    assert cells[-1] == Cell(2048, 0.0, 1)
+    assert cells == [
+        Cell(1024, 0.0, 0), Cell(1024, 0.0, 1), Cell(2048, 0.0, 0), Cell(2048, 0.0, 1),
+        Cell(1024, 50.0, 0), Cell(1024, 50.0, 1),  # needle at token 512
+        Cell(1024, 100.0, 0), Cell(1024, 100.0, 1), Cell(2048, 50.0, 0), Cell(2048, 50.0, 1),  # at 1024
+    ]
 
 
 def test_length_and_depth_forms() -> None:

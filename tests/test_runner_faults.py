@@ -149,7 +149,7 @@ def fault_proxy(llama_server) -> Iterator[type[FaultProxy]]:
 
 
 def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_path: Path) -> None:
-    # cells go depth-descending: 100, 75, 50, 25, 0
+    # cells go by needle position: 0, 25, 50, 75, 100
     fault_proxy.faults.extend(["400", "stall", "drop", "500"])
     started = time.monotonic()
     summary = run(
@@ -164,11 +164,11 @@ def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_pa
     assert time.monotonic() - started < 300
     records = [json.loads(line) for line in summary.results_path.read_text().splitlines()]
     outcomes = {r["depth"]: r["outcome"] for r in records if r.get("record") == "cell"}
-    assert outcomes[100.0] == "CONTEXT_ERROR"
-    assert outcomes[75.0] == "TIMEOUT"
+    assert outcomes[0.0] == "CONTEXT_ERROR"
+    assert outcomes[25.0] == "TIMEOUT"
     assert outcomes[50.0] == "HTTP_ERROR"
-    assert outcomes[25.0] == "HTTP_ERROR"
-    assert outcomes[0.0] in ("PASS", "FAIL")
+    assert outcomes[75.0] == "HTTP_ERROR"
+    assert outcomes[100.0] in ("PASS", "FAIL")
     assert summary.exit_code == 4
     grid = (tmp_path / "grid.md").read_text()
     assert "CONTEXT_ERROR" in grid and "TIMEOUT" in grid
@@ -206,7 +206,7 @@ def test_thinking_on_end_to_end(fault_proxy, tmp_path: Path) -> None:
     summary = run(RunConfig(grid=((512, (0.0, 100.0)),), out_dir=tmp_path, url=fault_proxy.url,
                             thinking="on", show_progress=False))
     outcomes = {r["depth"]: r["outcome"] for r in cells(summary.results_path)}
-    assert outcomes == {100.0: "PASS", 0.0: "FAIL"}  # cells go depth-descending
+    assert outcomes == {0.0: "PASS", 100.0: "FAIL"}  # cells go by needle position
     chats = [body for path, body in fault_proxy.bodies if path == "/v1/chat/completions"]
     renders = [body for path, body in fault_proxy.bodies if path == "/apply-template"]
     assert len(chats) == 2 and renders

@@ -132,7 +132,8 @@ def print_summary(summary: RunSummary) -> int:
     if total:
         print(
             f"prefill this run: {summary.prefill_tokens_computed:,} tokens computed, "
-            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%})"
+            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%}; "
+            f"{summary.prefill_tokens_reusable:,} could have been)"
         )
     print(f"results: {summary.results_path}\nreport:  {summary.report_dir}")
     return summary.exit_code
