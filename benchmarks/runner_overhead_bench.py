@@ -14,8 +14,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from niah.cells import ANSWER_BUDGET
 from niah.results import load_cells
-from niah.runner import ANSWER_BUDGET, RunConfig, run
+from niah.runner import RunConfig, run
 from niah.server import find_tiny_model
 
 CELLS = ((8192 - ANSWER_BUDGET, "tiny-native-8k"), (31540 - ANSWER_BUDGET, "tiny-yarn-32k"))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from niah.corpus import get_corpus
 from niah.gguf_tokenizer import GGUFTokenizer
-from niah.server import find_tiny_model, start_server
+from niah.server import find_tiny_model
+from niah.session import ServerSession, ServerSpec
 from niah.tokenizers import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -51,7 +52,8 @@ def main() -> None:
         }
         for name, tokenizer in backends.items():
             rows.append((name, *timed(tokenizer, text)))
-        with start_server(model, ["-c", "2048", "--parallel", "1"], Path(tmp) / "server.log") as server:
+        spec = ServerSpec(model=model, args=("-c", "2048", "--parallel", "1"), log_dir=Path(tmp))
+        with ServerSession(spec) as server:
             tokenizer = get_tokenizer(f"server:{server.url}")
             rows.append(("server:llama-server /tokenize", *timed(tokenizer, text)))
             tokenizer.close()  # type: ignore[attr-defined]

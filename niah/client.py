@@ -47,6 +47,10 @@ class ChatResult:
     prompt_ms: float | None
     predicted_n: int | None
     predicted_ms: float | None
+    draft_n: int | None
+    """timings.draft_n: tokens a draft (e.g. the model's MTP head) proposed; None without drafting."""
+    draft_n_accepted: int | None
+    """timings.draft_n_accepted: drafted tokens the model accepted."""
     http_status: int | None
     error: str | None
     """A short message for every status but ok."""
@@ -65,81 +69,66 @@ class _Stream:
     error: dict[str, Any] | None = None
 
 
-class ChatClient:
-    """Streams chat completions to one server URL; reuse it across cells, close it at the end."""
+def chat_body(
+    messages: list[dict[str, Any]],
+    *,
+    max_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    thinking: str = "off",
+    cache_prompt: bool = True,
+) -> dict[str, Any]:
+    """The JSON body of one streamed chat request with prefill progress, usage and timings."""
+    if thinking not in THINKING_MODES:
+        raise ValueError(f"thinking must be one of {THINKING_MODES}, not {thinking!r}")
+    return {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_progress": True,
+        "cache_prompt": cache_prompt,
+        "chat_template_kwargs": {"enable_thinking": thinking == "on"},
+    }
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None = None,
-        connect_timeout_s: float = 10,
-        stall_timeout_s: float = 600,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.stall_timeout_s = stall_timeout_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        timeout = httpx.Timeout(
-            connect=connect_timeout_s, read=stall_timeout_s, write=stall_timeout_s, pool=connect_timeout_s
-        )
-        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
 
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        seed: int = 0,
-        thinking: str = "off",
-        cache_prompt: bool = True,
-        on_progress: ProgressCallback | None = None,
-    ) -> ChatResult:
-        """Send one streamed chat request and collect the answer, timings and usage.
-
-        `on_progress` receives each `prompt_progress` event, a dict
-        {total, cache, processed, time_ms}, during prefill.
-        """
-        if thinking not in THINKING_MODES:
-            raise ValueError(f"thinking must be one of {THINKING_MODES}, not {thinking!r}")
-        body: dict[str, Any] = {
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "seed": seed,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "return_progress": True,
-            "cache_prompt": cache_prompt,
-            "chat_template_kwargs": {"enable_thinking": thinking == "on"},
-        }
-        started = time.monotonic()
-        state = _Stream()
-        status, http_status, error = "ok", None, None
-        try:
-            with self._http.stream("POST", self.url + CHAT_PATH, json=body) as response:
-                http_status = response.status_code
-                if response.status_code != 200:
-                    response.read()
-                    status, error = _error_status(response.status_code, response.text)
-                else:
-                    for event in _sse_events(response.iter_lines()):
-                        _apply(event, state, on_progress)
-                    if state.error is not None:
-                        status, error = _error_status(None, json.dumps({"error": state.error}))
-                    elif state.finish_reason is None:
-                        status, error = "disconnected", "the stream ended before its final chunk"
-        except httpx.ConnectError as exc:
-            status, error = "unreachable", f"cannot connect to {self.url}: {exc}"
-        except httpx.ConnectTimeout:
-            status, error = "unreachable", f"no connection to {self.url} within the connect timeout"
-        except (httpx.ReadTimeout, httpx.WriteTimeout):
-            status, error = "timeout", f"no data from the server for {self.stall_timeout_s:g} s (stalled)"
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            status, error = "disconnected", f"connection dropped: {exc.__class__.__name__}: {exc}"
-        return _result(state, status, http_status, error, time.monotonic() - started)
-
-    def close(self) -> None:
-        self._http.close()
+def stream_chat(
+    http: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    stall_timeout_s: float,
+    on_progress: ProgressCallback | None = None,
+) -> ChatResult:
+    """POST `body` to `url`'s chat endpoint on `http` (whose read timeout is the stall timeout) and
+    collect the answer, timings and usage. `on_progress` receives each `prompt_progress` event, a
+    dict {total, cache, processed, time_ms}, during prefill. Never raises for a server's fault."""
+    started = time.monotonic()
+    state = _Stream()
+    status, http_status, error = "ok", None, None
+    try:
+        with http.stream("POST", url + CHAT_PATH, json=body) as response:
+            http_status = response.status_code
+            if response.status_code != 200:
+                response.read()
+                status, error = _error_status(response.status_code, response.text)
+            else:
+                for event in _sse_events(response.iter_lines()):
+                    _apply(event, state, on_progress)
+                if state.error is not None:
+                    status, error = _error_status(None, json.dumps({"error": state.error}))
+                elif state.finish_reason is None:
+                    status, error = "disconnected", "the stream ended before its final chunk"
+    except httpx.ConnectTimeout:
+        status, error = "unreachable", f"no connection to {url} within the connect timeout"
+    except (httpx.ConnectError, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+        status, error = "unreachable", f"cannot connect to {url}: {exc.__class__.__name__}: {exc}"
+    except (httpx.ReadTimeout, httpx.WriteTimeout):
+        status, error = "timeout", f"no data from the server for {stall_timeout_s:g} s (stalled)"
+    except httpx.TransportError as exc:
+        status, error = "disconnected", f"connection dropped: {exc.__class__.__name__}: {exc}"
+    return _result(state, status, http_status, error, time.monotonic() - started)
 
 
 def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -228,6 +217,8 @@ def _result(state: _Stream, status: str, http_status: int | None, error: str | N
         prompt_ms=_float(timings.get("prompt_ms")),
         predicted_n=_int(timings.get("predicted_n")),
         predicted_ms=_float(timings.get("predicted_ms")),
+        draft_n=_int(timings.get("draft_n")),
+        draft_n_accepted=_int(timings.get("draft_n_accepted")),
         http_status=http_status,
         error=error,
         wall_s=round(wall_s, 3),

@@ -83,7 +83,7 @@ def builtin_corpus() -> Corpus:
     """The generated essays, kept in the cache folder keyed by the generator's code and data."""
     from niah import essays
 
-    folder = essays.data_dir()
+    folder = essays.builtin_dir()
     key = hashlib.sha256(Path(essays.__file__).read_bytes())
     for name in essays.DATA_FILES:
         key.update((folder / name).read_bytes())

@@ -45,9 +45,8 @@ def measure_units(tokenizer: Tokenizer, text: str, starts: np.ndarray) -> tuple[
 def token_starts(tokenizer: ServerTokenizer, text: str, **options: bool) -> list[int] | None:
     """Byte offsets where the server's tokens of `text` start (then the end), or None when its
     pieces do not spell the text (e.g. an added space prefix)."""
-    body = tokenizer._post("/tokenize", {"content": text, "with_pieces": True, **options})
     offsets, position = [], 0
-    for token in body["tokens"]:  # type: ignore[union-attr]
+    for token in tokenizer.session.tokenize_pieces(text, **options):
         offsets.append(position)
         piece = token["piece"]
         position += len(piece.encode("utf-8")) if isinstance(piece, str) else len(piece)

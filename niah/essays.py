@@ -17,6 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from niah.data import data_dir
 from niah.errors import NiahError
 
 DATA_FILES = ("common.toml", "sentences.toml", "topics.toml")
@@ -29,12 +30,11 @@ _ARTICLE = re.compile(r"\b([Aa]) (?=([A-Za-z]+))")
 _CONSONANT_SOUND = ("uni", "use", "usu", "eu", "one", "once")
 
 
-def data_dir() -> Path:
-    """`haystacks/builtin/` next to the package (a source or editable install), else under the cwd."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        folder = root / "haystacks" / "builtin"
-        if all((folder / name).is_file() for name in DATA_FILES):
-            return folder
+def builtin_dir() -> Path:
+    """`haystacks/builtin/`, shipped with niah (see niah.data)."""
+    folder = data_dir("haystacks") / "builtin"
+    if all((folder / name).is_file() for name in DATA_FILES):
+        return folder
     raise NiahError("the built-in corpus data (haystacks/builtin/*.toml) is missing; use --corpus files:GLOB")
 
 
@@ -137,7 +137,7 @@ class EssayWriter:
 
 def generate(seed: int = BUILTIN_SEED, chars: int = BUILTIN_CHARS, folder: Path | None = None) -> str:
     """At least `chars` characters of essays: paragraphs joined by blank lines, ending in one."""
-    writer = EssayWriter(folder or data_dir(), seed)
+    writer = EssayWriter(folder or builtin_dir(), seed)
     parts: list[str] = []
     size = 0
     previous = None

@@ -186,6 +186,10 @@ class _Builder:
         return "".join(p if isinstance(p, str) else self.tc.span_text(*p) for p in pieces)
 
 
+class LengthUnreachable(NiahError):
+    """No filler gives a prompt of exactly the asked length with this tokenizer."""
+
+
 def build(
     length: int,
     depth: float,
@@ -237,7 +241,7 @@ def build(
         target = max(0, target + (step if target + step not in seen else step + (1 if step > 0 else -1)))
         seen.add(target)
     else:
-        raise NiahError(f"could not build a prompt of exactly {length} tokens with {tokenizer.name}")
+        raise LengthUnreachable(f"could not build a prompt of exactly {length} tokens with {tokenizer.name}")
     return _finish(builder, pieces, needle_at, n, tail, length, float(depth), template)
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.profiles import choose_rope_scale
 
-TIMEOUT = httpx.Timeout(10.0)
+if TYPE_CHECKING:
+    from niah.session import ServerSession
+
 # Log lines of llama-server (and libllama) that explain a per-slot context.
 LOG_PATTERNS = {
     "capping": re.compile(r"slot context \((\d+)\) exceeds the training context of the model \((\d+)\)"),
@@ -55,6 +56,8 @@ class PreflightReport:
     """The model's native context from its GGUF header (None when the file is not readable here)."""
     evidence: tuple[str, ...] = ()
     """Log lines that explain the served context (managed launches)."""
+    model_facts: GGUFFacts | None = None
+    """Header facts of the GGUF the server loaded, when that file is readable here."""
 
     def summary(self) -> str:
         """One line: verdict and the numbers."""
@@ -69,22 +72,6 @@ class PreflightReport:
             parts.append(f"native {self.native_context:,}")
         line = f"{self.verdict}: " + ", ".join(parts)
         return line + (f" — {self.cause}" if self.cause else "")
-
-
-def _get(client: httpx.Client, url: str, path: str, required: bool = True) -> object:
-    try:
-        response = client.get(f"{url}{path}")
-    except httpx.TransportError as exc:
-        raise NiahError(f"llama-server at {url} is unreachable ({exc.__class__.__name__})", EXIT_LAUNCH_INVALID) from None
-    if response.status_code == 200:
-        return response.json()
-    if not required:
-        return None
-    if response.status_code == 401:
-        raise NiahError(f"llama-server at {url} wants an API key (--api-key or $NIAH_API_KEY)", EXIT_LAUNCH_INVALID)
-    if response.status_code == 503:
-        raise NiahError(f"llama-server at {url} is still loading the model (HTTP 503)", EXIT_LAUNCH_INVALID)
-    raise NiahError(f"llama-server at {url}: GET {path} answered HTTP {response.status_code}", EXIT_LAUNCH_INVALID)
 
 
 def read_log(log_path: Path | None) -> dict[str, tuple[str, ...]]:
@@ -158,26 +145,25 @@ def diagnose(
     return f"-c is too small: launch with -c {total}" + (f" ({slots} slots × {needed:,})" if total != needed else "")
 
 
-def preflight(url: str, needed: int, log_path: Path | None = None, api_key: str | None = None) -> PreflightReport:
-    """Read /props, /v1/models, /slots (and the launch log) and decide OK or CLAMPED for `needed`."""
-    url = url.rstrip("/")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(timeout=TIMEOUT, headers=headers, trust_env=False) as client:
-        props = _get(client, url, "/props")
-        models = _get(client, url, "/v1/models", required=False)
-        slot_list = _get(client, url, "/slots", required=False)
-    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+def preflight(session: ServerSession, needed: int, log_path: Path | None = None) -> PreflightReport:
+    """Read /props, /v1/models, /slots (and the launch log: the session's own for a managed launch)
+    and decide OK or CLAMPED for `needed`."""
+    url = session.url
+    log_path = log_path or session.log_path
+    props = session.props()
+    models = session.get("/v1/models", required=False)
+    slot_list = session.get("/slots", required=False)
+    settings = props.get("default_generation_settings")
     if not isinstance(settings, dict) or not isinstance(settings.get("n_ctx"), int):
         raise NiahError(f"{url}/props has no default_generation_settings.n_ctx: is it llama-server?", EXIT_LAUNCH_INVALID)
-    assert isinstance(props, dict)
     served = int(settings["n_ctx"])
     if isinstance(slot_list, list):
         slot_ctx = [s["n_ctx"] for s in slot_list if isinstance(s, dict) and isinstance(s.get("n_ctx"), int)]
         served = min([served, *slot_ctx])
     slots = int(props.get("total_slots") or (len(slot_list) if isinstance(slot_list, list) else 1))
     train = None
-    if isinstance(models, dict) and models.get("data"):
-        meta = models["data"][0].get("meta") or {}
+    if isinstance(models, dict) and isinstance(models.get("data"), list) and models["data"]:
+        meta = models["data"][0].get("meta") or {} if isinstance(models["data"][0], dict) else {}
         train = meta.get("n_ctx_train") if isinstance(meta.get("n_ctx_train"), int) else None
     facts = _model_facts(props)
     log = read_log(log_path)
@@ -194,4 +180,5 @@ def preflight(url: str, needed: int, log_path: Path | None = None, api_key: str 
         props=props,
         native_context=facts.context_length if facts else None,
         evidence=tuple(v[0] for k, v in log.items() if k in ("capping", "n_ctx_slot", "adjusted", "unified_cap")),
+        model_facts=facts,
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
+from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
 from niah.memory import CACHE_TYPES, LaunchShape, MemoryEstimate, formula
@@ -22,7 +23,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "launch_profiles"
 KV_PAD = 256  # llama.cpp pads the context (and each slot's share) up to a multiple of 256
 RATIO_DECIMALS = 4
 
@@ -307,7 +307,7 @@ def load_profile(name_or_path: str) -> LaunchProfile:
     if name_or_path.endswith(".toml") or candidate.parent != Path("."):
         path = candidate
     else:
-        path = PROFILES_DIR / f"{name_or_path}.toml"
+        path = data_dir("launch_profiles") / f"{name_or_path}.toml"
         if not path.is_file():
             known = ", ".join(p.name for p in list_profiles())
             raise NiahError(f"no launch profile {name_or_path!r} (shipped: {known}; or give a .toml path)")
@@ -320,5 +320,5 @@ def load_profile(name_or_path: str) -> LaunchProfile:
 
 def list_profiles() -> list[LaunchProfile]:
     """The shipped profiles, ordered by target context."""
-    profiles = [load_profile(str(path)) for path in sorted(PROFILES_DIR.glob("*.toml"))]
+    profiles = [load_profile(str(path)) for path in sorted(data_dir("launch_profiles").glob("*.toml"))]
     return sorted(profiles, key=lambda p: (p.native_context or 0, p.context, p.name))

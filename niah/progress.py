@@ -4,36 +4,47 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
+
+from niah.cells import shared_prefix
 
 if TYPE_CHECKING:
     from niah.cells import Cell
 
 
-def expected_prefill(cells: list[Cell]) -> list[int]:
-    """Tokens each cell is expected to compute when the previous cell's prefix is reused.
-
-    A cell after a deeper cell of the same length and trial reuses the haystack up to its own needle.
-    """
+def expected_prefill(cells: list[Cell], launch_of: dict[int, object] | None = None) -> list[int]:
+    """Tokens each cell is expected to compute when the previous cell's prefix is reused: all but the
+    haystack it shares with the cell sent before it on the same launch (`launch_of`: length → launch;
+    each launch's cells go in plan order)."""
+    launch_of = launch_of or {}
     expected: list[int] = []
-    previous: Cell | None = None
+    previous: dict[object, Cell] = {}
     for cell in cells:
-        same_run = previous is not None and (previous.length, previous.trial) == (cell.length, cell.trial)
-        shared = cell.depth / 100 if same_run and previous.depth > cell.depth else 0.0  # type: ignore[union-attr]
-        expected.append(max(1, round(cell.length * (1 - shared))))
-        previous = cell
+        launch = launch_of.get(cell.length)
+        expected.append(max(1, round(cell.length - shared_prefix(previous.get(launch), cell))))
+        previous[launch] = cell
     return expected
 
 
 class RunProgress:
     """A tqdm bar over cells; its postfix shows prefill tokens, rate and an ETA."""
 
-    def __init__(self, cells: list[Cell], enabled: bool = True) -> None:
-        self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells)))
+    def __init__(
+        self,
+        cells: list[Cell],
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        delay_s: float = 1.0,
+        launch_of: dict[int, object] | None = None,
+    ) -> None:
+        self._remaining = dict(zip((c.key for c in cells), expected_prefill(cells, launch_of)))
+        self._lines = stream
+        """Where the one-line-per-cell results go (stdout by default; the bar's stream when given)."""
         self._bar = tqdm(
-            total=len(cells), unit="cell", disable=not enabled, file=sys.stderr, dynamic_ncols=True, delay=1.0
+            total=len(cells), unit="cell", disable=not enabled, file=stream or sys.stderr,
+            dynamic_ncols=True, delay=delay_s, mininterval=0 if stream else 0.1,
         )
         self._tokens_done = 0
         self._seconds_done = 0.0
@@ -90,7 +101,7 @@ class RunProgress:
         self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
         self._bar.update(1)
         label = self._label(self._cell) if self._cell else "cell"
-        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)")
+        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)", file=self._lines)
 
     @staticmethod
     def _label(cell: Cell) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.report import MIXED, UNTESTED, cell_category
+from niah.grid import MIXED, UNTESTED, cell_category
 
 COLOURS = {
     "PASS": "#2e7d32",
@@ -35,7 +35,12 @@ HTML_COLUMNS = [
     "prompt_tokens_planned",
     "prompt_tokens_served",
     "cache_n",
+    "cache_expected",
     "prompt_ms",
+    "predicted_n",
+    "predicted_ms",
+    "draft_n",
+    "draft_n_accepted",
     "wall_s",
     "factor",
     "profile",
@@ -122,8 +127,14 @@ td.answer { max-width: 40em; white-space: pre-wrap; word-break: break-word; }
 <p>{{ summary.cells }} cells:
 {% for name, n in summary.outcomes.items() if n %}{{ name }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}.
 Prefill: {{ summary.prefill.prompt_tokens_computed }} tokens computed,
-{{ summary.prefill.cache_tokens_reused }} reused from the prompt cache,
+{{ summary.prefill.cache_tokens_reused }} reused from the prompt cache
+(of {{ summary.prefill.cache_tokens_reusable }} the prompts shared with the one before on their server),
 {{ summary.prefill.prompt_ms }} ms.</p>
+{% if summary.draft_acceptance %}<h2>MTP acceptance by context length</h2>
+<table><tr><th>length</th><th>cells</th><th>drafted</th><th>accepted</th><th>acceptance</th></tr>
+{% for r in summary.draft_acceptance %}<tr><td>{{ r.length }}</td><td>{{ r.cells }}</td><td>{{ r.draft_n }}</td>
+<td>{{ r.draft_n_accepted }}</td><td>{{ "%.0f%%" | format(100 * r.acceptance) if r.acceptance is not none else "-" }}</td></tr>
+{% endfor %}</table>{% endif %}
 <h2>Cells</h2>
 <table>
 <tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>

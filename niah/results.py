@@ -13,11 +13,12 @@ import re
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from niah.errors import NiahError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 1
 OUTCOMES = (
@@ -32,6 +33,8 @@ OUTCOMES = (
     "TOKEN_MISMATCH",
 )
 RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
+FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
+"""Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
 ANSWER_EXCERPT_CHARS = 500
 _MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
 _SECRET_FLAG = re.compile(r"^(--api-key)=.*$")
@@ -85,6 +88,14 @@ class CellResult:
     """The server's finish_reason ('stop', 'length', ...)."""
     error: str | None = None
     """Short reason for a non-retrieval outcome."""
+    tokenizer: str | None = None
+    """The tokenizer that built the prompt: the resolved one, or `server` after a rebuild."""
+    cache_expected: int | None = None
+    """Prompt tokens shared with the previous prompt on the same server: what cache_n could be."""
+    draft_n: int | None = None
+    """Tokens a draft proposed (speculative decoding, e.g. --spec-type draft-mtp)."""
+    draft_n_accepted: int | None = None
+    """Drafted tokens the model accepted."""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -111,6 +122,9 @@ _COUNT_COLUMNS = (
     "cache_n",
     "predicted_n",
     "server_n_ctx",
+    "cache_expected",
+    "draft_n",
+    "draft_n_accepted",
 )
 CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finished"]
 
@@ -161,31 +175,46 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any], prefix: st
 class ResultsFile:
     """The results JSONL of one run: create it with a header, or reopen it to resume."""
 
-    def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
+    def __init__(self, path: Path, fingerprint: dict[str, Any], secrets: tuple[str | None, ...] = ()) -> None:
         self.path = Path(path)
+        self.secrets = tuple(s for s in secrets if s)
+        """Keys niah was given (e.g. --api-key): masked wherever they appear in what is written."""
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
         self._outcomes: dict[tuple[int, float, int], str] = {}
-        if self.path.exists() and not _only_torn_header(self.path):
+        self._facts: dict[str, Any] = {}
+        self._header_written = self.path.exists() and not _only_torn_header(self.path)
+        if self._header_written:
             self._resume()
-        else:
+
+    def write_header(self) -> None:
+        """Create the file with its header record (done by the first record written; a run that
+        fails before it records anything leaves no file behind)."""
+        if self._header_written:
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_bytes(b"")
-            header = {
-                "record": "header",
-                "schema_version": SCHEMA_VERSION,
-                "fingerprint": self.fingerprint,
-                "created": _now(),
-            }
-            self._write_line(header)
+        except OSError as exc:
+            raise NiahError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._header_written = True
+        header = {
+            "record": "header",
+            "schema_version": SCHEMA_VERSION,
+            "fingerprint": self.fingerprint,
+            "created": _now(),
+        }
+        self._write_line(header)
 
     def _resume(self) -> None:
-        header, cells, good_bytes = _read(self.path)
+        header, records, good_bytes = _read_records(self.path)
+        cells = [r for r in records if r.get("record") == "cell"]
         if good_bytes < self.path.stat().st_size:
             with open(self.path, "r+b") as fh:  # cut off a torn last line (kill -9 mid-write)
                 fh.truncate(good_bytes)
                 fh.flush()
                 os.fsync(fh.fileno())
-        old = header.get("fingerprint") or {}
+        old = {k: v for k, v in (header.get("fingerprint") or {}).items() if k not in FACT_KEYS}
+        self._facts = {**(header.get("fingerprint") or {}), **_merged_facts(records)}
         if canonical(old) != canonical(self.fingerprint):
             differing = ", ".join(fingerprint_differences(old, self.fingerprint)) or "(layout)"
             raise NiahError(
@@ -193,6 +222,21 @@ class ResultsFile:
                 "use a new --out directory to start a fresh run, or rerun with the original settings to resume"
             )
         self._outcomes = {_key(c): str(c.get("outcome")) for c in cells}
+
+    def check_facts(self, facts: dict[str, Any]) -> None:
+        """Facts a live server tells (its version, the resolved tokenizer, a URL server's identity):
+        refused when the file recorded another value, recorded when new."""
+        facts = json.loads(canonical(facts))
+        for key, value in facts.items():
+            if key in self._facts and canonical({key: self._facts[key]}) != canonical({key: value}):
+                raise NiahError(
+                    f"{self.path} belongs to a different run: {key} was {_short(self._facts[key])}, "
+                    f"now {_short(value)}; use a new --out directory, or rerun with the original server"
+                )
+        new = {k: v for k, v in facts.items() if k not in self._facts}
+        if new:
+            self._write_line({"record": "facts", "schema_version": SCHEMA_VERSION, "facts": new, "recorded": _now()})
+            self._facts.update(new)
 
     def done_keys(self) -> set[tuple[int, float, int]]:
         """(length, depth, trial) of every cell already in the file."""
@@ -208,11 +252,31 @@ class ResultsFile:
         self._outcomes[result.key] = result.outcome
 
     def _write_line(self, record: dict[str, Any]) -> None:
-        line = json.dumps(redact(record), ensure_ascii=False, default=str) + "\n"
+        self.write_header()
+        line = json.dumps(redact(record, self.secrets), ensure_ascii=False, default=str) + "\n"
         with open(self.path, "ab") as fh:
             fh.write(line.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for record in records:
+        if record.get("record") == "facts" and isinstance(record.get("facts"), dict):
+            merged.update(record["facts"])
+    return merged
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_facts(path: Path) -> dict[str, Any]:
+    """The run's fingerprint together with the server facts recorded after it (FACT_KEYS)."""
+    header, records, _ = _read_records(Path(path))
+    return {**(header.get("fingerprint") or {}), **_merged_facts(records)}
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -226,6 +290,8 @@ def load_cells(path: Path) -> pd.DataFrame:
     Reads every schema version up to SCHEMA_VERSION (columns an older file lacks are
     NA); when a cell was recorded twice, the later record wins.
     """
+    import pandas as pd
+
     _, cells, _ = _read(Path(path))
     frame = pd.DataFrame(cells)
     for column in CELL_COLUMNS:
@@ -246,6 +312,12 @@ def load_cells(path: Path) -> pd.DataFrame:
 
 def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """Parse a results file: (header, cell records, byte length of the well-formed part)."""
+    header, records, good = _read_records(path)
+    return header, [r for r in records if r.get("record") == "cell"], good
+
+
+def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Parse a results file: (header, the records after it, byte length of the well-formed part)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -272,8 +344,7 @@ def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
         raise NiahError(
             f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
         )
-    cells = [r for r in records[1:] if r.get("record") == "cell"]
-    return header, cells, good
+    return header, records[1:], good
 
 
 def _only_torn_header(path: Path) -> bool:

@@ -8,16 +8,17 @@ reason and the managed process's liveness. One writer appends finished cells to 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from niah import __version__
-from niah.cells import Cell, plan_cells
+from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET, Cell, plan_cells
 from niah.client import ChatResult
-from niah.corpus import get_corpus
-from niah.endpoints import Endpoint, launch_args, open_endpoint, prompt_builder
+from niah.corpus import Corpus, get_corpus
+from niah.endpoints import Endpoint, PromptBuilder, open_endpoint, prompt_builder, resolve_tokenizer
 from niah.errors import (
     EXIT_FAIL_CELLS,
     EXIT_LAUNCH_INVALID,
@@ -25,17 +26,16 @@ from niah.errors import (
     EXIT_OK,
     NiahError,
 )
-from niah.gguf_meta import read_gguf_facts
-from niah.haystack import Prompt
-from niah.needles import load_needle_spec, make_needle, score_answer
-from niah.profiles import LaunchProfile
+from niah.gguf_meta import GGUFFacts, read_gguf_facts
+from niah.haystack import LengthUnreachable, Prompt
+from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
+from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
-from niah.report import render_report
 from niah.results import CellResult, ResultsFile
+from niah.reuse import reusable_tokens, shortfall
+from niah.session import ServerSpec, ServerUnreachable
 
 RESULTS_FILE = "results.jsonl"
-ANSWER_BUDGET = 32
-THINKING_ANSWER_BUDGET = 4096
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class RunSummary:
     outcomes: dict[str, int]
     prefill_tokens_computed: int
     prefill_tokens_cached: int
+    prefill_tokens_reusable: int
+    """Tokens the cells shared with the previous prompt on their server: the most the cache could give."""
     grid_markdown: str
     exit_code: int
 
@@ -118,106 +120,249 @@ def model_identity(path: Path) -> dict[str, object]:
     return {"file": path.name, "bytes": path.stat().st_size, "head_sha256": head}
 
 
-def run(config: RunConfig) -> RunSummary:
-    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
-    corpus = get_corpus(config.corpus)
-    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.trials)
-    groups = launch_groups(config)
+def needle_identity(path: Path | None) -> object:
+    """`default`, or a custom needle file's name and the sha256 of its bytes (an edit changes it)."""
+    if path is None:
+        return "default"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise NiahError(f"cannot read needle file {path}: {exc.strerror or exc.__class__.__name__}") from None
+    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def run_fingerprint(
+    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, list[str]]]
+) -> dict[str, object]:
+    """What must not change between a run and its resume (facts only a live server can tell are
+    checked when it is up: `ResultsFile.check_facts`)."""
     fingerprint: dict[str, object] = {
         "niah": __version__,
         "corpus": corpus.name,
         "corpus_sha256": corpus.sha256,
         "needle_seed": config.seed,
-        "needle_spec": str(config.needle_file) if config.needle_file else "default",
+        "needle_spec": needle_identity(config.needle_file),
         "tokenizer": config.tokenizer,
         "answer_budget": config.budget,
         "thinking": config.thinking,
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
-    facts = read_gguf_facts(config.model) if config.model else None
     if config.model:
         fingerprint["model"] = model_identity(config.model)
+    if launches:
+        fingerprint["launches"] = {name: args for name, (_, args) in launches.items()}
+    return fingerprint
+
+
+def server_spec(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> ServerSpec:
+    """How the session reaches the group's server: the run's URL, or the group's launch."""
+    common = {
+        "host": config.host,
+        "api_key": config.api_key,
+        "server_bin": config.server_bin,
+        "connect_timeout_s": config.connect_timeout_s,
+        "stall_timeout_s": config.stall_timeout_s,
+        "thinking": config.thinking,
+    }
+    if launch is None:
+        return ServerSpec(url=config.url, **common)  # type: ignore[arg-type]
+    profile, args = launch
+    return ServerSpec(
+        model=config.model, args=tuple(args), name=profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
+    )
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """`--out` must be a folder niah can write in (made here when it does not exist yet)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NiahError(f"--out {out_dir} is a file, not a folder: name a run folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NiahError(f"cannot create the run folder {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise NiahError(f"the run folder {out_dir} is not writable")
+
+
+@dataclass
+class RunState:
+    """What a run's groups share: inputs, the results file, the bar and the prefill totals."""
+
+    config: RunConfig
+    corpus: Corpus
+    needle_spec: NeedleSpec | None
+    results: ResultsFile
+    progress: RunProgress
+    computed: int = 0
+    cached: int = 0
+    reusable: int = 0
+    """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
+    check_out_dir(config.out_dir)
+    corpus = get_corpus(config.corpus)
+    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
+    cells = plan_cells(config.grid, config.trials)
+    facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
     if config.profiles:
         if facts is None:
             raise NiahError("a managed launch needs --model GGUF")
-        launches = {name: launch_args(name, facts) for name in sorted({p for _, p in config.profiles})}
-        fingerprint["launches"] = {name: args for name, (_, args) in launches.items()}
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    # A managed run's fingerprint is known before any launch, so finished groups start no server;
-    # a --url run's fingerprint includes what the server reports.
-    results = None if config.url else ResultsFile(config.results_path, fingerprint)
-    progress = RunProgress(cells, enabled=config.show_progress)
-    computed = cached = 0
+        for name in sorted({p for _, p in config.profiles}):
+            profile = load_profile(name)
+            launches[name] = (profile, server_args(profile, facts))
+    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
+    progress = RunProgress(cells, enabled=config.show_progress, launch_of=dict(config.profiles))
+    state = RunState(config, corpus, needle_spec, results, progress)
     try:
-        for profile_name, lengths in groups:
+        for profile_name, lengths in launch_groups(config):
             group = [c for c in cells if c.length in lengths]
-            if results is not None:
-                todo = unfinished(results, group, progress)
-                if not todo:
-                    continue
-            needed = max(lengths) + config.budget
             launch = launches[profile_name] if profile_name else None
-            native = facts.context_length if facts else None
-            with open_endpoint(config, launch, needed, fingerprint, native) as endpoint:
-                if results is None:
-                    results = ResultsFile(config.results_path, fingerprint)
-                    todo = unfinished(results, group, progress)
-                if not todo:
-                    continue
-                build = prompt_builder(endpoint, config, corpus)
-                for cell in todo:
-                    needle = make_needle(config.seed, cell.length, cell.depth, cell.trial, needle_spec)
-                    progress.start_cell(cell)
-                    if cell.length + config.budget > endpoint.served_n_ctx:
-                        result = unsent_result(
-                            cell, needle.value, endpoint, "CLAMPED",
-                            f"served per-slot context {endpoint.served_n_ctx:,} < "
-                            f"{cell.length:,} + answer budget {config.budget}",
-                        )
-                    else:
-                        started, waited = time.monotonic(), endpoint.counter.wait_s
-                        try:
-                            prompt, counted = build(cell, needle)
-                        except NiahError as exc:
-                            if not endpoint.server_died():
-                                raise
-                            endpoint.restart()
-                            result = unsent_result(cell, needle.value, endpoint, "CRASH", str(exc))
-                        else:
-                            result = run_cell(endpoint, cell, prompt, counted, config, progress)
-                            server_s = ((result.prompt_ms or 0) + (result.predicted_ms or 0)) / 1000
-                            waited = endpoint.counter.wait_s - waited
-                            overhead = time.monotonic() - started - waited - server_s
-                            result = replace(result, overhead_s=round(max(0.0, overhead), 4))
-                            computed += result.prompt_n or 0
-                            cached += result.cache_n or 0
-                    results.append(result)
-                    progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
+            run_group(state, group, launch, facts.context_length if facts else None)
     finally:
-        progress.close()
-    if results is None:  # the grid had no row to run
-        results = ResultsFile(config.results_path, fingerprint)
+        state.progress.close()
+    results.write_header()  # also for a grid with no row to run
+    from niah.report import render_report
+
     report = render_report(config.results_path, config.out_dir)
     outcomes = Counter(results.outcomes())
     return RunSummary(
         results_path=config.results_path,
         report_dir=config.out_dir,
         outcomes=dict(outcomes),
-        prefill_tokens_computed=computed,
-        prefill_tokens_cached=cached,
+        prefill_tokens_computed=state.computed,
+        prefill_tokens_cached=state.cached,
+        prefill_tokens_reusable=state.reusable,
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
     )
 
 
-def unfinished(results: ResultsFile, group: list[Cell], progress: RunProgress) -> list[Cell]:
-    """The group's cells not yet in the results; the finished ones are marked done on the bar."""
-    done = results.done_keys()
-    progress.skip([c for c in group if c.key in done])
-    return [c for c in group if c.key not in done]
+def run_group(
+    state: RunState,
+    group: list[Cell],
+    launch: tuple[LaunchProfile, list[str]] | None,
+    native_context: int | None,
+) -> None:
+    """Run one launch group's unfinished cells on one server (started only when cells are left).
+
+    A CRASH is recorded before the server is restarted; a server niah did not start is not
+    restarted, and the run stops there (rerun to resume).
+    """
+    config = state.config
+    done = state.results.done_keys()
+    state.progress.skip([c for c in group if c.key in done])
+    todo = [c for c in group if c.key not in done]
+    if not todo:
+        return
+    needed = max(c.length for c in group) + config.budget
+    spec = server_spec(config, launch)
+    with open_endpoint(spec, needed, launch[0] if launch else None, native_context) as endpoint:
+        tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
+        server_facts: dict[str, object] = {"tokenizer_resolved": tokenizer.name}
+        if spec.managed:
+            server_facts["server_version"] = endpoint.session.version()
+        else:
+            server_facts["server"] = endpoint.facts()
+        state.results.check_facts(server_facts)
+        build = prompt_builder(endpoint, tokenizer, state.corpus)
+        warned = False
+        for cell in todo:
+            result = run_cell(state, endpoint, build, cell)
+            state.results.append(result)
+            state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
+            state.computed += result.prompt_n or 0
+            state.cached += result.cache_n or 0
+            state.reusable += result.cache_expected or 0
+            if not warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
+                warned = True
+                print(
+                    f"niah: llama-server reused {result.cache_n or 0:,} of the {result.cache_expected:,} prompt "
+                    f"tokens L={cell.length:,} D={cell.depth:g}% shares with the previous prompt: "
+                    f"{endpoint.reuse_shortfall_reason()}",
+                    flush=True,
+                )
+            if result.outcome == "CRASH":
+                if not spec.managed:
+                    raise NiahError(
+                        f"llama-server at {spec.url} stopped answering (CRASH recorded); "
+                        "restart it and rerun to resume",
+                        EXIT_LAUNCH_INVALID,
+                    )
+                endpoint.restart()
+
+
+def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:
+    """Build one cell's prompt, send it when the server counts exactly L tokens, decide the outcome.
+
+    Never sent: CLAMPED (the served context cannot hold it), TOKEN_MISMATCH (no prompt of exactly L
+    server tokens), CRASH (the server died while the prompt was being counted).
+    """
+    config = state.config
+    needle = make_needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
+    state.progress.start_cell(cell)
+    base = {
+        "length": cell.length, "depth": cell.depth, "trial": cell.trial, "needle_value": needle.value,
+        "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
+        "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
+    }
+    if cell.length + config.budget > endpoint.served_n_ctx:
+        return CellResult(**base, outcome="CLAMPED", error=(  # type: ignore[arg-type]
+            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {config.budget}"
+        ))
+    started, waited = time.monotonic(), endpoint.session.wait_s
+    try:
+        prompt, counted, built_with = build(cell, needle)
+    except LengthUnreachable as exc:
+        return CellResult(**base, outcome="TOKEN_MISMATCH", error=str(exc))  # type: ignore[arg-type]
+    except ServerUnreachable as exc:
+        if not endpoint.died():
+            raise
+        return CellResult(**base, outcome="CRASH", error=f"llama-server died while the prompt was counted ({exc})")  # type: ignore[arg-type]
+    base.update(
+        depth_actual=prompt.depth_actual, needle_offset=prompt.needle_token_offset,
+        prompt_tokens_planned=prompt.prompt_tokens, tokenizer=built_with,
+    )
+    if counted != cell.length:
+        return CellResult(**base, outcome="TOKEN_MISMATCH", error=(  # type: ignore[arg-type]
+            f"server counts {counted} tokens, cell length is {cell.length}"
+        ))
+    chat = endpoint.session.chat(
+        list(prompt.messages),
+        max_tokens=config.budget,
+        temperature=config.temperature,
+        seed=config.seed,
+        cache_prompt=config.cache_reuse,
+        on_progress=state.progress.prefill,
+    )
+    if config.cache_reuse:
+        base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)
+    if chat.prompt_n is not None:  # the server processed it: its cache now holds this prompt
+        endpoint.last_prompt = prompt
+    outcome, error = decide_outcome(chat, prompt, endpoint)
+    wall = time.monotonic() - started
+    server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0)) / 1000
+    overhead = wall - (endpoint.session.wait_s - waited) - server_s
+    base["wall_s"] = round(chat.wall_s, 3)
+    return CellResult(
+        **base,  # type: ignore[arg-type]
+        outcome=outcome,
+        answer=chat.answer,
+        prompt_tokens_served=chat.prompt_tokens,
+        prompt_n=chat.prompt_n,
+        cache_n=chat.cache_n,
+        prompt_ms=chat.prompt_ms,
+        predicted_n=chat.predicted_n,
+        predicted_ms=chat.predicted_ms,
+        draft_n=chat.draft_n,
+        draft_n_accepted=chat.draft_n_accepted,
+        finish_reason=chat.finish_reason,
+        error=error,
+        overhead_s=round(max(0.0, overhead), 4),
+    )
 
 
 def exit_code(outcomes: Counter[str]) -> int:
@@ -231,95 +376,14 @@ def exit_code(outcomes: Counter[str]) -> int:
     return EXIT_OK
 
 
-def unsent_result(cell: Cell, needle_value: str, endpoint: Endpoint, outcome: str, error: str) -> CellResult:
-    """A cell recorded without an answer: CLAMPED (never sent) or CRASH (server gone before sending)."""
-    return CellResult(
-        length=cell.length,
-        depth=cell.depth,
-        depth_actual=None,
-        trial=cell.trial,
-        needle_value=needle_value,
-        outcome=outcome,
-        answer="",
-        prompt_tokens_planned=cell.length,
-        prompt_tokens_served=None,
-        cache_n=None,
-        prompt_ms=None,
-        predicted_ms=None,
-        wall_s=0.0,
-        server_n_ctx=endpoint.served_n_ctx,
-        profile=endpoint.profile_name,
-        factor=endpoint.factor,
-        error=error,
-    )
-
-
-def run_cell(
-    endpoint: Endpoint,
-    cell: Cell,
-    prompt: Prompt,
-    counted: int,
-    config: RunConfig,
-    progress: RunProgress,
-) -> CellResult:
-    """Send one prompt the server counted as `counted` tokens; decide its outcome from what came back.
-
-    A prompt whose server-side count is not the cell's length is never sent.
-    """
-    started = time.monotonic()
-    chat: ChatResult | None = None
-    if counted != cell.length:
-        outcome, error = "TOKEN_MISMATCH", f"server counts {counted} tokens, cell length is {cell.length}"
-    else:
-        chat = endpoint.client.chat(
-            list(prompt.messages),
-            max_tokens=config.budget,
-            temperature=config.temperature,
-            seed=config.seed,
-            thinking=config.thinking,
-            cache_prompt=config.cache_reuse,
-            on_progress=progress.prefill,
-        )
-        outcome, error = decide_outcome(chat, prompt, endpoint)
-    return CellResult(
-        length=cell.length,
-        depth=cell.depth,
-        depth_actual=prompt.depth_actual,
-        needle_offset=prompt.needle_token_offset,
-        trial=cell.trial,
-        needle_value=prompt.needle.value,
-        outcome=outcome,
-        answer=(chat.answer if chat else "")[:500],
-        prompt_tokens_planned=prompt.prompt_tokens,
-        prompt_tokens_served=chat.prompt_tokens if chat else None,
-        cache_n=chat.cache_n if chat else None,
-        prompt_ms=chat.prompt_ms if chat else None,
-        predicted_n=chat.predicted_n if chat else None,
-        predicted_ms=chat.predicted_ms if chat else None,
-        wall_s=round(time.monotonic() - started, 3),
-        server_n_ctx=endpoint.served_n_ctx,
-        profile=endpoint.profile_name,
-        factor=endpoint.factor,
-        finish_reason=chat.finish_reason if chat else None,
-        prompt_n=chat.prompt_n if chat else None,
-        error=error,
-    )
-
-
 def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None]:
-    """Map a chat result to an outcome; restarts a managed server that died."""
+    """Map a chat result to an outcome; a dropped connection is CRASH when the server is gone."""
     if chat.status == "context_error":
         return "CONTEXT_ERROR", chat.error
     if chat.status == "timeout":
         return "TIMEOUT", chat.error
-    if chat.status in ("disconnected", "unreachable"):
-        if endpoint.server_died():
-            endpoint.restart()
-            return "CRASH", f"llama-server died during the cell ({chat.error})"
-        return "HTTP_ERROR", chat.error
     if chat.status != "ok":
-        if endpoint.server_died():
-            endpoint.restart()
+        if endpoint.died():
             return "CRASH", f"llama-server died during the cell ({chat.error})"
         return "HTTP_ERROR", chat.error
     if chat.prompt_tokens != prompt.prompt_tokens:

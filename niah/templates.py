@@ -11,10 +11,13 @@ import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from niah.errors import NiahError
 from niah.tokenizers import ServerTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from niah.session import ServerSession
 
 _SENTINEL = "NIAHSENTINELa7f3c2"
 
@@ -38,31 +41,15 @@ class BuiltinTemplate:
 
 
 class ServerTemplate:
-    """llama-server's own template via `POST /apply-template`.
+    """llama-server's own template via `POST /apply-template`, through the session with that server
+    (its thinking setting is the one the chat requests carry)."""
 
-    `server` shares an existing connection (and its wait-time accounting) to the same server.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None = None,
-        chat_template_kwargs: dict[str, object] | None = None,
-        server: ServerTokenizer | None = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self.name = f"server:{self.url}"
-        self.kwargs = dict(chat_template_kwargs or {})
-        self._server = server or ServerTokenizer(self.url, api_key=api_key)
+    def __init__(self, session: ServerSession) -> None:
+        self.session = session
+        self.name = f"server:{session.url}"
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        payload: dict[str, object] = {"messages": messages}
-        if self.kwargs:
-            payload["chat_template_kwargs"] = self.kwargs
-        return str(self._server._post("/apply-template", payload)["prompt"])
-
-    def close(self) -> None:
-        self._server.close()
+        return self.session.apply_template(messages)
 
 
 class GGUFTemplate:
@@ -129,7 +116,10 @@ def get_template(
         return BuiltinTemplate()
     kind, _, arg = spec.partition(":")
     if kind == "server" and arg:
-        return ServerTemplate(arg, api_key=api_key, chat_template_kwargs=chat_template_kwargs)
+        from niah.session import ServerSession, ServerSpec
+
+        thinking = "on" if (chat_template_kwargs or {}).get("enable_thinking") else "off"
+        return ServerTemplate(ServerSession(ServerSpec(url=arg, api_key=api_key, thinking=thinking)))
     if kind == "gguf" and arg:
         if not Path(arg).is_file():
             raise NiahError(f"template gguf:{arg}: no such file")
@@ -166,8 +156,7 @@ def count_text(tokenizer: Tokenizer, text: str) -> int:
 def bos_count(tokenizer: Tokenizer) -> int:
     """Tokens llama-server adds in front of a chat prompt (its BOS when the model asks for one)."""
     if isinstance(tokenizer, ServerTokenizer):
-        body = tokenizer._post("/tokenize", {"content": "", "add_special": True, "parse_special": True})
-        return len(body["tokens"])  # type: ignore[arg-type]
+        return len(tokenizer.session.tokenize("", add_special=True, parse_special=True))
     return 0
 
 

@@ -5,15 +5,15 @@ Special-token strings inside ordinary text are always encoded as text, never as 
 
 from __future__ import annotations
 
-import time
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-import httpx
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from niah.errors import NiahError
+
+if TYPE_CHECKING:
+    from niah.session import ServerSession
 
 DEFAULT_TOKENIZER = "qwen3.6"
 
@@ -70,46 +70,24 @@ class QwenTiktoken:
 
 
 class ServerTokenizer:
-    """llama-server's own `/tokenize` and `/detokenize`."""
+    """llama-server's own `/tokenize` and `/detokenize`, through the run's session with that server."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
-        self.url = url.rstrip("/")
-        self.name = f"server:{self.url}"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=5.0), headers=headers, trust_env=False
-        )
-        self.wait_s = 0.0
-        """Seconds spent waiting on the server so far (the runner subtracts it from its overhead)."""
-
-    def _post(self, path: str, payload: dict[str, object]) -> dict[str, object]:
-        started = time.monotonic()
-        try:
-            response = self._client.post(f"{self.url}{path}", json=payload)
-        except httpx.TransportError as exc:
-            raise NiahError(f"cannot reach llama-server at {self.url}: {exc}") from None
-        finally:
-            self.wait_s += time.monotonic() - started
-        if response.status_code != 200:
-            raise NiahError(f"{self.url}{path} answered HTTP {response.status_code}: {response.text[:200]}")
-        return dict(response.json())
+    def __init__(self, session: ServerSession) -> None:
+        self.session = session
+        self.name = f"server:{session.url}"
 
     def encode(self, text: str, parse_special: bool = False) -> list[int]:
         """Token ids of `text`; `parse_special=True` counts a rendered chat prompt as the server will."""
-        body = self._post("/tokenize", {"content": text, "parse_special": parse_special, "add_special": False})
-        return [int(t) for t in body["tokens"]]  # type: ignore[union-attr]
+        return self.session.tokenize(text, parse_special=parse_special)
 
     def decode(self, ids: list[int]) -> str:
-        return str(self._post("/detokenize", {"tokens": list(ids)})["content"])
+        return self.session.detokenize(ids)
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
     def close(self) -> None:
-        self._client.close()
-
-    def check_reachable(self) -> None:
-        self._post("/tokenize", {"content": "", "add_special": False})
+        self.session.close()
 
 
 class HFTokenizer:
@@ -160,9 +138,11 @@ def get_tokenizer(spec: str = DEFAULT_TOKENIZER, api_key: str | None = None) -> 
     if kind == "hf" and arg:
         return HFTokenizer(arg)
     if kind == "server" and arg:
-        tokenizer = ServerTokenizer(arg, api_key=api_key)
-        tokenizer.check_reachable()
-        return tokenizer
+        from niah.session import ServerSession, ServerSpec
+
+        session = ServerSession(ServerSpec(url=arg, api_key=api_key))
+        session.tokenize("")  # reachable, and really a llama-server
+        return ServerTokenizer(session)
     raise NiahError(
         f"unknown tokenizer spec {spec!r}: use qwen3.6, gguf:PATH, hf:DIR_OR_ID or server:URL"
     )

@@ -11,24 +11,19 @@ from pathlib import Path
 import pytest
 
 from niah.errors import NiahError
-from niah.server import (
-    HOW_TO_GET_SERVER,
-    ManagedServer,
-    find_server_binary,
-    find_tiny_model,
-    start_server,
-)
+from niah.server import HOW_TO_GET_SERVER, find_server_binary, find_tiny_model
+from niah.session import ServerSession, ServerSpec
 from niah.testbed import build_testbed
 
 
 @dataclass(frozen=True)
 class LiveServer:
-    """What a server test gets: the URL, the log file and the model file."""
+    """What a server test gets: the URL, the log file, the model file and the session."""
 
     url: str
     log_path: Path
     model: Path
-    server: ManagedServer
+    session: ServerSession
 
 
 def _testbed() -> tuple[Path, Path]:
@@ -42,6 +37,12 @@ def _testbed() -> tuple[Path, Path]:
         pytest.skip(message)
 
 
+def launch(model: Path, server_args: tuple[str, ...], log_dir: Path) -> ServerSession:
+    """A real llama-server for `model` on a free loopback port, healthy."""
+    spec = ServerSpec(model=model, args=tuple(server_args), log_dir=log_dir, start_timeout_s=120)
+    return ServerSession(spec).open()
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     return _testbed()[1]
@@ -50,30 +51,28 @@ def tiny_model() -> Path:
 @pytest.fixture
 def start_llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
     """Factory: start llama-server with extra args; every server started is stopped afterwards."""
-    started: list[ManagedServer] = []
+    started: list[ServerSession] = []
     _, model = _testbed()
 
     def start(*server_args: str, model_path: Path | None = None) -> LiveServer:
-        log_dir = tmp_path_factory.mktemp("llama-server")
-        server = start_server(model_path or model, list(server_args), log_dir / "server.log", timeout_s=120)
-        started.append(server)
-        return LiveServer(server.url, server.log_path, model_path or model, server)
+        session = launch(model_path or model, server_args, tmp_path_factory.mktemp("llama-server"))
+        started.append(session)
+        return LiveServer(session.url, session.log_path, model_path or model, session)  # type: ignore[arg-type]
 
     yield start
-    for server in started:
-        server.stop()
+    for session in started:
+        session.close()
 
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One shared server: SmolLM2 at its native 8,192 context, one slot."""
     _, model = _testbed()
-    log_path = tmp_path_factory.mktemp("llama-server-shared") / "server.log"
-    server = start_server(model, ["-c", "8192", "--parallel", "1"], log_path, timeout_s=120)
+    session = launch(model, ("-c", "8192", "--parallel", "1"), tmp_path_factory.mktemp("llama-server-shared"))
     try:
-        yield LiveServer(server.url, log_path, model, server)
+        yield LiveServer(session.url, session.log_path, model, session)  # type: ignore[arg-type]
     finally:
-        server.stop()
+        session.close()
 
 
 @pytest.fixture(scope="session")
@@ -87,12 +86,11 @@ def qwen35_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def qwen35_server(qwen35_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One shared server on the qwen35 test bed at its native 4,096 context, one slot."""
     _testbed()
-    log_path = tmp_path_factory.mktemp("qwen35-server") / "server.log"
-    server = start_server(qwen35_testbed, ["-c", "4096", "--parallel", "1"], log_path, timeout_s=120)
+    session = launch(qwen35_testbed, ("-c", "4096", "--parallel", "1"), tmp_path_factory.mktemp("qwen35-server"))
     try:
-        yield LiveServer(server.url, log_path, qwen35_testbed, server)
+        yield LiveServer(session.url, session.log_path, qwen35_testbed, session)  # type: ignore[arg-type]
     finally:
-        server.stop()
+        session.close()
 
 
 def render_gguf_template(model: Path, messages: list[dict[str, str]], **kwargs: object) -> str:

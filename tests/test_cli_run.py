@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from niah.server import free_port
+
+
+class HTMLPage(BaseHTTPRequestHandler):
+    """Something that is not llama-server: every request gets a web page."""
+
+    def _page(self) -> None:
+        body = b"<html><body>hello</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _page
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HTMLPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -26,11 +56,18 @@ from niah.server import free_port
         (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--stall-timeout", "0"], 2),
         (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--connect-timeout", "-1"], 2),
         (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--temperature", "-0.5"], 2),
+        (["--lengths", "1k", "--url", "localhost:{port}"], 2),
+        (["--lengths", "1k", "--url", "ftp://127.0.0.1:{port}"], 2),
+        (["--lengths", "1k", "--url", "http://[::1"], 2),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:port"], 2),
+        (["--lengths", "1k", "--url", "{html}"], 3),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--needle", "{tmp}"], 2),
+        (["--lengths", "1k", "--url", "http://127.0.0.1:{port}", "--needle", "{tmp}/missing.toml"], 2),
     ],
 )
-def test_bad_run_input(args: list[str], code: int, tmp_path: Path) -> None:
+def test_bad_run_input(args: list[str], code: int, tmp_path: Path, html_server: str) -> None:
     out = tmp_path / "run"
-    args = [a.format(port=free_port()) for a in args]
+    args = [a.format(port=free_port(), html=html_server, tmp=tmp_path) for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "niah", "run", *args, "--out", str(out)],
         check=False, capture_output=True, text=True, timeout=120,
@@ -39,3 +76,27 @@ def test_bad_run_input(args: list[str], code: int, tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "results.jsonl").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "niah", "run", "--lengths", "1k", "--url", f"http://127.0.0.1:{free_port()}",
+         "--out", "/proc/niah-run"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("niah: error: cannot create the run folder /proc/niah-run")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_out_naming_an_existing_file_is_bad_input_and_leaves_it_alone(tmp_path: Path) -> None:
+    existing = tmp_path / "results.jsonl"
+    existing.write_text("my notes\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "niah", "run", "--lengths", "1k", "--url", f"http://127.0.0.1:{free_port()}",
+         "--out", str(existing)],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "is a file, not a folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert existing.read_text() == "my notes\n"

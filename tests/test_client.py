@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from niah.client import ChatClient, ChatResult
+from niah.client import ChatResult
 from niah.server import free_port
+from niah.session import ServerSession, ServerSpec
 
 QUESTION = [
     {"role": "system", "content": "You answer with the number only."},
@@ -28,7 +29,7 @@ QUESTION = [
 @pytest.mark.server
 def test_real_server_streams_answer_timings_usage_and_progress(llama_server: Any) -> None:
     events: list[dict[str, Any]] = []
-    client = ChatClient(llama_server.url, stall_timeout_s=120)
+    client = ServerSession(ServerSpec(url=llama_server.url, stall_timeout_s=120))
     try:
         first = client.chat(QUESTION, max_tokens=16, cache_prompt=False, on_progress=events.append)
         again = client.chat(QUESTION, max_tokens=16, cache_prompt=True)
@@ -64,7 +65,7 @@ def test_real_server_streams_answer_timings_usage_and_progress(llama_server: Any
 @pytest.mark.server
 def test_real_server_prompt_over_context_is_context_error(llama_server: Any) -> None:
     long_text = "The quick brown fox jumps over the lazy dog. " * 1000  # ~10K tokens > 8192
-    client = ChatClient(llama_server.url, stall_timeout_s=120)
+    client = ServerSession(ServerSpec(url=llama_server.url, stall_timeout_s=120))
     try:
         result = client.chat([{"role": "user", "content": long_text}], max_tokens=8)
     finally:
@@ -134,7 +135,7 @@ def fake_server() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]
 
 def _chat(url: str, *, client_args: dict[str, Any] | None = None, **chat_args: Any) -> ChatResult:
     """One request through a fresh client that is closed afterwards."""
-    client = ChatClient(url, **(client_args or {}))
+    client = ServerSession(ServerSpec(url=url, **(client_args or {})))
     try:
         return client.chat(QUESTION, **{"max_tokens": 8, **chat_args})
     finally:
@@ -268,8 +269,8 @@ def test_nothing_listening_is_unreachable() -> None:
 
 def test_request_fields_thinking_off_and_api_key(fake_server: Any) -> None:
     server = fake_server(lambda h: _json_reply(h, 500, {"error": "stop here"}))
-    client = ChatClient(server.url, api_key="k-123")
-    client.chat(QUESTION, max_tokens=32, seed=7, temperature=0.0, thinking="off", cache_prompt=False)
+    client = ServerSession(ServerSpec(url=server.url, api_key="k-123", thinking="off"))
+    client.chat(QUESTION, max_tokens=32, seed=7, temperature=0.0, cache_prompt=False)
     client.close()
     body = server.bodies[0]
     assert body["messages"] == QUESTION

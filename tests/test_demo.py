@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
+from niah.cells import ANSWER_BUDGET
 from niah.cli.demo import ALL_DEPTHS, DEMO_ROWS
 from niah.profiles import load_profile
-from niah.runner import ANSWER_BUDGET
 
 SMOLLM2_NATIVE = 8192
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +25,6 @@ def test_rows_use_the_seeds_factors_and_fit_their_context() -> None:
     assert factors == ["native", "native", "1.5x YaRN", "2x YaRN", "3.85x YaRN"]
 
 
-@pytest.mark.server
 def test_demo_resumes_the_published_run_and_names_the_rows_it_skipped(tmp_path: Path, tiny_model: Path) -> None:
     """Every default cell is already in reports/demo/results.jsonl, so no server starts and the grid is re-rendered."""
     shutil.copy(REPO / "reports" / "demo" / "results.jsonl", tmp_path / "results.jsonl")

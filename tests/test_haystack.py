@@ -148,7 +148,8 @@ def test_needle_value_already_in_corpus_is_refused(tmp_path, qwen):
         (["--length", "1000", "--depth", "101"], "outside 0-100"),
         (["--length", "1000", "--depth", "-1"], "outside 0-100"),
         (["--length", "0", "--depth", "50"], "positive"),
-        (["--length", "-5", "--depth", "50"], "positive"),
+        (["--length", "-5", "--depth", "50"], "bad length"),
+        (["--length", "4q", "--depth", "50"], "bad length"),
         (["--length", "20", "--depth", "50"], "minimum length"),
         (["--length", "1000", "--depth", "50", "--corpus", "wikipedia"], "unknown corpus"),
         (["--length", "1000", "--depth", "50", "--corpus", "files:/nonexistent-niah/*.txt"], "matches no files"),
@@ -192,7 +193,8 @@ def test_server_counts_exactly_the_length(llama_server, builtin):
             reply = client.post(f"{url}/v1/chat/completions", json={
                 "messages": list(prompt.messages), "max_tokens": 32, "temperature": 0}).json()
     finally:
-        template.close()
+        template.session.close()
+        tokenizer.close()
     assert reply["usage"]["prompt_tokens"] == 1_000
     assert score_answer(reply["choices"][0]["message"]["content"], prompt.needle.value)
 

@@ -21,9 +21,8 @@ from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
 from niah.preflight import preflight
 from niah.profiles import LaunchProfile, load_profile, server_args
-from niah.server import ManagedServer, WaitProgress, find_server_binary, free_port, start_server
-
-pytestmark = pytest.mark.server
+from niah.server import ManagedServer, WaitProgress, find_server_binary, free_port
+from niah.session import ServerSession, ServerSpec
 
 
 def props_n_ctx(url: str) -> int:
@@ -39,9 +38,10 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+@pytest.mark.server
 def test_c_beyond_native_without_yarn_is_clamped(start_llama_server: Callable[..., LiveServer]) -> None:
     live = start_llama_server("-c", "16384", "--parallel", "1")
-    report = preflight(live.url, 16384, live.log_path)
+    report = preflight(live.session, 16384)
     assert report.verdict == "CLAMPED"
     assert report.served_n_ctx == props_n_ctx(live.url) == 8192
     assert report.n_ctx_train == 8192 and report.native_context == 8192
@@ -50,6 +50,7 @@ def test_c_beyond_native_without_yarn_is_clamped(start_llama_server: Callable[..
     assert any("exceeds the training context of the model (8192)" in line for line in report.evidence)
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name", ["tiny-yarn-16k", "tiny-yarn-32k"])
 def test_yarn_profiles_serve_their_target(
     name: str, start_llama_server: Callable[..., LiveServer], tiny_model: Path
@@ -58,51 +59,55 @@ def test_yarn_profiles_serve_their_target(
     live = start_llama_server(*server_args(profile, read_gguf_facts(tiny_model)))
     served = props_n_ctx(live.url)
     assert served >= profile.context
-    report = preflight(live.url, profile.context, live.log_path)
+    report = preflight(live.session, profile.context)
     assert report.verdict == "OK" and report.cause is None
     assert report.served_n_ctx == served
     assert report.native_context == 8192
     assert profile.factor_label(report.native_context) == ("2x YaRN" if name == "tiny-yarn-16k" else "3.85x YaRN")
 
 
+@pytest.mark.server
 def test_rope_scale_one_step_short_is_clamped(start_llama_server: Callable[..., LiveServer], tiny_model: Path) -> None:
     # The seed's factor 3.85 on SmolLM2: llama-server caps the slot one token below 31,540.
     short = LaunchProfile(name="seed-scale", context=31540, native_context=8192, rope_scale="3.85")
     live = start_llama_server(*server_args(short, read_gguf_facts(tiny_model)))
-    report = preflight(live.url, 31540, live.log_path)
+    report = preflight(live.session, 31540)
     assert report.verdict == "CLAMPED" and report.served_n_ctx == 31539
     assert report.cause is not None
     assert report.cause.startswith("rope-scale too small: 3.85 × 8,192 = 31,539 < 31,540; use --rope-scale 3.8501")
 
 
-def test_parallel_slots_halve_the_context(tmp_path: Path, tiny_model: Path) -> None:
-    log_path = tmp_path / "server.log"
+@pytest.mark.server
+def test_parallel_slots_halve_the_context_and_the_key_stays_off_the_command_line(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     progress = io.StringIO()
-    with start_server(
-        tiny_model,
-        ["-c", "8192", "--parallel", "2"],
-        log_path,
-        api_key="k-secret",
-        timeout_s=120,
-        on_wait=WaitProgress(log_path, every_s=0.0, stream=progress),
-    ) as server:
-        with pytest.raises(NiahError, match="wants an API key"):
-            preflight(server.url, 8000)
-        report = preflight(server.url, 8000, server.log_path, api_key="k-secret")
+    spec = ServerSpec(model=tiny_model, args=("-c", "8192", "--parallel", "2"), log_dir=tmp_path,
+                      api_key="k-secret-0123", start_timeout_s=120)
+    with ServerSession(spec, on_wait=WaitProgress(tmp_path / "x", every_s=0.0, stream=progress)) as session:
+        assert session.process is not None and session.process.process is not None
+        cmdline = Path(f"/proc/{session.process.process.pid}/cmdline").read_bytes()
+        assert b"k-secret-0123" not in cmdline  # what `ps` shows every local user
+        assert "k-secret-0123" not in repr(spec) and "k-secret-0123" not in repr(session.process)
+        with ServerSession(ServerSpec(url=session.url)) as keyless, pytest.raises(NiahError, match="wants an API key"):
+            preflight(keyless, 8000)
+        report = preflight(session, 8000)
+        log_path = session.log_path
     assert report.verdict == "CLAMPED" and report.slots == 2 and report.served_n_ctx == 4096
     assert report.cause is not None and "divided among 2 slots (4,096 each); use -c 16000" in report.cause
+    assert log_path == tmp_path / "server.1.log"
     log_text = log_path.read_text()
-    assert log_text.startswith("# niah launched: ") and "--api-key '***'" in log_text
-    assert "k-secret" not in log_text
+    assert log_text.startswith("# niah launched: ") and "k-secret-0123" not in log_text
     assert "niah: waiting for llama-server to load (" in progress.getvalue()
 
 
+@pytest.mark.server
 def test_server_that_exits_at_start_leaves_no_process(tmp_path: Path, tiny_model: Path) -> None:
     log_path = tmp_path / "server.log"
     argv = [str(find_server_binary()), "-m", str(tiny_model), "--port", str(free_port()), "--no-such-flag"]
-    server = ManagedServer(argv=argv, host="127.0.0.1", port=int(argv[4]), log_path=log_path)
+    server = ManagedServer(argv=argv, log_path=log_path)
     with pytest.raises(NiahError) as info:
-        server.start(timeout_s=60)
+        server.start(healthy=lambda: False, timeout_s=60)
     message = str(info.value)
     assert info.value.exit_code == 3
     assert "exited with code" in message and "--no-such-flag" in message  # the full command
@@ -110,18 +115,19 @@ def test_server_that_exits_at_start_leaves_no_process(tmp_path: Path, tiny_model
     assert server.process is not None and process_gone(server.process.pid)
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_model: Path) -> None:
     script = textwrap.dedent(
         f"""
         import signal, sys, time
         from pathlib import Path
-        from niah.server import start_server
+        from niah.session import ServerSession, ServerSpec
         # as in a terminal: a shell that starts jobs in the background hands them SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        server = start_server(Path({str(tiny_model)!r}), ["-c", "2048"], Path({str(tmp_path / "s.log")!r}))
-        print(server.process.pid, flush=True)
-        with server:
+        spec = ServerSpec(model=Path({str(tiny_model)!r}), args=("-c", "2048"), log_dir=Path({str(tmp_path)!r}))
+        with ServerSession(spec) as session:
+            print(session.process.process.pid, flush=True)
             time.sleep(120)
         """
     )
@@ -143,6 +149,7 @@ def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_mo
     assert process_gone(server_pid)
 
 
+@pytest.mark.server
 def test_cli_check(llama_server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--url", llama_server.url, "--context", "8000", "--answer-budget", "100"]) == 0
     assert "niah: preflight OK: per-slot context 8,192, needed 8,100" in capsys.readouterr().out
@@ -157,12 +164,13 @@ def test_cli_check_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unreachable" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.server
 def test_cli_launch_starts_checks_and_stops(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    log_path = tmp_path / "launch.log"
-    code = main(["launch", "tiny-yarn-12k", "--model", str(tiny_model), "--port", str(port), "--log", str(log_path)])
+    code = main(["launch", "tiny-yarn-12k", "--model", str(tiny_model), "--port", str(port), "--log-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert (tmp_path / "tiny-yarn-12k.1.log").read_text().startswith("# niah launched: ")
     assert "preflight OK: per-slot context 12,288, needed 12,288" in out
     assert "--rope-scale 1.5 --yarn-orig-ctx 8192" in out
     with pytest.raises(httpx.TransportError):
@@ -176,6 +184,7 @@ def mem_available_gb() -> float:
     return 0.0
 
 
+@pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.parametrize(("scale", "served"), [("3.85", 1_009_254), ("3.8529", 1_010_014)])
 def test_the_seeds_1m_arithmetic_on_the_real_server(
@@ -189,7 +198,7 @@ def test_the_seeds_1m_arithmetic_on_the_real_server(
         "--no-warmup", "--override-kv", "llama.context_length=int:1010000",
         "--rope-scaling", "yarn", "--rope-scale", scale, "--yarn-orig-ctx", "262144",
     )
-    report = preflight(live.url, 1_010_000, live.log_path)
+    report = preflight(live.session, 1_010_000)
     assert report.served_n_ctx == props_n_ctx(live.url) == served
     if served < 1_010_000:
         assert report.verdict == "CLAMPED" and report.cause is not None

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from niah.cli import main
-from niah.report import cell_label, grid_markdown, render_report
+from niah.grid import cell_label, grid_markdown
+from niah.report import render_report
 from niah.results import CellResult, ResultsFile, load_cells
 
 FINGERPRINT = {"model": {"path": "m.gguf", "size": 1}, "needle_seed": 0}

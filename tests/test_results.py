@@ -92,6 +92,40 @@ def test_torn_last_line_is_ignored_and_cut_off_on_resume(tmp_path: Path) -> None
     assert path.read_bytes().endswith(b"\n")
 
 
+def test_nothing_is_written_until_something_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "results.jsonl"
+    ResultsFile(path, FINGERPRINT)
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_server_facts_are_recorded_once_and_a_changed_one_refuses_to_resume(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    first = ResultsFile(path, FINGERPRINT)
+    first.check_facts({"server_version": "version: 1 (aaa)", "tokenizer_resolved": "qwen3.6"})
+    first.append(cell())
+    again = ResultsFile(path, FINGERPRINT)
+    again.check_facts({"server_version": "version: 1 (aaa)", "tokenizer_resolved": "qwen3.6"})
+    assert [r["record"] for r in lines(path)] == ["header", "facts", "cell"]
+    size = path.stat().st_size
+    with pytest.raises(NiahError) as excinfo:
+        ResultsFile(path, FINGERPRINT).check_facts({"server_version": "version: 2 (bbb)"})
+    message = str(excinfo.value)
+    assert "server_version was \"version: 1 (aaa)\", now \"version: 2 (bbb)\"" in message
+    assert len(message.splitlines()) == 1
+    assert path.stat().st_size == size  # nothing written
+
+
+def test_old_headers_keep_their_url_server_as_a_fact(tmp_path: Path) -> None:
+    """A file from before facts records kept the URL server in its fingerprint: resume still checks it."""
+    path = tmp_path / "results.jsonl"
+    server = {"url": "http://127.0.0.1:8080", "n_ctx": 8192}
+    ResultsFile(path, {**FINGERPRINT, "server": server}).append(cell())
+    resumed = ResultsFile(path, FINGERPRINT)
+    resumed.check_facts({"server": server})
+    with pytest.raises(NiahError, match="server was"):
+        resumed.check_facts({"server": {**server, "n_ctx": 4096}})
+
+
 def test_header_torn_mid_write_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_bytes(b'{"record": "header", "schema_ver')
@@ -112,7 +146,7 @@ def test_garbage_is_refused_with_one_clear_message(tmp_path: Path) -> None:
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    ResultsFile(path, FINGERPRINT)
+    ResultsFile(path, FINGERPRINT).write_header()
     with open(path, "a") as fh:
         fh.write(json.dumps({**cell().to_record(), "schema_version": SCHEMA_VERSION + 1}) + "\n")
     with pytest.raises(NiahError, match="newer than this niah reads"):
@@ -133,6 +167,15 @@ def test_api_keys_are_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for secret in ("env-secret-42", "argv-secret-17", "argv-secret-18", "dict-secret-99"):
         assert secret not in text
     assert ResultsFile(path, fingerprint).done_keys() == {(2048, 50.0, 0)}  # and it still resumes
+
+
+def test_a_key_given_by_flag_is_masked_too(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, {"note": "flag-secret-55 here"}, secrets=("flag-secret-55", None)).append(
+        cell(error="401 for key flag-secret-55")
+    )
+    text = path.read_text()
+    assert "flag-secret-55" not in text and text.count("***") == 2
 
 
 def test_unknown_outcome_is_rejected() -> None:

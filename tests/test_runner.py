@@ -10,14 +10,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from niah.cells import Cell, parse_depths, parse_lengths, plan_cells
 from niah.errors import NiahError
+from niah.progress import RunProgress
 from niah.runner import RunConfig, run
-
-pytestmark = pytest.mark.server
+from niah.server import find_server_binary
 
 
 def cell_records(path: Path) -> list[dict[str, object]]:
@@ -35,29 +36,73 @@ def url_config(url: str, out: Path, lengths: tuple[int, ...], depths: tuple[floa
     )
 
 
+@pytest.mark.server
 def test_grid_2x3_counts_exact_and_passes(llama_server, tmp_path: Path) -> None:
     summary = run(url_config(llama_server.url, tmp_path, (1024, 2048), (0.0, 50.0, 100.0)))
     records = cell_records(summary.results_path)
     assert len(records) == 6
     for record in records:
-        assert record["prompt_tokens_served"] == record["length"]
-        assert record["prompt_tokens_planned"] == record["length"]
+        assert record["prompt_tokens_served"] == record["length"]  # the server's own count of what it served
+        assert record["tokenizer"] == "server"  # auto: SmolLM2's vocabulary is not Qwen3.6's
         assert record["outcome"] == "PASS", record
     assert summary.exit_code == 0
     grid = (tmp_path / "grid.md").read_text()
     assert grid.splitlines()[0].split()[:4] == ["length", "0%", "50%", "100%"]
 
 
-def test_descending_depth_reuses_prefix(llama_server, tmp_path: Path) -> None:
-    summary = run(url_config(llama_server.url, tmp_path, (2048,), (100.0, 75.0, 50.0)))
+@pytest.mark.server
+def test_answer_budget_of_one_token_is_truncated_live(llama_server, tmp_path: Path) -> None:
+    summary = run(url_config(llama_server.url, tmp_path, (512,), (50.0,), answer_budget=1))
+    (record,) = cell_records(summary.results_path)
+    assert (record["outcome"], record["finish_reason"], record["predicted_n"]) == ("TRUNCATED", "length", 1)
+    assert summary.exit_code == 4
+
+
+@pytest.mark.server
+def test_a_tokenizer_the_server_disagrees_with_is_replaced_by_the_servers_own(llama_server, tmp_path: Path) -> None:
+    """qwen3.6 counts SmolLM2 prompts wrong: each prompt is rebuilt with the server's tokenizer first."""
+    summary = run(url_config(llama_server.url, tmp_path, (1024,), (0.0, 100.0), tokenizer="qwen3.6"))
     records = cell_records(summary.results_path)
-    assert [r["depth"] for r in records] == [100.0, 75.0, 50.0]
-    assert all(int(r["cache_n"]) > 0 for r in records[1:])  # type: ignore[call-overload]
+    assert [r["tokenizer"] for r in records] == ["server", "server"]
+    assert [r["prompt_tokens_served"] for r in records] == [1024, 1024]
+    facts = [json.loads(line) for line in summary.results_path.read_text().splitlines()][1]
+    assert facts["record"] == "facts" and facts["facts"]["tokenizer_resolved"] == "qwen3.6"
+
+
+@pytest.mark.server
+def test_resume_refuses_an_edited_needle_file(llama_server, tmp_path: Path) -> None:
+    needles = tmp_path / "needles.toml"
+    needles.write_text('[[needle]]\ntext = "The vault code is {value}."\nquestion = "What is the vault code?"\n'
+                       'answer = "{value}"\n')
+    config = url_config(llama_server.url, tmp_path / "run", (512,), (50.0,), needle_file=needles)
+    run(config)
+    needles.write_text(needles.read_text().replace("vault", "locker"))
+    size = config.results_path.stat().st_size
+    with pytest.raises(NiahError, match=r"fingerprint differs in: needle_spec\.sha256"):
+        run(config)
+    assert config.results_path.stat().st_size == size
+
+
+@pytest.mark.server
+def test_duplicate_lengths_are_planned_and_sent_once(llama_server, tmp_path: Path) -> None:
+    summary = run(url_config(llama_server.url, tmp_path, (1024, 1024), (50.0, 50.0)))
+    assert [(r["length"], r["depth"]) for r in cell_records(summary.results_path)] == [(1024, 50.0)]
+
+
+@pytest.mark.server
+def test_each_prompt_reuses_what_it_shares_with_the_one_before(llama_server, tmp_path: Path) -> None:
+    summary = run(url_config(llama_server.url, tmp_path, (1024, 2048), (50.0, 100.0)))
+    records = cell_records(summary.results_path)
+    assert [(r["length"], r["depth"]) for r in records] == [(1024, 50.0), (1024, 100.0), (2048, 50.0), (2048, 100.0)]
+    for record in records[1:]:  # the server's cache_n against what niah expected it to reuse
+        expected, cached = int(record["cache_expected"]), int(record["cache_n"])  # type: ignore[call-overload]
+        assert expected > 400 and abs(cached - expected) <= 8, record
     computed = sum(int(r["prompt_n"]) for r in records)  # type: ignore[call-overload]
     naive = sum(int(r["length"]) for r in records)  # type: ignore[call-overload]
-    assert computed <= 0.75 * naive, (computed, naive)
+    assert computed <= 0.6 * naive, (computed, naive)
 
 
+@pytest.mark.server
 def test_cell_beyond_served_context_is_clamped_not_sent(llama_server, tmp_path: Path) -> None:
     summary = run(url_config(llama_server.url, tmp_path, (1024, 9000), (50.0,)))
     by_length = {r["length"]: r for r in cell_records(summary.results_path)}
@@ -68,6 +113,7 @@ def test_cell_beyond_served_context_is_clamped_not_sent(llama_server, tmp_path: 
     assert summary.exit_code == 3
 
 
+@pytest.mark.server
 def test_sigkill_mid_grid_then_resume_runs_each_cell_once(llama_server, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = [
@@ -92,11 +138,19 @@ def test_sigkill_mid_grid_then_resume_runs_each_cell_once(llama_server, tmp_path
     assert sorted(keys) == sorted((1024, float(d), 0) for d in (0, 25, 50, 75, 100))
 
 
-def test_plan_orders_depth_descending_per_length_and_trial() -> None:
+@pytest.mark.parametrize("lengths", ["131k,128k", "131072,131k"])
+def test_the_same_length_twice_is_planned_once(lengths: str) -> None:
+    cells = plan_cells(tuple((length, (0.0, 50.0)) for length in parse_lengths(lengths)), trials=1)
+    assert cells == [Cell(131072, 0.0, 0), Cell(131072, 50.0, 0)]
+
+
+def test_plan_orders_cells_by_needle_position_across_lengths() -> None:
     cells = plan_cells(((2048, (0.0, 50.0)), (1024, (100.0, 0.0, 50.0))), trials=2)
-    assert cells[:3] == [Cell(1024, 100.0, 0), Cell(1024, 50.0, 0), Cell(1024, 0.0, 0)]
-    assert cells[3] == Cell(1024, 100.0, 1)
-    assert cells[-1] == Cell(2048, 0.0, 1)
+    assert cells == [
+        Cell(1024, 0.0, 0), Cell(1024, 0.0, 1), Cell(2048, 0.0, 0), Cell(2048, 0.0, 1),
+        Cell(1024, 50.0, 0), Cell(1024, 50.0, 1),  # needle at token 512
+        Cell(1024, 100.0, 0), Cell(1024, 100.0, 1), Cell(2048, 50.0, 0), Cell(2048, 50.0, 1),  # at 1024
+    ]
 
 
 def test_length_and_depth_forms() -> None:
@@ -123,43 +177,92 @@ def child_llama_servers() -> list[int]:
     return pids
 
 
-def test_managed_server_killed_mid_run_is_crash_then_restarted(tiny_model: Path, tmp_path: Path) -> None:
-    import threading
+def kill_server_at_cell(at: int, during: str = "count") -> type[RunProgress]:
+    """The run's progress bar, which also SIGKILLs the managed llama-server in cell `at`: when the
+    cell starts (`count`: while niah counts its prompt through the server) or at its first prefill
+    progress event (`prefill`: during the chat). Servers running before (the fixture's) are spared."""
+    spare = set(child_llama_servers())
 
-    results = tmp_path / "results.jsonl"
-    killed: list[int] = []
-    before = set(child_llama_servers())  # e.g. the shared fixture server: not ours to kill
+    class Killer(RunProgress):
+        seen: ClassVar[list[Cell]] = []
+        killed: ClassVar[list[int]] = []
 
-    def kill_after_first_cell() -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not killed:
-            if results.exists() and len(cell_records(results)) >= 1:
-                for pid in set(child_llama_servers()) - before:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-            time.sleep(0.02)
+        def kill(self) -> None:
+            for pid in set(child_llama_servers()) - spare:
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
 
-    killer = threading.Thread(target=kill_after_first_cell, daemon=True)
-    killer.start()
-    summary = run(
-        RunConfig(
-            grid=((1024, (100.0, 50.0, 0.0)),),
-            out_dir=tmp_path,
-            model=tiny_model,
-            profiles=((1024, "tiny-native-8k"),),
-            show_progress=False,
-        )
+        def start_cell(self, cell: Cell) -> None:
+            super().start_cell(cell)
+            self.seen.append(cell)
+            if during == "count" and len(self.seen) == at:
+                self.kill()
+
+        def prefill(self, event: dict[str, object]) -> None:
+            super().prefill(event)
+            if during == "prefill" and len(self.seen) == at and not self.killed:
+                self.kill()
+
+    return Killer
+
+
+def managed_config(model: Path, out: Path, **kw: object) -> RunConfig:
+    return RunConfig(
+        grid=((1024, (100.0, 50.0, 0.0)),),
+        out_dir=out,
+        model=model,
+        profiles=((1024, "tiny-native-8k"),),
+        show_progress=False,
+        **kw,  # type: ignore[arg-type]
     )
-    killer.join(timeout=5)
-    assert killed, "the managed llama-server was never found"
-    outcomes = [r["outcome"] for r in cell_records(summary.results_path)]
-    assert len(outcomes) == 3
-    assert outcomes[1] == "CRASH"
-    assert outcomes[2] in ("PASS", "FAIL")  # the server was restarted and the run went on
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("during", ["count", "prefill"])
+def test_managed_server_killed_mid_run_is_crash_then_restarted(
+    during: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = set(child_llama_servers())
+    killer = kill_server_at_cell(2, during)
+    monkeypatch.setattr("niah.runner.RunProgress", killer)
+    summary = run(managed_config(tiny_model, tmp_path))
+    assert killer.killed, "the managed llama-server was never found"
+    records = cell_records(summary.results_path)
+    assert [r["outcome"] for r in records][1] == "CRASH"
+    expected = "while the prompt was counted" if during == "count" else "died during the cell"
+    assert expected in str(records[1]["error"])
+    assert records[2]["outcome"] in ("PASS", "FAIL")  # restarted, and the run went on
     assert summary.exit_code == 4
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["tiny-native-8k.1.log", "tiny-native-8k.2.log"]  # the crashed launch's log is kept
+    assert "# niah launched:" in (tmp_path / "logs" / "tiny-native-8k.1.log").read_text()
     assert set(child_llama_servers()) <= before
 
 
+@pytest.mark.server
+def test_crash_is_recorded_before_a_restart_that_fails(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A llama-server that starts once and then refuses to start: the CRASH is on disk all the same."""
+    marker = tmp_path / "started-once"
+    wrapper = tmp_path / "llama-server-once"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" != "--version" ]; then [ -e {marker} ] && exit 1; touch {marker}; fi\n'
+        f'exec {find_server_binary()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    before = set(child_llama_servers())
+    killer = kill_server_at_cell(2)
+    monkeypatch.setattr("niah.runner.RunProgress", killer)
+    out = tmp_path / "run"
+    with pytest.raises(NiahError, match="exited with code 1 during start-up"):
+        run(managed_config(tiny_model, out, server_bin=str(wrapper)))
+    assert [r["outcome"] for r in cell_records(out / "results.jsonl")][1:] == ["CRASH"]
+    assert set(child_llama_servers()) <= before
+
+
+@pytest.mark.server
 def test_resuming_a_finished_managed_run_starts_no_server(tiny_model: Path, tmp_path: Path) -> None:
     config = RunConfig(
         grid=((1024, (50.0,)),),

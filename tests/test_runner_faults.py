@@ -8,6 +8,7 @@ next scripted fault.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,52 +27,72 @@ EXCEED = {"error": {"code": 400, "type": "exceed_context_size_error", "message":
 
 
 class FaultProxy(BaseHTTPRequestHandler):
-    """Forwards to `upstream`; chat completions take the next fault from `faults`."""
+    """Forwards to `upstream`; chat completions take the next fault from `faults`. With
+    `tokenize_even`, every /tokenize of a rendered prompt answers an even number of tokens (one
+    more than the server when its count is odd), so no prompt counts an odd length."""
 
     upstream = ""
     faults: ClassVar[list[str]] = []
     stop = threading.Event()
+    tokenize_even = False
+    bodies: ClassVar[list[tuple[str, dict]]] = []
 
     def log_message(self, *args: object) -> None:
         return
 
     def _forward(self, method: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+        request = json.loads(body) if body else {}
+        self.bodies.append((self.path, request))
         with httpx.Client(timeout=60, trust_env=False) as client:
             response = client.request(method, self.upstream + self.path, content=body,
                                       headers={"Content-Type": "application/json"})
+        content = response.content
+        if self.path == "/tokenize" and request.get("parse_special") and self.tokenize_even:
+            answer = response.json()
+            answer["tokens"] = answer["tokens"] + answer["tokens"][-1:] * (len(answer["tokens"]) % 2)
+            content = json.dumps(answer).encode()
         self.send_response(response.status_code)
         self.send_header("Content-Type", response.headers.get("content-type", "application/json"))
-        self.send_header("Content-Length", str(len(response.content)))
+        self.send_header("Content-Length", str(len(content)))
         self.end_headers()
-        self.wfile.write(response.content)
+        self.wfile.write(content)
 
     def do_GET(self) -> None:
         self._forward("GET")
 
-    def _forward_stream(self) -> None:
-        """Relay a chat stream chunk by chunk (HTTP/1.0: the body ends when the connection closes)."""
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def _forward_stream(self, body: bytes, rewrite: str | None = None) -> None:
+        """Relay a chat stream event by event (HTTP/1.0: the body ends when the connection closes).
+
+        `usage+1` adds one token to the served prompt count; `think-pass` / `think-fail` replace the
+        answer with reasoning that names the prompt's 7-digit value, then an answer that does / does not.
+        """
+        request = json.loads(body)
+        self.bodies.append((self.path, request))
+        value = re.findall(r"\b\d{7}\b", json.dumps(request["messages"]))[0]
+        if rewrite and rewrite.startswith("think"):  # the real model only has to end the stream
+            body = json.dumps({**request, "max_tokens": 4}).encode()
         with httpx.Client(timeout=None, trust_env=False) as client, client.stream(
             "POST", self.upstream + self.path, content=body, headers={"Content-Type": "application/json"}
         ) as response:
             self.send_response(response.status_code)
             self.send_header("Content-Type", response.headers.get("content-type", "text/event-stream"))
             self.end_headers()
-            for chunk in response.iter_raw():
-                self.wfile.write(chunk)
-                self.wfile.flush()
+            for line in response.iter_lines():
+                for event in _rewrite(line, rewrite, value):
+                    self.wfile.write(f"{event}\n".encode())
+                    self.wfile.flush()
         self.close_connection = True
 
     def do_POST(self) -> None:
         if self.path != "/v1/chat/completions":
             self._forward("POST")
             return
-        if not self.faults:
-            self._forward_stream()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is None or fault in ("usage+1", "think-pass", "think-fail"):
+            self._forward_stream(body, fault)
             return
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = self.faults.pop(0)
         if fault in ("400", "500"):
             payload = json.dumps(EXCEED if fault == "400" else {"error": {"code": 500, "message": "boom"}}).encode()
             self.send_response(int(fault))
@@ -92,9 +113,31 @@ class FaultProxy(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+def _rewrite(line: str, rewrite: str | None, value: str) -> list[str]:
+    """The SSE lines to send for one upstream line."""
+    if not rewrite or not line.startswith("data: {"):
+        return [line]
+    event = json.loads(line[6:])
+    if rewrite == "usage+1" and isinstance(event.get("usage"), dict):
+        event["usage"]["prompt_tokens"] += 1
+        return [f"data: {json.dumps(event)}"]
+    choices = event.get("choices") or []
+    if rewrite.startswith("think") and choices and (choices[0].get("delta") or {}).get("content"):
+        return []  # the model's own answer is replaced
+    if rewrite.startswith("think") and choices and choices[0].get("finish_reason"):
+        answer = value if rewrite == "think-pass" else "I cannot tell."
+        thought = {"choices": [{"index": 0, "delta": {"reasoning_content": f"The text says {value}."}}]}
+        said = {"choices": [{"index": 0, "delta": {"content": answer}}]}
+        event["choices"][0]["finish_reason"] = "stop"
+        return [f"data: {json.dumps(thought)}", "", f"data: {json.dumps(said)}", "", f"data: {json.dumps(event)}"]
+    return [line]
+
+
 @pytest.fixture
 def fault_proxy(llama_server) -> Iterator[type[FaultProxy]]:
-    handler = type("Proxy", (FaultProxy,), {"upstream": llama_server.url, "faults": [], "stop": threading.Event()})
+    handler = type("Proxy", (FaultProxy,), {
+        "upstream": llama_server.url, "faults": [], "stop": threading.Event(), "bodies": [], "tokenize_even": False,
+    })
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -106,7 +149,7 @@ def fault_proxy(llama_server) -> Iterator[type[FaultProxy]]:
 
 
 def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_path: Path) -> None:
-    # cells go depth-descending: 100, 75, 50, 25, 0
+    # cells go by needle position: 0, 25, 50, 75, 100
     fault_proxy.faults.extend(["400", "stall", "drop", "500"])
     started = time.monotonic()
     summary = run(
@@ -121,11 +164,52 @@ def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_pa
     assert time.monotonic() - started < 300
     records = [json.loads(line) for line in summary.results_path.read_text().splitlines()]
     outcomes = {r["depth"]: r["outcome"] for r in records if r.get("record") == "cell"}
-    assert outcomes[100.0] == "CONTEXT_ERROR"
-    assert outcomes[75.0] == "TIMEOUT"
+    assert outcomes[0.0] == "CONTEXT_ERROR"
+    assert outcomes[25.0] == "TIMEOUT"
     assert outcomes[50.0] == "HTTP_ERROR"
-    assert outcomes[25.0] == "HTTP_ERROR"
-    assert outcomes[0.0] in ("PASS", "FAIL")
+    assert outcomes[75.0] == "HTTP_ERROR"
+    assert outcomes[100.0] in ("PASS", "FAIL")
     assert summary.exit_code == 4
     grid = (tmp_path / "grid.md").read_text()
     assert "CONTEXT_ERROR" in grid and "TIMEOUT" in grid
+
+
+def cells(summary_path: Path) -> list[dict]:
+    return [r for r in map(json.loads, summary_path.read_text().splitlines()) if r.get("record") == "cell"]
+
+
+def test_token_mismatch_before_sending_and_after_serving(fault_proxy, tmp_path: Path) -> None:
+    """A server whose count is never L gets nothing sent; one that serves another count than it
+    counted is TOKEN_MISMATCH after the answer."""
+    fault_proxy.tokenize_even = True
+    before = run(RunConfig(grid=((513, (50.0,)),), out_dir=tmp_path / "before", url=fault_proxy.url,
+                           show_progress=False))
+    (record,) = cells(before.results_path)
+    assert record["outcome"] == "TOKEN_MISMATCH" and record["prompt_tokens_served"] is None
+    assert "exactly 513 tokens" in record["error"]
+    assert not [path for path, _ in fault_proxy.bodies if path == "/v1/chat/completions"]  # never sent
+
+    fault_proxy.tokenize_even = False
+    fault_proxy.faults.append("usage+1")
+    after = run(RunConfig(grid=((512, (50.0,)),), out_dir=tmp_path / "after", url=fault_proxy.url,
+                          show_progress=False))
+    (record,) = cells(after.results_path)
+    assert record["outcome"] == "TOKEN_MISMATCH" and record["prompt_tokens_served"] == 513
+    assert "server counted 513 prompt tokens, planned 512" in record["error"]
+    assert after.exit_code == 4
+
+
+def test_thinking_on_end_to_end(fault_proxy, tmp_path: Path) -> None:
+    """Thinking on: templates and chats ask for it, the budget is the thinking one, and a value that
+    only the reasoning names is not a PASS."""
+    fault_proxy.faults.extend(["think-pass", "think-fail"])
+    summary = run(RunConfig(grid=((512, (0.0, 100.0)),), out_dir=tmp_path, url=fault_proxy.url,
+                            thinking="on", show_progress=False))
+    outcomes = {r["depth"]: r["outcome"] for r in cells(summary.results_path)}
+    assert outcomes == {0.0: "PASS", 100.0: "FAIL"}  # cells go by needle position
+    chats = [body for path, body in fault_proxy.bodies if path == "/v1/chat/completions"]
+    renders = [body for path, body in fault_proxy.bodies if path == "/apply-template"]
+    assert len(chats) == 2 and renders
+    assert all(c["chat_template_kwargs"] == {"enable_thinking": True} and c["max_tokens"] == 4096 for c in chats)
+    assert all(r["chat_template_kwargs"] == {"enable_thinking": True} for r in renders)
+    assert summary.exit_code == 1

@@ -67,7 +67,6 @@ def test_gguf_control_strings_are_text(tiny_model: Path) -> None:
     tokenizer = GGUFTokenizer(tiny_model)
     im_start = tokenizer._ids["<|im_start|>"]
     assert im_start not in tokenizer.encode("a <|im_start|> b")
-    assert tokenizer.count("The special magic number is 4827193.") == len(tokenizer.encode("The special magic number is 4827193."))
 
 
 def test_qwen36_specials_are_text_and_known_ids() -> None:
@@ -99,14 +98,14 @@ def test_tokenize_cli_counts(tmp_path: Path) -> None:
     "spec",
     ["nonsense", "gguf:/no/such/model.gguf", "gguf:{notgguf}", "server:http://127.0.0.1:{port}", "hf:/no/such/dir"],
 )
-def test_tokenize_cli_bad_specs_are_one_line_exit_2(spec: str, tmp_path: Path) -> None:
+def test_tokenize_cli_bad_specs_are_one_line_exit_2_or_3(spec: str, tmp_path: Path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("hello")
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("this is not a GGUF file")
     spec = spec.format(notgguf=not_gguf, port=free_port())
     result = niah("tokenize", "--tokenizer", spec, str(text))
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == (3 if spec.startswith("server:") else 2), result.stderr  # 3: unreachable
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from niah.cells import parse_length
-from niah.errors import EXIT_LAUNCH_INVALID
-from niah.preflight import PreflightReport, preflight
+from niah.cells import ANSWER_BUDGET, parse_length
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 
-DEFAULT_ANSWER_BUDGET = 32  # as `niah run` without thinking
+if TYPE_CHECKING:
+    from niah.preflight import PreflightReport
+
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--url", required=True, help="the llama-server base URL")
     parser.add_argument("--context", required=True, help="prompt length to test, e.g. 1010000 or 131k")
     parser.add_argument(
-        "--answer-budget", type=int, default=DEFAULT_ANSWER_BUDGET, help="answer tokens on top (default 32)"
+        "--answer-budget", type=int, default=ANSWER_BUDGET, help="answer tokens on top (default 32)"
     )
     parser.add_argument("--log", type=Path, help="the server's log file, for the cause of a clamp")
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY)")
@@ -39,7 +41,13 @@ def print_report(report: PreflightReport) -> None:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    needed = parse_length(args.context) + max(args.answer_budget, 0)
-    report = preflight(args.url, needed, args.log, args.api_key or os.environ.get("NIAH_API_KEY"))
+    from niah.preflight import preflight
+    from niah.session import ServerSession, ServerSpec
+
+    if args.answer_budget < 0:
+        raise NiahError("--answer-budget must not be negative")
+    needed = parse_length(args.context) + args.answer_budget
+    with ServerSession(ServerSpec(url=args.url, api_key=args.api_key or os.environ.get("NIAH_API_KEY"))) as session:
+        report = preflight(session, needed, args.log)
     print_report(report)
     return 0 if report.verdict == "OK" else EXIT_LAUNCH_INVALID

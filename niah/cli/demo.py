@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from niah.cells import ANSWER_BUDGET
 from niah.cli.run import add_common_options, common_config, print_summary
-from niah.runner import ANSWER_BUDGET, RunConfig, run
 from niah.server import find_tiny_model
 
 ALL_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
@@ -43,6 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    from niah.runner import RunConfig, run
+
     config = RunConfig(
         grid=tuple((length, ALL_DEPTHS if args.full else depths) for length, _, depths in DEMO_ROWS),
         out_dir=args.out,

@@ -7,12 +7,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from niah.corpus import DEFAULT_CORPUS, get_corpus
+from niah.cells import parse_length
 from niah.errors import NiahError
-from niah.haystack import Prompt, build, get_template
-from niah.needles import load_needle_spec, make_needle
-from niah.tokenizers import DEFAULT_TOKENIZER, get_tokenizer
+from niah.tokenizers import DEFAULT_TOKENIZER
+
+if TYPE_CHECKING:
+    from niah.haystack import Prompt
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,10 +24,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Build a prompt of exactly --length tokens (template included) with the needle at "
         "--depth percent, and print it.  Example: niah haystack --length 4096 --depth 50 --json",
     )
-    parser.add_argument("--length", type=int, required=True, help="prompt tokens, exactly")
+    parser.add_argument("--length", required=True, help="prompt tokens, exactly: 4096, 4k, 131k, 1m")
     parser.add_argument("--depth", type=float, required=True, help="needle depth in percent, 0-100")
     parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help="qwen3.6, gguf:PATH, hf:DIR_OR_ID or server:URL")
-    parser.add_argument("--corpus", default=DEFAULT_CORPUS, help="builtin, noise or files:GLOB")
+    parser.add_argument("--corpus", default="builtin", help="builtin, noise or files:GLOB")
     parser.add_argument("--seed", type=int, default=0, help="needle value seed (integer)")
     parser.add_argument("--trial", type=int, default=0, help="trial index: each trial plants a different value")
     parser.add_argument("--template", default="builtin", help="builtin, server:URL or gguf:PATH")
@@ -62,8 +64,12 @@ def prompt_json(prompt: Prompt) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.length <= 0:
-        raise NiahError(f"--length must be positive, not {args.length}")
+    from niah.corpus import get_corpus
+    from niah.haystack import build, get_template
+    from niah.needles import load_needle_spec, make_needle
+    from niah.tokenizers import get_tokenizer
+
+    length = parse_length(args.length)
     if not 0 <= args.depth <= 100:
         raise NiahError(f"--depth {args.depth:g} is outside 0-100")
     if args.trial < 0:
@@ -73,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     spec = load_needle_spec(args.needle) if args.needle else None
     template = get_template(args.template, api_key=api_key)
     tokenizer = get_tokenizer(args.tokenizer, api_key=api_key)
-    needle = make_needle(args.seed, args.length, args.depth, args.trial, spec)
-    prompt = build(args.length, args.depth, tokenizer, corpus, needle, template, verify=True)
+    needle = make_needle(args.seed, length, args.depth, args.trial, spec)
+    prompt = build(length, args.depth, tokenizer, corpus, needle, template, verify=True)
     output = json.dumps(prompt_json(prompt), ensure_ascii=False) + "\n" if args.json else prompt.text
     if args.output:
         try:

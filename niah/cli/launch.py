@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 from niah.cli.check import print_report
 from niah.errors import EXIT_LAUNCH_INVALID
-from niah.gguf_meta import read_gguf_facts
-from niah.preflight import preflight
-from niah.profiles import load_profile, server_args
-from niah.server import WaitProgress, start_server
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,38 +24,44 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--host", default="127.0.0.1", help="bind address; anything else needs an API key")
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY)")
     parser.add_argument("--server-bin", help="llama-server binary")
-    parser.add_argument("--log", type=Path, help="server log file (default runs/launch/PROFILE.log)")
+    parser.add_argument("--log-dir", type=Path, help="folder for the server log, PROFILE.N.log (default runs/launch)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the model to load")
     parser.add_argument("--keep", action="store_true", help="keep the server running until Ctrl-C")
     parser.set_defaults(func=launch_command)
 
 
 def launch_command(args: argparse.Namespace) -> int:
+    from niah.gguf_meta import read_gguf_facts
+    from niah.preflight import preflight
+    from niah.profiles import load_profile, server_args
+    from niah.session import ServerSession, ServerSpec
+
     profile = load_profile(args.profile)
     argv = server_args(profile, read_gguf_facts(args.model))
-    log_path = args.log or Path("runs") / "launch" / f"{profile.name}.log"
-    api_key = args.api_key or os.environ.get("NIAH_API_KEY")
-    print(f"niah: starting llama-server for {profile.name} (log: {log_path}) ...", flush=True)
-    with start_server(
-        args.model,
-        argv,
-        log_path,
-        server_bin=args.server_bin,
+    log_dir = args.log_dir or Path("runs") / "launch"
+    spec = ServerSpec(
+        model=args.model,
+        args=tuple(argv),
+        name=profile.name,
+        log_dir=log_dir,
         host=args.host,
         port=args.port,
-        api_key=api_key,
-        timeout_s=args.timeout,
-        on_wait=WaitProgress(log_path),
-    ) as server:
-        print(f"niah: command: {server.command}", flush=True)
-        report = preflight(server.url, profile.context, log_path, api_key)
+        api_key=args.api_key or os.environ.get("NIAH_API_KEY"),
+        server_bin=args.server_bin,
+        start_timeout_s=args.timeout,
+    )
+    print(f"niah: starting llama-server for {profile.name} (logs in {log_dir}/) ...", flush=True)
+    with ServerSession(spec) as session:
+        print(f"niah: command: {session.command}", flush=True)
+        print(f"niah: log: {session.log_path}", flush=True)
+        report = preflight(session, profile.context)
         print_report(report)
         if report.verdict != "OK":
             return EXIT_LAUNCH_INVALID
         if args.keep:
-            print(f"niah: serving at {server.url}; Ctrl-C stops it", flush=True)
-            while server.alive():
-                time.sleep(1.0)
-            print(f"niah: llama-server exited; see {log_path}", flush=True)
+            print(f"niah: serving at {session.url}; Ctrl-C stops it", flush=True)
+            while not session.died(grace_s=1.0):
+                pass
+            print(f"niah: llama-server exited; see {session.log_path}", flush=True)
             return EXIT_LAUNCH_INVALID
     return 0

@@ -15,7 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "report",
         help="re-render a run's report from its results.jsonl",
         description=(
-            "Write grid.md, cells.csv, summary.json, heatmap.png and report.html into DIR "
+            "Write grid.md, cells.csv, summary.json, heatmap.png, report.html and card.md into DIR "
             "from DIR/results.jsonl, and print the grid.  Example: niah report reports/demo"
         ),
     )
@@ -32,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
         raise NiahError(f"no {RESULTS_NAME} in {target}")
     paths = render_report(results, results.parent)
     print(paths.grid_md.read_text(encoding="utf-8"), end="")
-    print(f"report written to {paths.report_html.parent}/ (grid.md, cells.csv, summary.json, heatmap.png, report.html)")
+    print(f"report written to {paths.report_html.parent}/ (grid.md, cells.csv, summary.json, heatmap.png, report.html, card.md)")
     return 0

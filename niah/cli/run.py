@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from niah.cells import parse_depths, parse_length, parse_lengths
 from niah.errors import NiahError
-from niah.runner import RunConfig, RunSummary, run
+
+if TYPE_CHECKING:
+    from niah.runner import RunSummary
 
 EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
@@ -97,6 +100,8 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from niah.runner import RunConfig, run
+
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
     managed = bool(args.profile or args.profile_for_length)
@@ -127,7 +132,8 @@ def print_summary(summary: RunSummary) -> int:
     if total:
         print(
             f"prefill this run: {summary.prefill_tokens_computed:,} tokens computed, "
-            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%})"
+            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%}; "
+            f"{summary.prefill_tokens_reusable:,} could have been)"
         )
     print(f"results: {summary.results_path}\nreport:  {summary.report_dir}")
     return summary.exit_code

@@ -1,0 +1,332 @@
+"""`card.md`: a run's matrix and methodology as one markdown block to paste into a model card.
+
+Built from the tidy cell frame and the results header alone. Whatever the header does not
+hold is written as "not recorded". Only file names are printed, never folders of the
+user's disk (`file_names`), and API keys are masked (`results.redact`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from niah.grid import grid_markdown
+from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
+from niah.report import draft_acceptance, draft_markdown
+from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
+from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
+from niah.stats import wilson_interval
+
+CARD_NAME = "card.md"
+NOT_RECORDED = "not recorded"
+OUTCOME_MEANING = {
+    "CLAMPED": "the server's per-slot context was below the prompt + answer budget; never sent",
+    "CONTEXT_ERROR": "the server refused the prompt as too long",
+    "TRUNCATED": "the answer budget ran out before the needle appeared",
+    "TIMEOUT": "the stream stalled past the stall timeout",
+    "CRASH": "llama-server died",
+    "HTTP_ERROR": "the request failed",
+    "TOKEN_MISMATCH": "the server counted a different prompt length; never scored",
+}
+_PATHLIKE = re.compile(r"[/\\]")
+
+
+def file_names(text: str) -> str:
+    """`text` with any path reduced to its file name (`/a/b/m.gguf` -> `m.gguf`; `k=/a/b` -> `k=b`).
+
+    URLs (`scheme://...`) are left alone; nothing else with a slash survives.
+    """
+    if "://" in text or not _PATHLIKE.search(text):
+        return text
+    head, sep, tail = text.rpartition("=") if "=" in text else ("", "", text)
+    if head and _PATHLIKE.search(head):
+        head, sep, tail = "", "", text
+    prefix = tail.split(":", 1)[0] + ":" if re.match(r"^[a-z]{2,}:", tail) else ""
+    name = re.split(r"[/\\]", tail[len(prefix):].rstrip("/\\"))[-1]
+    return f"{head}{sep}{prefix}{name}"
+
+
+def write_card(target: Path, out_dir: Path | None = None) -> Path:
+    """Write `card.md` for the run at `target` (folder or results file) into `out_dir` (default: the run's folder)."""
+    run = load_run(Path(target))
+    out = Path(out_dir) if out_dir is not None else run.results_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CARD_NAME
+    path.write_text(render_card(run.cells, run.header, run.fingerprint), encoding="utf-8")
+    return path
+
+
+def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """The card's markdown: grid(s), legend, method, launches, per-length rates, reproduce command.
+    `fingerprint` is the run's, with the server facts recorded after the header (`read_facts`)."""
+    df = with_tasks(df)
+    fp = redact(fingerprint)
+    model = _model_name(fp)
+    parts = [f"## Needle in a haystack: {model}\n", _intro(fp), *_grids(df), _legend(df)]
+    parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
+    parts += ["### Launches\n", _launches(df, fp)]
+    parts += ["### Per length\n", _per_length(df)]
+    drafts = draft_markdown(draft_acceptance(df))
+    if drafts:
+        parts += ["### MTP acceptance by context length\n", drafts]
+    parts += ["### Reproduce\n", _reproduce(df, fp, model)]
+    return "\n".join(parts)
+
+
+def _intro(fp: dict[str, Any]) -> str:
+    return (
+        f"Needle retrieval measured with niah {fp.get('niah', '?')}: one planted fact per prompt, at each "
+        "prompt length (tokens as llama-server counts the whole chat request) and needle depth "
+        "(% of the haystack).\n"
+    )
+
+
+def _grids(df: pd.DataFrame) -> list[str]:
+    tasks = tasks_of(df)
+    blocks = []
+    for task in tasks:
+        title = f"Task `{task}`:\n\n" if len(tasks) > 1 or task != SINGLE_TASK else ""
+        blocks.append(f"{title}```text\n{grid_markdown(df[df['task'] == task])}```\n")
+    return blocks
+
+
+def _legend(df: pd.DataFrame) -> str:
+    present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
+    lines = ["`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of n trials passed; `-`: not tested."]
+    lines += [f"`{o}`: {OUTCOME_MEANING[o]} (not a retrieval result)." for o in present]
+    return " ".join(lines) + "\n"
+
+
+def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> list[str]:
+    sent = df[df["prompt_tokens_served"].notna()]
+    exact = int((sent["prompt_tokens_served"] == sent["length"]).sum())
+    trials = df.groupby(["task", "length", "depth"])["trial"].count()
+    trial_text = f"{trials.min()}" if trials.min() == trials.max() else f"{trials.min()}–{trials.max()}"
+    tokenizer = f"`{file_names(str(fp.get('tokenizer', NOT_RECORDED)))}`"
+    if fp.get("tokenizer") == "auto":
+        tokenizer += " (Qwen3.6's own when the server's vocabulary is Qwen3.6's, else the server's /tokenize)"
+    if fp.get("tokenizer_resolved"):
+        tokenizer += f", resolved to `{file_names(str(fp['tokenizer_resolved']))}`"
+    corpus = f"`{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
+    if fp.get("corpus_sha256"):
+        corpus += f", sha256 `{fp['corpus_sha256']}`"
+    generation = (
+        f"temperature {fp.get('temperature', NOT_RECORDED)}, thinking {fp.get('thinking', NOT_RECORDED)}, "
+        f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens, "
+        f"prompt-cache reuse {_on_off(fp.get('cache_reuse'))}"
+    )
+    requests = _duration(_sum(df["wall_s"]))
+    return [
+        f"- **Model file:** {_model_line(fp)}",
+        f"- **llama-server:** {_server_version(fp)}",
+        (f"- **Tokenizer:** {tokenizer}; every prompt was counted by llama-server before sending, and "
+        f"{exact} of {len(sent)} sent prompts were served at exactly the cell's length (usage.prompt_tokens)."),
+        f"- **Chat template:** {_template(fp)}",
+        f"- **Haystack:** corpus {corpus}.",
+        f"- **Needle:** {_needle(fp)}",
+        f"- **Generation:** {generation}.",
+        (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
+        "of the pass rate is given per length below (depths pooled)."),
+        (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
+        "last cell (server starts included)."),
+    ]
+
+
+def _model_name(fp: dict[str, Any]) -> str:
+    model = fp.get("model")
+    if isinstance(model, dict) and model.get("file"):
+        return file_names(str(model["file"]))
+    server = fp.get("server")
+    if isinstance(server, dict) and server.get("model_path"):
+        return file_names(str(server["model_path"]))
+    return "model " + NOT_RECORDED
+
+
+def _model_line(fp: dict[str, Any]) -> str:
+    model = fp.get("model") if isinstance(fp.get("model"), dict) else {}
+    name = _model_name(fp)
+    facts = [f"`{name}`"]
+    if model.get("bytes"):
+        facts.append(f"{int(model['bytes']):,} bytes")
+    facts.append(f"sha256 of the first MiB (GGUF header) `{model['head_sha256']}`" if model.get("head_sha256") else "header hash " + NOT_RECORDED)
+    return ", ".join(facts) + "."
+
+
+def _server_version(fp: dict[str, Any]) -> str:
+    """`llama-server --version` of managed launches, or the /props build of a --url server."""
+    server = fp.get("server") if isinstance(fp.get("server"), dict) else {}
+    version = fp.get("server_version") or server.get("build_info")
+    return f"`{' '.join(str(version).split())}`." if version else NOT_RECORDED + "."
+
+
+def _template(fp: dict[str, Any]) -> str:
+    for key in ("template", "chat_template"):
+        value = fp.get(key)
+        if isinstance(value, dict):
+            return ", ".join(f"{k} `{file_names(str(v))}`" for k, v in sorted(value.items())) + "."
+        if value:
+            return f"`{file_names(str(value))}`."
+    for key in ("template_sha256", "chat_template_sha256"):
+        if fp.get(key):
+            return f"the model's own, rendered by llama-server; sha256 `{fp[key]}`."
+    return f"the model's own, rendered by llama-server (/apply-template); its text or hash is {NOT_RECORDED}."
+
+
+def _needle(fp: dict[str, Any]) -> str:
+    seed = f"7-digit values from seed {fp.get('needle_seed', NOT_RECORDED)}, a different one per cell and trial"
+    spec = fp.get("needle_spec")
+    if spec == "default":
+        return (
+            f"niah's default. Before the haystack: \"{DEFAULT_INTRO}\" Planted: \"{DEFAULT_NEEDLE}\" "
+            f"Asked after it: \"{DEFAULT_QUESTION}\" ({seed})."
+        )
+    if not spec:
+        return f"wording {NOT_RECORDED} ({seed})."
+    if isinstance(spec, dict):  # {"file": name, "sha256": hash of its bytes}
+        return f"custom needles from `{file_names(str(spec.get('file')))}`, sha256 `{spec.get('sha256')}` ({seed})."
+    return f"custom needles from `{file_names(str(spec))}`; its hash is {NOT_RECORDED} ({seed})."
+
+
+def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
+    launches = fp.get("launches") if isinstance(fp.get("launches"), dict) else {}
+    model = _model_name(fp)
+    budget = fp.get("answer_budget")
+    lines = ["| lengths | profile | factor | command | per-slot context served |", "|---|---|---|---|---|"]
+    for profile, group in df.groupby(df["profile"].fillna("-"), sort=False):
+        lengths = sorted(group["length"].unique())
+        argv = launches.get(profile)
+        if isinstance(argv, dict):  # {"argv": [...], ...} when a launch records more than its flags
+            argv = argv.get("argv", argv.get("args"))
+        if isinstance(argv, list):
+            command = " ".join(["llama-server", "-m", model, *(file_names(str(a)) for a in argv)])
+            name = f"`{file_names(str(profile))}`"
+        else:
+            command = "started outside niah (--url); " + NOT_RECORDED
+            name = "external server" if str(profile).startswith("url:") else f"`{file_names(str(profile))}`"
+        lines.append(
+            f"| {', '.join(map(str, lengths))} | {name} | {_joined(group['factor'])} | `{command}` | "
+            f"{_served(group, max(lengths), budget)} |"
+        )
+    note = "\nniah adds `--host 127.0.0.1 --port <free port>` to each command; argv as recorded in the results header.\n"
+    return "\n".join(lines) + "\n" + (note if launches else "")
+
+
+def _served(group: pd.DataFrame, longest: int, budget: Any) -> str:
+    served = sorted({int(v) for v in group["server_n_ctx"].dropna()})
+    if not served:
+        return NOT_RECORDED
+    text = "/".join(f"{v:,}" for v in served)
+    if not isinstance(budget, int):
+        return f"{text} (longest prompt {longest:,})"
+    needed = longest + budget
+    verdict = "not clamped" if min(served) >= needed else "CLAMPED"
+    return f"{text} {'≥' if verdict == 'not clamped' else '<'} {longest:,} + {budget} ({verdict})"
+
+
+def _per_length(df: pd.DataFrame) -> str:
+    several = len(tasks_of(df)) > 1
+    head = ["task"] if several else []
+    head += ["length", "factor", "cells", "PASS/retrieved", "pass rate (95% Wilson)", "other outcomes",
+             "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, length), group in df.groupby(["task", "length"], sort=True):
+        outcomes = list(group["outcome"])
+        passes = outcomes.count("PASS")
+        retrieval = sum(o in RETRIEVAL_OUTCOMES for o in outcomes)
+        others = ", ".join(f"{o} {outcomes.count(o)}" for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES)
+        low, high = wilson_interval(passes, retrieval)
+        rate = f"{passes / retrieval:.0%} ({low:.0%}–{high:.0%})" if retrieval else "-"
+        computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
+        row = [task] if several else []
+        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{passes}/{retrieval}", rate, others or "-",
+                _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
+                f"{cached / (cached + computed):.0%}" if cached + computed else "-",
+                _duration(_sum(group["wall_s"]))]
+        lines.append("| " + " | ".join(row) + " |")
+    note = ("\nretrieved = cells answered PASS or FAIL; the pass rate is over those. prefill tok/s = prompt tokens computed ÷ prefill time (tokens reused from the prompt cache "
+            "excluded); decode tok/s = tokens generated ÷ generation time; both as llama-server timed them.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
+    lengths = sorted(df["length"].unique())
+    depths = sorted(df["depth"].unique())
+    trials = int(df["trial"].max()) + 1
+    profiles = df.groupby("length")["profile"].first()
+    args = ["niah run"]
+    if fp.get("launches") and profiles.notna().all():
+        args.append(f"--model {model}")
+        if profiles.nunique() == 1:
+            args.append(f"--profile {file_names(str(profiles.iloc[0]))}")
+        else:
+            args.append("--profile-for-length " + ",".join(f"{n}={file_names(str(p))}" for n, p in profiles.items()))
+    else:
+        args.append("--url <your llama-server>")
+    args += [f"--lengths {','.join(map(str, lengths))}", f"--depths {','.join(f'{d:g}' for d in depths)}"]
+    if trials != 1:
+        args.append(f"--trials {trials}")
+    args += _option_flags(fp)
+    args.append("--out runs/reproduce")
+    untested = "" if len(df.groupby(["length", "depth"])) == len(lengths) * len(depths) else (
+        "Cells marked `-` were not run; the command runs them too.\n"
+    )
+    body = " \\\n    ".join(args)
+    return f"```sh\n{body}\n```\n{untested}"
+
+
+def _option_flags(fp: dict[str, Any]) -> list[str]:
+    """`niah run` flags for the header's settings that differ from the defaults."""
+    flags = []
+    for key, flag, default in (("tokenizer", "--tokenizer", "auto"), ("corpus", "--corpus", "builtin"),
+                               ("needle_seed", "--seed", 0), ("thinking", "--thinking", "off"),
+                               ("temperature", "--temperature", 0.0)):
+        if key in fp and fp[key] != default:
+            flags.append(f"{flag} {file_names(str(fp[key]))}")
+    spec = fp.get("needle_spec")
+    if spec not in (None, "default"):
+        flags.append(f"--needle {file_names(str(spec.get('file') if isinstance(spec, dict) else spec))}")
+    default_budget = 4096 if fp.get("thinking") == "on" else 32
+    if isinstance(fp.get("answer_budget"), int) and fp["answer_budget"] != default_budget:
+        flags.append(f"--answer-budget {fp['answer_budget']}")
+    if fp.get("cache_reuse") is False:
+        flags.append("--no-cache-reuse")
+    return flags
+
+
+def _span(df: pd.DataFrame, header: dict[str, Any]) -> str:
+    try:
+        start = pd.Timestamp(header["created"])
+        end = pd.to_datetime(df["finished"].dropna()).max()
+    except (KeyError, ValueError, TypeError):
+        return NOT_RECORDED
+    if pd.isna(end):
+        return NOT_RECORDED
+    return _duration((end - start).total_seconds())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _rate(tokens: float, ms: float) -> str:
+    return f"{tokens / ms * 1000:.1f}" if ms and tokens else "-"
+
+
+def _sum(column: pd.Series) -> float:
+    return float(pd.to_numeric(column).fillna(0).sum())
+
+
+def _on_off(value: Any) -> str:
+    return NOT_RECORDED if value is None else ("on" if value else "off")
+
+
+def _joined(values: pd.Series) -> str:
+    present = sorted({str(v) for v in values if isinstance(v, str) and v})
+    return "/".join(present) if present else "-"

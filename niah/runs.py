@@ -1,0 +1,109 @@
+"""A finished (or partial) run read back for card and compare: its header and one tidy cell frame.
+
+Results without a `task` column (every run before tasks existed) are one task, `single`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from niah.errors import NiahError
+from niah.grid import cell_label
+from niah.results import RETRIEVAL_OUTCOMES, load_cells, read_facts, read_header
+from niah.stats import wilson_interval
+
+RESULTS_NAME = "results.jsonl"
+SINGLE_TASK = "single"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's results file, header and cells."""
+
+    name: str
+    """The run folder as the user named it (for messages; never made absolute)."""
+    results_path: Path
+    header: dict[str, Any]
+    cells: pd.DataFrame
+    """load_cells() with a `task` column filled (`single` when the results have none)."""
+    fingerprint: dict[str, Any]
+    """The header's fingerprint with the server facts recorded once servers were up."""
+
+
+def results_path_of(target: Path) -> Path:
+    """`target/results.jsonl`, or `target` itself when it is a file; NiahError when neither exists."""
+    target = Path(target)
+    if target.is_file():
+        return target
+    if not target.exists():
+        raise NiahError(f"no run folder {target}")
+    results = target / RESULTS_NAME
+    if not results.is_file():
+        raise NiahError(f"no {RESULTS_NAME} in {target}")
+    return results
+
+
+def load_run(target: Path) -> Run:
+    """Read a run folder (or its results file); NiahError for a missing, malformed or empty run."""
+    path = results_path_of(target)
+    header = read_header(path)
+    cells = with_tasks(load_cells(path))
+    if cells.empty:
+        raise NiahError(f"{path} holds no finished cells yet")
+    return Run(name=str(target), results_path=path, header=header, cells=cells, fingerprint=read_facts(path))
+
+
+def with_tasks(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `df` whose `task` column is filled: missing or empty means `single`."""
+    df = df.copy()
+    if "task" not in df.columns:
+        df["task"] = SINGLE_TASK
+    df["task"] = df["task"].map(lambda t: t if isinstance(t, str) and t else SINGLE_TASK)
+    return df
+
+
+def tasks_of(df: pd.DataFrame) -> list[str]:
+    """The tasks present, `single` first, then by name."""
+    return sorted(df["task"].unique(), key=lambda t: (t != SINGLE_TASK, t))
+
+
+def cell_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, length, depth): trials, passes, retrieval trials, Wilson bounds, label.
+
+    `retrieval` counts PASS and FAIL trials only; `other` names the non-retrieval outcomes
+    (CLAMPED, CRASH, ...) with their counts, e.g. `CLAMPED:2`; `label` is the grid text.
+    """
+    rows = []
+    for (task, length, depth), group in df.groupby(["task", "length", "depth"], sort=True):
+        outcomes = list(group["outcome"])
+        passes = outcomes.count("PASS")
+        retrieval = sum(o in RETRIEVAL_OUTCOMES for o in outcomes)
+        low, high = wilson_interval(passes, retrieval)
+        others = pd.Series([o for o in outcomes if o not in RETRIEVAL_OUTCOMES], dtype="object")
+        rows.append(
+            {
+                "task": task,
+                "length": int(length),
+                "depth": float(depth),
+                "trials": len(outcomes),
+                "passes": passes,
+                "retrieval": retrieval,
+                "non_retrieval": len(outcomes) - retrieval,
+                "wilson_low": round(low, 4),
+                "wilson_high": round(high, 4),
+                "other": ",".join(f"{o}:{n}" for o, n in others.value_counts().sort_index().items()),
+                "label": cell_label(outcomes),
+                "factor": _joined(group["factor"]),
+                "profile": _joined(group["profile"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _joined(values: pd.Series) -> str:
+    present = sorted({str(v) for v in values if isinstance(v, str) and v})
+    return "/".join(present) if present else "-"
