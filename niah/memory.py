@@ -161,6 +161,8 @@ class LaunchShape:
     cache_type_v: str
     ubatch: int | None = None
     mtp_draft_n_max: int | None = None
+    swa_full: bool = False
+    """`--swa-full`: sliding-window layers keep every cell, like full attention."""
 
 
 def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> MemoryEstimate | None:
@@ -170,7 +172,7 @@ def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> M
     k_type, v_type = launch.cache_type_k, launch.cache_type_v
     recurrent_layers = 0
     if facts is not None and facts.attention_layers and facts.key_length:
-        swa = set(facts.swa_layers)
+        swa = set() if launch.swa_full else set(facts.swa_layers)
         per_stream = cells // streams
         swa_cells = min(per_stream, pad(
             (facts.sliding_window or 0) * (launch.parallel if launch.kv_unified else 1)

@@ -17,6 +17,7 @@ from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
 from niah.memory import CACHE_TYPES, LaunchShape, MemoryEstimate, formula
+from niah.reuse import reuse_flags
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +66,9 @@ class LaunchProfile:
     """CPU threads (`-t`)."""
     mtp_draft_n_max: int | None = None
     """MTP speculative decoding: `--spec-type draft-mtp --spec-draft-n-max N`."""
+    swa_full: bool | None = None
+    """`--swa-full`: full-size caches for sliding-window layers, so a shared prompt prefix can be
+    reused. Default: on for sliding-window models (niah.reuse), off otherwise."""
     mmproj: str | None = None
     """Multimodal projector file (`--mmproj`)."""
     image_min_tokens: int | None = None
@@ -173,6 +177,9 @@ def plan_launch(
             "--override-kv", f"{arch}.context_length=int:{profile.context}",
             "--rope-scaling", "yarn", "--rope-scale", rope_scale, "--yarn-orig-ctx", str(native),
         ]
+    swa_full = profile.swa_full if profile.swa_full is not None else "--swa-full" in reuse_flags(facts)
+    if swa_full:
+        args.append("--swa-full")
     args += _option_args(profile)
     n_ctx = pad(ctx_size)
     per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel)
@@ -185,7 +192,7 @@ def plan_launch(
         ctx_size=ctx_size,
         rope_scale=rope_scale,
         predicted_slot_context=predicted,
-        memory=estimate_memory(profile, facts, arch, n_ctx),
+        memory=estimate_memory(profile, facts, arch, n_ctx, swa_full),
     )
 
 
@@ -220,13 +227,13 @@ def _option_args(profile: LaunchProfile) -> list[str]:
 
 
 def estimate_memory(
-    profile: LaunchProfile, facts: GGUFFacts | None, arch: str | None, n_ctx: int
+    profile: LaunchProfile, facts: GGUFFacts | None, arch: str | None, n_ctx: int, swa_full: bool = False
 ) -> MemoryEstimate | None:
     """niah's formula for the launch: KV cache for `n_ctx` cells, recurrent state, and weights."""
     launch = LaunchShape(
         n_ctx=n_ctx, parallel=profile.parallel, kv_unified=profile.kv_unified,
         cache_type_k=profile.cache_type_k, cache_type_v=profile.cache_type_v,
-        ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max,
+        ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max, swa_full=swa_full,
     )
     return formula(launch, facts, arch)
 
@@ -261,7 +268,7 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
         if key in _MINIMUM:
             if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[key]:
                 raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]}, not {value!r}")
-        elif key in ("kv_unified", "jinja"):
+        elif key in ("kv_unified", "jinja", "swa_full"):
             if not isinstance(value, bool):
                 raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
         elif key == "extra_args":

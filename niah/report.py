@@ -40,7 +40,7 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         str(length): {o: int(n) for o, n in group["outcome"].value_counts().items()}
         for length, group in df.groupby("length")
     }
-    computed = _total(df["prompt_n"])
+    computed = _total(df["prompt_n"]) + _total(df["prime_n"])  # checkpoint primers compute too
     cached = _total(df["cache_n"])
     reusable = _total(df["cache_expected"])
     predicted_ms = float(df["predicted_ms"].fillna(0).sum())

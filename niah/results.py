@@ -92,6 +92,8 @@ class CellResult:
     """The tokenizer that built the prompt: the resolved one, or `server` after a rebuild."""
     cache_expected: int | None = None
     """Prompt tokens shared with the previous prompt on the same server: what cache_n could be."""
+    prime_n: int | None = None
+    """Tokens the server computed for the checkpoint primer before the cell (hybrid models)."""
     draft_n: int | None = None
     """Tokens a draft proposed (speculative decoding, e.g. --spec-type draft-mtp)."""
     draft_n_accepted: int | None = None
@@ -123,6 +125,7 @@ _COUNT_COLUMNS = (
     "predicted_n",
     "server_n_ctx",
     "cache_expected",
+    "prime_n",
     "draft_n",
     "draft_n_accepted",
 )

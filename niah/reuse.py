@@ -6,8 +6,11 @@ Facts of the bundled llama.cpp (11434, tools/server/server-context.cpp) behind t
 - a sliding-window model keeps only the window, so without `--swa-full` nothing can be kept;
 - a hybrid or recurrent model (qwen35: Gated DeltaNet layers) cannot roll its state back; it goes
   back to a context checkpoint, and this build checkpoints a prompt only where a user message
-  starts and just before the prompt's end. A haystack inside one user message has no checkpoint,
-  so no flag makes its prefix reusable; checkpoint flags would cost memory for nothing.
+  starts and just before the prompt's end (4 + ubatch and 4 tokens before it). A haystack inside
+  one user message gets no checkpoint from any flag. So niah *primes* such a server: before a
+  cell it sends the cell's own prompt tokens up to the needle (`/completion`, no answer), the
+  server checkpoints 4 tokens before that end, and the next cell, which shares the haystack up to
+  this needle, restores it. The prompt sent is unchanged; the primer's computed tokens are counted.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ def reuse_kind(facts: GGUFFacts | None) -> str | None:
     return FULL
 
 
+def needs_priming(facts: GGUFFacts | None) -> bool:
+    """True for models whose prefix reuse needs a checkpoint niah makes by priming (module doc)."""
+    return reuse_kind(facts) == RECURRENT
+
+
+def priming_prefix(prompt: Prompt) -> int:
+    """Prompt tokens before the needle: the prefix the next cell can share with this one."""
+    return prompt.haystack_token_start + prompt.needle_token_offset
+
+
 def reuse_flags(facts: GGUFFacts | None) -> list[str]:
     """llama-server flags that make prefix reuse possible for this model (`--swa-full` for a
     sliding-window model; nothing helps a recurrent one in this build, see the module doc)."""
@@ -62,7 +75,7 @@ def shortfall_reason(kind: str | None, server_args: list[str] | tuple[str, ...] 
         return "a sliding-window model keeps only its window: launch llama-server with --swa-full"
     if kind == RECURRENT:
         return (
-            "a hybrid/recurrent model goes back only to a context checkpoint, and llama-server checkpoints "
-            "a prompt only where a user message starts and just before its end: none lies inside the haystack"
+            "a hybrid/recurrent model goes back only to a context checkpoint (niah primes one at each needle; "
+            "see the server log's 'context checkpoint' lines, shown with -lv 4)"
         )
     return "the server did not keep the previous prompt (another client, several slots, or a restart)"

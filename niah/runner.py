@@ -32,7 +32,7 @@ from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
-from niah.reuse import reusable_tokens, shortfall
+from niah.reuse import needs_priming, priming_prefix, reusable_tokens, shortfall
 from niah.session import ServerSpec, ServerUnreachable
 
 RESULTS_FILE = "results.jsonl"
@@ -274,7 +274,7 @@ def run_group(
             result = run_cell(state, endpoint, build, cell)
             state.results.append(result)
             state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
-            state.computed += result.prompt_n or 0
+            state.computed += (result.prompt_n or 0) + (result.prime_n or 0)
             state.cached += result.cache_n or 0
             state.reusable += result.cache_expected or 0
             if not warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
@@ -316,6 +316,10 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     started, waited = time.monotonic(), endpoint.session.wait_s
     try:
         prompt, counted, built_with = build(cell, needle)
+        if counted == cell.length and config.cache_reuse and needs_priming(endpoint.report.model_facts):
+            ids = endpoint.session.tokenize(prompt.text, parse_special=True, add_special=True)
+            base["prime_n"] = endpoint.session.prime(ids[: priming_prefix(prompt)])
+            endpoint.last_prompt = prompt  # the server's cache now holds this prompt up to its needle
     except LengthUnreachable as exc:
         return CellResult(**base, outcome="TOKEN_MISMATCH", error=str(exc))  # type: ignore[arg-type]
     except ServerUnreachable as exc:

@@ -270,6 +270,14 @@ class ServerSession:
         payload = {"messages": messages, "chat_template_kwargs": {"enable_thinking": self.spec.thinking == "on"}}
         return str(self.post("/apply-template", payload)["prompt"])
 
+    def prime(self, tokens: list[int]) -> int | None:
+        """Have the server compute `tokens` (a prompt prefix) into its cache and stop there, so it
+        checkpoints a hybrid model's state at that point; returns the tokens it computed."""
+        body = self.post("/completion", {"prompt": tokens, "n_predict": 0, "cache_prompt": True})
+        timings = body.get("timings")
+        computed = timings.get("prompt_n") if isinstance(timings, dict) else None
+        return int(computed) if isinstance(computed, int) else None
+
     # --- the chat ----------------------------------------------------------------------
 
     def chat(

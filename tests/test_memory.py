@@ -57,7 +57,8 @@ def models(request: pytest.FixtureRequest, name: str) -> Path:
 @pytest.mark.parametrize("model", ["smollm2", "qwen35", "gemma3"])
 @pytest.mark.parametrize(
     ("context", "options"),
-    [(4096, ""), (4096, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n")],
+    [(4096, ""), (4096, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n"),
+     (3000, "parallel = 2\nkv_unified = true\nswa_full = false\n")],
 )
 def test_formula_agrees_with_llama_fit_params(
     request: pytest.FixtureRequest, fit_tool: Path, model: str, context: int, options: str
@@ -70,10 +71,10 @@ def test_formula_agrees_with_llama_fit_params(
     projected = fit_params(fit_tool, path, plan.args)
     assert projected.source == "llama-fit-params"
     expected = plan.memory
-    if profile.kv_unified and facts.swa_layers:
+    if profile.kv_unified and facts.swa_layers and "--swa-full" not in plan.args:
         # llama-fit-params refuses --kv-unified, so it sizes one window cache per slot instead of
         # one shared window of n_swa × slots: compare with the launch it was actually given.
-        given = plan_launch(parse_profile(f"context = {context // 2}\nparallel = 2\n", "given"), facts).memory
+        given = plan_launch(parse_profile(f"context = {context // 2}\nparallel = 2\nswa_full = false\n", "given"), facts).memory
         assert given is not None and given.kv_bytes != expected.kv_bytes
         expected = given
     assert projected.kv_bytes == pytest.approx(expected.kv_bytes, rel=0.01)
@@ -88,10 +89,18 @@ def test_formula_agrees_with_llama_fit_params(
 
 def test_gemma3_window_cache_is_llama_cpps_count(gemma3: Path) -> None:
     # DESIGN.md: 8192 cells × 3 global layers + 1024 cells × 15 window layers = 39 MiB at f16.
-    plan = plan_launch(parse_profile("context = 8192", "g"), read_gguf_facts(gemma3))
-    assert plan.memory is not None
+    plan = plan_launch(parse_profile("context = 8192\nswa_full = false", "g"), read_gguf_facts(gemma3))
+    assert plan.memory is not None and "--swa-full" not in plan.args
     assert plan.memory.kv_bytes == (8192 * 3 + 1024 * 15) * 2 * (256 * 2) * 1  # 1 KV head of 256, K+V f16
     assert plan.memory.kv_bytes == 39 * MIB
+
+
+def test_gemma3_gets_swa_full_by_default_and_its_memory_counts_it(gemma3: Path) -> None:
+    """--swa-full (what makes prefix reuse possible on a sliding-window model) keeps all 18 layers
+    at full size: 144 MiB instead of 39, in the estimate too."""
+    plan = plan_launch(parse_profile("context = 8192", "g"), read_gguf_facts(gemma3))
+    assert plan.memory is not None and "--swa-full" in plan.args
+    assert plan.memory.kv_bytes == 8192 * 18 * 2 * (256 * 2) == 144 * MIB
 
 
 def test_server_only_flags_are_dropped() -> None:
