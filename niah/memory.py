@@ -31,6 +31,7 @@ REFERENCE_RECURRENT = {"qwen35": (72, 4, 128, 16, 32)}
 RS_ROLLBACK_ARCHS = frozenset({"qwen35", "qwen35moe", "lfm2", "nemotron_h", "nemotron_h_moe"})
 SWA_PAD = 256  # llama.cpp pads the sliding-window cache to a multiple of 256 cells
 DEFAULT_UBATCH = 512
+DEFAULT_CTX_CHECKPOINTS = 32  # llama-server's --ctx-checkpoints default
 MIB = 2**20
 FIT_PARAMS = "llama-fit-params"
 # llama-server options llama-fit-params refuses: (flag, takes a value).
@@ -79,6 +80,9 @@ class MemoryEstimate:
     """llama-fit-params' `projected to use ...` lines, verbatim."""
     note: str = ""
     """Why the formula stands in, when llama-fit-params was wanted but could not answer."""
+    checkpoint_bytes: int = 0
+    """Host memory the context checkpoints of a hybrid model may take: up to --ctx-checkpoints
+    (default 32) copies of one slot's recurrent state per slot; niah's reuse primers create them."""
 
     @property
     def total_bytes(self) -> int | None:
@@ -98,6 +102,9 @@ class MemoryEstimate:
         out.append(f"KV total:      {gb(self.kv_bytes)}  ({self.kv_cells:,} cells)")
         if self.recurrent_bytes:
             out.append(f"recurrent:     {gb(self.recurrent_bytes)}")
+        if self.checkpoint_bytes:
+            out.append(f"checkpoints:   up to {gb(self.checkpoint_bytes)} of host memory (context checkpoints "
+                       "for prefix reuse, not in the total)")
         if self.compute_bytes is not None:
             out.append(f"compute:       {gb(self.compute_bytes)}")
         if self.weights_bytes is None:
@@ -130,6 +137,7 @@ class MemoryEstimate:
             "devices": [vars(d) for d in self.devices],
             "projection": list(self.projection),
             "note": self.note,
+            "checkpoint_bytes": self.checkpoint_bytes,
         }
 
 
@@ -163,6 +171,8 @@ class LaunchShape:
     mtp_draft_n_max: int | None = None
     swa_full: bool = False
     """`--swa-full`: sliding-window layers keep every cell, like full attention."""
+    ctx_checkpoints: int = DEFAULT_CTX_CHECKPOINTS
+    """`--ctx-checkpoints`: context checkpoints each slot keeps at most."""
 
 
 def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> MemoryEstimate | None:
@@ -224,6 +234,7 @@ def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> M
         kv_cells=cells,
         kv_bytes_per_token=per_token,
         shape=shape,
+        checkpoint_bytes=recurrent_layers * state * 4 * launch.ctx_checkpoints * max(1, launch.parallel),
     )
 
 
@@ -341,4 +352,5 @@ def project(formula_estimate: MemoryEstimate | None, model: Path | None, server_
         notes.append("it cannot take --kv-unified: per-slot caches, same totals but for sliding windows")
     if "--spec-type" in server_args:
         notes.append("it cannot take --spec-type: MTP's draft KV and recurrent snapshots are not in it")
-    return replace(projected, shape=formula_estimate.shape if formula_estimate else "", note="; ".join(notes))
+    return replace(projected, shape=formula_estimate.shape if formula_estimate else "", note="; ".join(notes),
+                   checkpoint_bytes=formula_estimate.checkpoint_bytes if formula_estimate else 0)

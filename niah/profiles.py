@@ -7,6 +7,7 @@ and caps every slot at it) lands on at least the target: a launch one token shor
 
 from __future__ import annotations
 
+import itertools
 import struct
 import sys
 from dataclasses import dataclass, field, fields
@@ -16,7 +17,7 @@ from pathlib import Path
 from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
-from niah.memory import CACHE_TYPES, LaunchShape, MemoryEstimate, formula
+from niah.memory import CACHE_TYPES, DEFAULT_CTX_CHECKPOINTS, LaunchShape, MemoryEstimate, formula
 from niah.reuse import reuse_flags
 
 if sys.version_info >= (3, 11):
@@ -234,8 +235,17 @@ def estimate_memory(
         n_ctx=n_ctx, parallel=profile.parallel, kv_unified=profile.kv_unified,
         cache_type_k=profile.cache_type_k, cache_type_v=profile.cache_type_v,
         ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max, swa_full=swa_full,
+        ctx_checkpoints=_ctx_checkpoints(profile.extra_args),
     )
     return formula(launch, facts, arch)
+
+
+def _ctx_checkpoints(extra_args: tuple[str, ...]) -> int:
+    """`--ctx-checkpoints N` from a profile's extra arguments, else llama-server's default."""
+    for flag, value in itertools.pairwise(extra_args):
+        if flag in ("--ctx-checkpoints", "-ctxcp") and value.isdigit():
+            return int(value)
+    return DEFAULT_CTX_CHECKPOINTS
 
 
 # ---- loading ----------------------------------------------------------------------------------

@@ -76,6 +76,19 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 
 
 @pytest.fixture(scope="session")
+def gemma3() -> Path:
+    """Gemma 3 270M (sliding-window attention), installed by scripts/setup.sh."""
+    from niah.packaged_models import find_gemma3_270m
+
+    try:
+        return find_gemma3_270m()
+    except NiahError as exc:
+        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def qwen35_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The qwen35 test bed with its MTP block, built once per session (seconds; no server needed)."""
     path, _ = build_testbed("qwen35", tmp_path_factory.mktemp("testbed") / "qwen35-testbed.gguf", mtp=True)

@@ -16,7 +16,6 @@ from niah.cli import main
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
 from niah.memory import MIB, find_fit_params, fit_params, fit_params_args, parse_fit_params
-from niah.packaged_models import find_gemma3_270m
 from niah.profiles import parse_profile, plan_launch
 from niah.server import find_server_binary
 
@@ -41,11 +40,6 @@ def fit_tool() -> Path:
         return tool
 
     return _need(find)
-
-
-@pytest.fixture(scope="module")
-def gemma3() -> Path:
-    return _need(find_gemma3_270m)
 
 
 def models(request: pytest.FixtureRequest, name: str) -> Path:
