@@ -28,6 +28,9 @@ PROBE_FRACTIONS = (8, 4, 2)
 """A probe prefills 1/8, 1/4 and 1/2 of the grid's smallest length (unless lengths are given)."""
 PROBE_MIN_TOKENS = 256
 PROBE_DECODE_TOKENS = 16
+PROBE_ROUNDS = 2
+"""Each probe length is prefilled this many times, ascending then descending, so a load that drifts
+during the probe weighs on every length alike."""
 
 
 @dataclass(frozen=True)
@@ -169,16 +172,19 @@ def probe_lengths(grid_lengths: list[int] | tuple[int, ...], served: int | None 
 
 
 def probe_points(
-    session: ServerSession, lengths: list[int], text: str, log: Any = None
+    session: ServerSession, lengths: list[int], text: str, log: Any = None, rounds: int = PROBE_ROUNDS
 ) -> tuple[list[PrefillPoint], float | None]:
     """Prefill a prompt of about each length (corpus text cut to that many tokens) with the prompt
-    cache off; the server's own timings give the points (prompt_n, cache_n, prompt_ms) and the
-    decode rate. One short warm-up request comes first and is not counted."""
+    cache off, `rounds` times (ascending, then descending, ...); the server's own timings give the
+    points (prompt_n, cache_n, prompt_ms) and the decode rate. One short warm-up request comes
+    first and is not counted."""
     ids = session.tokenize(_enough_text(text, max(lengths)))
     if len(ids) < max(lengths):
         raise NiahError(f"the probe text has only {len(ids):,} tokens, fewer than {max(lengths):,}")
     points, decoded, decode_s = [], 0, 0.0
-    for index, n in enumerate([min(lengths) // 4, *lengths]):
+    lengths = sorted(lengths)
+    order = [n for r in range(rounds) for n in (lengths if r % 2 == 0 else lengths[::-1])]
+    for index, n in enumerate([max(16, min(lengths) // 4), *order]):
         content = session.detokenize(ids[:n])
         chat = session.chat([{"role": "user", "content": content}], max_tokens=PROBE_DECODE_TOKENS, cache_prompt=False)
         if chat.status != "ok" or not chat.prompt_ms or not chat.prompt_n:

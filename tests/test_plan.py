@@ -200,8 +200,9 @@ def test_probe_measures_a_real_server(llama_server, capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     data = json.loads(captured.out)
     points = data["curve"]["points"]
-    assert len(points) == 3 and all(p["seconds"] > 0 and p["cached"] == 0 for p in points)
-    assert [p["length"] for p in points] == sorted(p["length"] for p in points)
+    assert len(points) == 6 and all(p["seconds"] > 0 and p["cached"] == 0 for p in points)
+    lengths = [p["length"] for p in points]
+    assert lengths[:3] == sorted(lengths[:3]) and lengths[3:] == lengths[2::-1]  # ascending, then descending
     assert data["curve"]["a_s_per_token"] + data["curve"]["b_s_per_token2"] > 0
     assert data["decode"]["source"] == "measured" and data["decode"]["tokens_per_s"] > 0
     planned = {(c["length"], c["depth"]) for c in data["cells"]}

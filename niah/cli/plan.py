@@ -155,5 +155,5 @@ def probe(
             print(line, file=sys.stderr, flush=True)
 
         points, decode_rate = probe_points(session, sorted(wanted), text, log)
-    listed = ", ".join(f"{p.length - p.cached:,}" for p in points)
-    return points, decode_rate, f"a probe of {where} ({listed} tokens, prompt cache off)"
+    listed = ", ".join(f"{n:,}" for n in sorted({p.length - p.cached for p in points}))
+    return points, decode_rate, f"a probe of {where} ({listed} tokens, {len(points)} prefills, prompt cache off)"
