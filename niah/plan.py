@@ -214,8 +214,13 @@ def _enough_text(text: str, tokens: int) -> str:
 # ---- memory (the one place plan asks for a launch's memory) -------------------------------------
 
 
-def launch_memory(profile_name: str, facts: GGUFFacts | None, arch: str | None) -> tuple[MemoryEstimate | None, str]:
-    """The memory estimate niah has for one launch profile, or None and why not."""
+def launch_memory(
+    profile_name: str, facts: GGUFFacts | None, arch: str | None, model: Path | None = None, server_bin: str | None = None
+) -> tuple[MemoryEstimate | None, str]:
+    """The memory estimate niah has for one launch profile, or None and why not.
+
+    `model` and `server_bin` are for llama.cpp's own projection (`llama-fit-params`, niah.memory):
+    when that module is there, this is the one call to switch to it."""
     from niah.profiles import load_profile, plan_launch
 
     profile = load_profile(profile_name)

@@ -115,7 +115,10 @@ def plan_command(args: argparse.Namespace) -> int:
         decode_rate=decode_rate,
         decode_source=decode_source,
         cache_reuse=not args.no_cache_reuse,
-        memory={name: launch_memory(name, facts, args.arch) for name in sorted(set(launch_of.values()))},
+        memory={
+            name: launch_memory(name, facts, args.arch, args.model, args.server_bin)
+            for name in sorted(set(launch_of.values()))
+        },
     )
     print(json.dumps(plan_json(plan), indent=2) if args.json else plan_text(plan))
     return 0
