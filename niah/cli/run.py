@@ -30,17 +30,27 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_grid_options(parser)
+    parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
+    add_target_options(parser)
+    add_common_options(parser)
+    parser.set_defaults(func=run_command)
+
+
+def add_grid_options(parser: argparse.ArgumentParser) -> None:
+    """The grid's options, shared by `run` and `plan`."""
     parser.add_argument("--lengths", required=True, help="e.g. 131k,262144,1010000 (k=1024, m=1024²)")
     parser.add_argument("--depths", default="0,25,50,75,100", help="percents, or linspace:0:100:11")
     parser.add_argument("--trials", type=int, default=1, help="needles per cell (different values)")
-    parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
-    target = parser.add_argument_group("server (one of)")
+
+
+def add_target_options(parser: argparse.ArgumentParser, title: str = "server (one of)") -> None:
+    """Where the grid runs: a URL, or --model with launch profiles; shared by `run` and `plan`."""
+    target = parser.add_argument_group(title)
     target.add_argument("--url", help="an already running llama-server")
     target.add_argument("--model", type=Path, help="GGUF for managed launches")
     target.add_argument("--profile", help="launch profile for every length (with --model)")
     target.add_argument("--profile-for-length", help="LENGTH=PROFILE,... one launch per group of lengths")
-    add_common_options(parser)
-    parser.set_defaults(func=run_command)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
