@@ -217,17 +217,19 @@ def _enough_text(text: str, tokens: int) -> str:
 def launch_memory(
     profile_name: str, facts: GGUFFacts | None, arch: str | None, model: Path | None = None, server_bin: str | None = None
 ) -> tuple[MemoryEstimate | None, str]:
-    """The memory estimate niah has for one launch profile, or None and why not.
-
-    `model` and `server_bin` are for llama.cpp's own projection (`llama-fit-params`, niah.memory):
-    when that module is there, this is the one call to switch to it."""
+    """The memory of one launch profile: llama.cpp's own projection (`llama-fit-params`) when the
+    model file and the tool are there, else niah's formula (niah.memory.project); None and why not."""
+    from niah.memory import project
     from niah.profiles import load_profile, plan_launch
+    from niah.server import find_server_binary
 
     profile = load_profile(profile_name)
     try:
-        memory = plan_launch(profile, facts, None, arch).memory
+        plan = plan_launch(profile, facts, None, arch)
+        binary = find_server_binary(server_bin) if model is not None else None
     except NiahError as exc:
         return None, str(exc)
+    memory = project(plan.memory, model, binary, plan.args)
     if memory is None:
         return None, "unknown (give --model GGUF, or --arch with a known shape)"
     return memory, ""
@@ -416,16 +418,7 @@ def plan_text(plan: Plan) -> str:
 
 
 def memory_json(memory: MemoryEstimate | None) -> dict[str, Any] | None:
-    if memory is None:
-        return None
-    return {
-        "kv_bytes_per_token": memory.kv_bytes_per_token,
-        "kv_cells": memory.kv_cells,
-        "kv_bytes": memory.kv_bytes,
-        "weights_bytes": memory.weights_bytes,
-        "total_bytes": memory.total_bytes,
-        "shape": memory.shape,
-    }
+    return None if memory is None else memory.as_json()
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
