@@ -28,7 +28,7 @@ DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 
 
 def measure(name: str, model: Path, profile: str, grid: tuple, tmp: Path) -> None:
-    folder = tmp / name.replace(" ", "-")
+    folder = tmp / str(len(list(tmp.iterdir())))
     folder.mkdir()
     (folder / "profile.toml").write_text(profile)
     lengths = [length for length, _ in grid]
