@@ -16,15 +16,17 @@ SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 @dataclass(frozen=True)
 class Cell:
-    """One test point: a prompt of exactly `length` tokens with the needle at `depth` percent."""
+    """One test point: a prompt of exactly `length` tokens with the task's target at `depth` percent."""
 
     length: int
     depth: float
     trial: int
+    task: str = "single"
+    """The task's name (niah.tasks): `single`, `multikey:4`, ..."""
 
     @property
-    def key(self) -> tuple[int, float, int]:
-        return (self.length, float(self.depth), self.trial)
+    def key(self) -> tuple[str, int, float, int]:
+        return (self.task, self.length, float(self.depth), self.trial)
 
 
 def parse_length(text: str) -> int:
@@ -80,9 +82,11 @@ def parse_depths(text: str) -> tuple[float, ...]:
     return depths
 
 
-def plan_cells(grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int) -> list[Cell]:
-    """Cells in sending order from (length, depths) rows: lengths ascending; per length and
-    trial, depth descending.
+def plan_cells(
+    grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int, tasks: tuple[str, ...] = ("single",)
+) -> list[Cell]:
+    """Cells in sending order from (length, depths) rows: lengths ascending; per length, task (in
+    the order given) and trial, depth descending.
 
     Consecutive prompts of one length share the haystack up to the later cell's needle, so
     descending depth lets the server's prompt cache skip that prefix.
@@ -95,8 +99,9 @@ def plan_cells(grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int) -> 
     for length, depths in grid:
         rows.setdefault(length, set()).update(float(d) for d in depths)
     return [
-        Cell(length, depth, trial)
+        Cell(length, depth, trial, task)
         for length, depths in sorted(rows.items())
+        for task in tasks
         for trial in range(trials)
         for depth in sorted(depths, reverse=True)
     ]

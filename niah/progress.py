@@ -20,7 +20,7 @@ def expected_prefill(cells: list[Cell]) -> list[int]:
     expected: list[int] = []
     previous: Cell | None = None
     for cell in cells:
-        same_run = previous is not None and (previous.length, previous.trial) == (cell.length, cell.trial)
+        same_run = previous is not None and (previous.length, previous.trial, previous.task) == (cell.length, cell.trial, cell.task)
         shared = cell.depth / 100 if same_run and previous.depth > cell.depth else 0.0  # type: ignore[union-attr]
         expected.append(max(1, round(cell.length * (1 - shared))))
         previous = cell
@@ -99,7 +99,8 @@ class RunProgress:
 
     @staticmethod
     def _label(cell: Cell) -> str:
-        return f"L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
+        task = "" if cell.task == "single" else f"{cell.task} "
+        return f"{task}L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
 
     def close(self) -> None:
         self._bar.close()

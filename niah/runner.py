@@ -27,11 +27,12 @@ from niah.errors import (
 )
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
-from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
+from niah.needles import NeedleSpec, load_needle_spec, score_needle
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.session import ServerSpec, ServerUnreachable
+from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
 
@@ -44,6 +45,8 @@ class RunConfig:
     """(length, depths) rows; a length with no depths is planned but not run."""
     out_dir: Path
     trials: int = 1
+    tasks: tuple[Task, ...] = (Task(SINGLE, SINGLE),)
+    """What each cell plants and asks (niah.tasks); every task runs the whole grid."""
     url: str | None = None
     """An already running server; otherwise `model` + `profiles` describe managed launches."""
     model: Path | None = None
@@ -144,6 +147,9 @@ def run_fingerprint(
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
+    if custom:
+        fingerprint["task_files"] = custom
     if config.model:
         fingerprint["model"] = model_identity(config.model)
     if launches:
@@ -193,7 +199,7 @@ def run(config: RunConfig) -> RunSummary:
     check_out_dir(config.out_dir)
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.trials)
+    cells = plan_cells(config.grid, config.trials, tuple(t.name for t in config.tasks))
     facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
     if config.profiles:
@@ -278,10 +284,12 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     server tokens), CRASH (the server died while the prompt was being counted).
     """
     config = state.config
-    needle = make_needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
+    task = next(t for t in config.tasks if t.name == cell.task)
+    needle = task.needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
     state.progress.start_cell(cell)
     base = {
-        "length": cell.length, "depth": cell.depth, "trial": cell.trial, "needle_value": needle.value,
+        "task": cell.task, "length": cell.length, "depth": cell.depth, "trial": cell.trial,
+        "needle_value": ",".join(needle.expected),
         "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
         "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
     }
@@ -301,6 +309,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     base.update(
         depth_actual=prompt.depth_actual, needle_offset=prompt.needle_token_offset,
         prompt_tokens_planned=prompt.prompt_tokens, tokenizer=built_with,
+        planted=tuple(p.to_dict() for p in prompt.planted),
     )
     if counted != cell.length:
         return CellResult(**base, outcome="TOKEN_MISMATCH", error=(  # type: ignore[arg-type]
@@ -314,7 +323,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         cache_prompt=config.cache_reuse,
         on_progress=state.progress.prefill,
     )
-    outcome, error = decide_outcome(chat, prompt, endpoint)
+    outcome, error, score = decide_outcome(chat, prompt, endpoint)
     wall = time.monotonic() - started
     server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0)) / 1000
     overhead = wall - (endpoint.session.wait_s - waited) - server_s
@@ -322,6 +331,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     return CellResult(
         **base,  # type: ignore[arg-type]
         outcome=outcome,
+        score=score,
         answer=chat.answer,
         prompt_tokens_served=chat.prompt_tokens,
         prompt_n=chat.prompt_n,
@@ -346,22 +356,24 @@ def exit_code(outcomes: Counter[str]) -> int:
     return EXIT_OK
 
 
-def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None]:
-    """Map a chat result to an outcome; a dropped connection is CRASH when the server is gone."""
+def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None, float | None]:
+    """Map a chat result to an outcome and its score (the fraction of expected values answered;
+    None when not scored); a dropped connection is CRASH when the server is gone."""
     if chat.status == "context_error":
-        return "CONTEXT_ERROR", chat.error
+        return "CONTEXT_ERROR", chat.error, None
     if chat.status == "timeout":
-        return "TIMEOUT", chat.error
+        return "TIMEOUT", chat.error, None
     if chat.status != "ok":
         if endpoint.died():
-            return "CRASH", f"llama-server died during the cell ({chat.error})"
-        return "HTTP_ERROR", chat.error
+            return "CRASH", f"llama-server died during the cell ({chat.error})", None
+        return "HTTP_ERROR", chat.error, None
     if chat.prompt_tokens != prompt.prompt_tokens:
         return "TOKEN_MISMATCH", (
             f"server counted {chat.prompt_tokens} prompt tokens, planned {prompt.prompt_tokens}"
-        )
-    if score_answer(chat.answer, prompt.needle.value):
-        return "PASS", None
+        ), None
+    score = round(score_needle(chat.answer, prompt.needle), 4)
+    if score == 1.0:
+        return "PASS", None, score
     if chat.finish_reason == "length":
-        return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out"
-    return "FAIL", None
+        return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out", score
+    return "FAIL", None, score
