@@ -11,6 +11,8 @@ ANSWER_BUDGET = 32
 """Tokens a cell leaves for the answer (on top of its length L) with thinking off."""
 THINKING_ANSWER_BUDGET = 4096
 """The same with thinking on: the reasoning comes before the answer."""
+BUDGET_PER_EXTRA_ANSWER = 32
+"""Tokens added to the default budget for each expected value past the first (all-of tasks)."""
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 

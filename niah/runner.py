@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from niah import __version__
-from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET, Cell, plan_cells
+from niah.cells import (
+    ANSWER_BUDGET,
+    BUDGET_PER_EXTRA_ANSWER,
+    THINKING_ANSWER_BUDGET,
+    Cell,
+    plan_cells,
+)
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
 from niah.endpoints import Endpoint, PromptBuilder, open_endpoint, prompt_builder, resolve_tokenizer
@@ -81,6 +87,17 @@ class RunConfig:
         if self.answer_budget is not None:
             return self.answer_budget
         return THINKING_ANSWER_BUDGET if self.thinking == "on" else ANSWER_BUDGET
+
+    def task_budget(self, name: str) -> int:
+        """The answer budget of a task's cells: `budget`, plus BUDGET_PER_EXTRA_ANSWER per expected
+        value past the first unless --answer-budget was given."""
+        if self.answer_budget is not None:
+            return self.answer_budget
+        return self.budget + BUDGET_PER_EXTRA_ANSWER * (self.task(name).answers - 1)
+
+    def task(self, name: str) -> Task:
+        """The task named `name`."""
+        return next(t for t in self.tasks if t.name == name)
 
     @property
     def results_path(self) -> Path:
@@ -250,7 +267,7 @@ def run_group(
     todo = [c for c in group if c.key not in done]
     if not todo:
         return
-    needed = max(c.length for c in group) + config.budget
+    needed = max(c.length + config.task_budget(c.task) for c in group)
     spec = server_spec(config, launch)
     with open_endpoint(spec, needed, launch[0] if launch else None, native_context) as endpoint:
         tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
@@ -284,8 +301,8 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     server tokens), CRASH (the server died while the prompt was being counted).
     """
     config = state.config
-    task = next(t for t in config.tasks if t.name == cell.task)
-    needle = task.needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
+    budget = config.task_budget(cell.task)
+    needle = config.task(cell.task).needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
     state.progress.start_cell(cell)
     base = {
         "task": cell.task, "length": cell.length, "depth": cell.depth, "trial": cell.trial,
@@ -293,9 +310,9 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
         "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
     }
-    if cell.length + config.budget > endpoint.served_n_ctx:
+    if cell.length + budget > endpoint.served_n_ctx:
         return CellResult(**base, outcome="CLAMPED", error=(  # type: ignore[arg-type]
-            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {config.budget}"
+            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {budget}"
         ))
     started, waited = time.monotonic(), endpoint.session.wait_s
     try:
@@ -317,7 +334,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         ))
     chat = endpoint.session.chat(
         list(prompt.messages),
-        max_tokens=config.budget,
+        max_tokens=budget,
         temperature=config.temperature,
         seed=config.seed,
         cache_prompt=config.cache_reuse,

@@ -82,6 +82,13 @@ class Task:
     count: int = 1
     custom: CustomTask | None = None
 
+    @property
+    def answers(self) -> int:
+        """How many values a correct answer contains."""
+        if self.custom is not None:
+            return len(self.custom.needles) if self.custom.scorer == "all" else 1
+        return {"multivalue": self.count, "multiquery": self.count, "chain": self.count + 1}.get(self.kind, 1)
+
     def needle(self, seed: int, length: int, depth: float, trial: int, spec: NeedleSpec | None = None) -> Needle:
         """What the cell (length, depth, trial) of this task plants and asks."""
         if self.kind == SINGLE:
