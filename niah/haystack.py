@@ -272,9 +272,11 @@ def build(
     exact_full = builder.full_count
     target = length - minimum
     seen: set[int] = set()
+    frozen: list[int] | None = None
     for _ in range(MAX_ROUNDS):
         n, tail, tail_tokens = builder.filler(target)
-        pieces, plant_at = builder.assemble(n, tail, builder.positions(n, tail_tokens, float(depth)))
+        ks = frozen or builder.positions(n, tail_tokens, float(depth))
+        pieces, plant_at = builder.assemble(n, tail, ks)
         if exact_full:
             text = builder.text_of(pieces)
             total = count_prompt(tokenizer, text)
@@ -287,7 +289,13 @@ def build(
         if total == length:
             break
         step = length - total
-        target = max(0, target + (step if target + step not in seen else step + (1 if step > 0 else -1)))
+        if target + step in seen and frozen is None:
+            # a plant crossing a sentence boundary changed the count by more than the step: keep
+            # the plants where they are and let the truncated last sentence absorb the rest
+            frozen = ks
+            target = max(0, target + step)
+        else:
+            target = max(0, target + (step if target + step not in seen else step + (1 if step > 0 else -1)))
         seen.add(target)
     else:
         raise LengthUnreachable(f"could not build a prompt of exactly {length} tokens with {tokenizer.name}")
