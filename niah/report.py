@@ -32,6 +32,8 @@ class ReportPaths:
     report_html: Path
     grid_markdown: str
     """The grid text written to grid_md."""
+    summary: dict[str, Any]
+    """What summary_json holds."""
 
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +87,7 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         raise NiahError(f"{results_path} holds no finished cells yet")
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_text = tasks_grid_markdown(df)
+    summary = summarize(df, fingerprint)
     paths = ReportPaths(
         grid_md=out_dir / "grid.md",
         cells_csv=out_dir / "cells.csv",
@@ -92,8 +95,8 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         heatmap_png=out_dir / "heatmap.png",
         report_html=out_dir / "report.html",
         grid_markdown=grid_text,
+        summary=summary,
     )
-    summary = summarize(df, fingerprint)
     paths.grid_md.write_text(grid_text, encoding="utf-8")
     df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
     paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from niah import __version__
 from niah.cells import (
@@ -115,6 +116,8 @@ class RunSummary:
     prefill_tokens_cached: int
     grid_markdown: str
     exit_code: int
+    per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per task, one row per length: passes, retrieval trials, pass rate, Wilson 95% bounds, mean score."""
 
 
 def launch_groups(config: RunConfig) -> list[tuple[str | None, list[int]]]:
@@ -247,6 +250,7 @@ def run(config: RunConfig) -> RunSummary:
         prefill_tokens_cached=state.cached,
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
+        per_length={task: t["per_length"] for task, t in report.summary["tasks"].items()},
     )
 
 

@@ -137,6 +137,13 @@ def print_summary(summary: RunSummary) -> int:
     print(summary.grid_markdown)
     counts = ", ".join(f"{name} {count}" for name, count in sorted(summary.outcomes.items()))
     print(f"\noutcomes: {counts}")
+    several = len(summary.per_length) > 1 or list(summary.per_length) != ["single"]
+    for task, rows in summary.per_length.items():
+        for row in rows:
+            if row["retrieval"] and (several or row["retrieval"] > 1):
+                rate = f"{row['passes']}/{row['retrieval']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
+                score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
+                print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
     total = summary.prefill_tokens_computed + summary.prefill_tokens_cached
     if total:
         print(
