@@ -204,3 +204,23 @@ def test_committed_v1_file_still_loads() -> None:
     clamped = df[df["outcome"] == "CLAMPED"].iloc[0]
     assert clamped["factor"] == "2x YaRN" and pd.isna(clamped["prompt_tokens_served"])
     assert read_header(path)["fingerprint"]["model"]["size"] == 98159968
+
+
+def test_v1_cells_are_the_single_task_and_a_v2_task_is_its_own_cell(tmp_path: Path) -> None:
+    """A schema-1 file resumes: its cells (no `task`) are `single`; a task's cell of the same
+    (length, depth, trial) is another cell, and both load."""
+    path = tmp_path / "results.jsonl"
+    path.write_bytes((FIXTURES / "results-v1.jsonl").read_bytes())
+    fingerprint = read_header(path)["fingerprint"]
+    results = ResultsFile(path, fingerprint)
+    assert ("single", 2048, 0.0, 0) in results.done_keys()
+    planted = ({"text": "VAR ABCDE = 7391.", "value": "ABCDE", "role": "target", "depth": 0.0,
+                "token_offset": 0, "tokens": 7, "depth_actual": 0.0},)
+    results.append(cell(depth=0.0, task="chain:1", outcome="FAIL", score=0.5, planted=planted))
+    resumed = ResultsFile(path, fingerprint)
+    assert {("single", 2048, 0.0, 0), ("chain:1", 2048, 0.0, 0)} <= resumed.done_keys()
+    df = load_cells(path)
+    both = df[(df["length"] == 2048) & (df["depth"] == 0.0)]
+    assert list(zip(both["task"], both["outcome"])) == [("chain:1", "FAIL"), ("single", "PASS")]
+    assert both.iloc[0]["planted"] == list(planted) and both.iloc[0]["score"] == 0.5
+    assert lines(path)[-1]["schema_version"] == SCHEMA_VERSION == 2
