@@ -162,48 +162,49 @@ def _depths(rng: random.Random, count: int) -> list[float]:
     return [round(rng.uniform(0.0, 100.0), 2) for _ in range(count)]
 
 
+def _scatter(texts: list[str], values: list[str], rng: random.Random, role: str) -> tuple[Plant, ...]:
+    """The first text as the target (at the cell's depth), the others as `role` at seeded depths,
+    each kept off the others' positions."""
+    plants = [Plant(texts[0], values[0])]
+    plants += [
+        Plant(text, value, role, at, apart=True)
+        for text, value, at in zip(texts[1:], values[1:], _depths(rng, len(texts) - 1))
+    ]
+    return tuple(plants)
+
+
 def _multikey(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     keys = _keys(rng, count)
-    plants = [Plant(KEYED_NEEDLE.format(key=keys[0], value=values[0]), values[0])]
-    plants += [
-        Plant(KEYED_NEEDLE.format(key=key, value=value), value, "distractor", depth, apart=True)
-        for key, value, depth in zip(keys[1:], values[1:count], _depths(rng, count - 1))
-    ]
+    texts = [KEYED_NEEDLE.format(key=key, value=value) for key, value in zip(keys, values)]
+    plants = _scatter(texts, values[:count], rng, "distractor")
     question = (
         f"What is the special magic number for {keys[0]} mentioned in the text above? "
         "Answer with the number only."
     )
-    return Needle(plants[0].text, values[0], question, MULTI_INTRO, tuple(plants))
+    return Needle(plants[0].text, values[0], question, MULTI_INTRO, plants)
 
 
 def _multivalue(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     key = _keys(rng, 1)[0]
-    text = "One of the special magic numbers for {key} is: {value}."
-    plants = [Plant(text.format(key=key, value=values[0]), values[0])]
-    plants += [
-        Plant(text.format(key=key, value=value), value, "value", depth, apart=True)
-        for value, depth in zip(values[1:count], _depths(rng, count - 1))
-    ]
+    texts = [f"One of the special magic numbers for {key} is: {value}." for value in values[:count]]
+    plants = _scatter(texts, values[:count], rng, "value")
     question = (
         f"What are all the special magic numbers for {key} mentioned in the text above? "
         "Answer with the numbers only."
     )
-    return Needle(plants[0].text, values[0], question, MULTI_INTRO, tuple(plants), tuple(values[:count]))
+    return Needle(plants[0].text, values[0], question, MULTI_INTRO, plants, tuple(values[:count]))
 
 
 def _multiquery(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     keys = _keys(rng, count)
-    plants = [Plant(KEYED_NEEDLE.format(key=keys[0], value=values[0]), values[0])]
-    plants += [
-        Plant(KEYED_NEEDLE.format(key=key, value=value), value, "query", depth, apart=True)
-        for key, value, depth in zip(keys[1:], values[1:count], _depths(rng, count - 1))
-    ]
+    texts = [KEYED_NEEDLE.format(key=key, value=value) for key, value in zip(keys, values)]
+    plants = _scatter(texts, values[:count], rng, "query")
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
     question = (
         f"What are the special magic numbers for {asked} mentioned in the text above? "
         "Answer with the numbers only."
     )
-    return Needle(plants[0].text, values[0], question, MULTI_INTRO, tuple(plants), tuple(values[:count]))
+    return Needle(plants[0].text, values[0], question, MULTI_INTRO, plants, tuple(values[:count]))
 
 
 def _chain(hops: int, values: list[str], rng: random.Random, depth: float) -> Needle:

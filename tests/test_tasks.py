@@ -10,25 +10,13 @@ import pytest
 
 from niah.cells import plan_cells
 from niah.cli import main
-from niah.corpus import get_corpus
 from niah.errors import NiahError
 from niah.haystack import Prompt, build, get_template
 from niah.needles import Needle, make_needle, score_needle
 from niah.tasks import load_task_file, parse_task, parse_tasks
-from niah.tokenizers import get_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data"
 TASKS = ("single", "multikey:4", "multivalue:3", "multiquery:3", "chain:2", "chain:4")
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return get_tokenizer("qwen3.6")
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    return get_corpus("builtin")
 
 
 def check_placement(prompt: Prompt, tokenizer) -> list[int]:
