@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.cells import ANSWER_BUDGET, BUDGET_PER_EXTRA_ANSWER, THINKING_ANSWER_BUDGET
 from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
@@ -216,9 +217,14 @@ def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
             parts.append(f"`{task}`: {TASK_MEANING[kind].format(n=n, m=n - 1)}")
         elif task in files:
             parts.append(f"`{task}`: custom, from `{file_names(str(files[task].get('file')))}`, sha256 `{files[task].get('sha256')}`")
+    all_of = [t for t in tasks if t.partition(":")[0] in ("multivalue", "multiquery", "chain")]
+    budget = ""
+    if all_of and fp.get("answer_budget") in (ANSWER_BUDGET, THINKING_ANSWER_BUDGET):
+        budget = (f" The all-of tasks ({', '.join(f'`{t}`' for t in all_of)}) were given "
+                  f"{BUDGET_PER_EXTRA_ANSWER} answer tokens more per expected value past the first.")
     return [
         "- **Tasks:** " + "; ".join(parts) + ". Every planted sentence's token offset is recorded; "
-        "the score is the fraction of expected values the answer contains."
+        "the score is the fraction of expected values the answer contains." + budget
     ]
 
 
