@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.cells import ANSWER_BUDGET, BUDGET_PER_EXTRA_ANSWER, THINKING_ANSWER_BUDGET
 from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.report import draft_acceptance, draft_markdown
@@ -65,7 +66,7 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     df = with_tasks(df)
     fp = redact(fingerprint)
     model = _model_name(fp)
-    parts = [f"## Needle in a haystack: {model}\n", _intro(fp), *_grids(df), _legend(df)]
+    parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
     parts += ["### Per length\n", _per_length(df)]
@@ -76,9 +77,13 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     return "\n".join(parts)
 
 
-def _intro(fp: dict[str, Any]) -> str:
+def _intro(fp: dict[str, Any], tasks: bool = False) -> str:
+    planted = (
+        "one grid per task (one planted fact, or several: see Tasks below), the target placed"
+        if tasks else "one planted fact per prompt"
+    )
     return (
-        f"Needle retrieval measured with niah {fp.get('niah', '?')}: one planted fact per prompt, at each "
+        f"Needle retrieval measured with niah {fp.get('niah', '?')}: {planted}, at each "
         "prompt length (tokens as llama-server counts the whole chat request) and needle depth "
         "(% of the haystack).\n"
     )
@@ -127,6 +132,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         f"- **Chat template:** {_template(fp)}",
         f"- **Haystack:** corpus {corpus}.",
         f"- **Needle:** {_needle(fp)}",
+        *_tasks_line(df, fp),
         f"- **Generation:** {generation}.",
         (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
         "of the pass rate is given per length below (depths pooled)."),
@@ -188,6 +194,42 @@ def _needle(fp: dict[str, Any]) -> str:
     if isinstance(spec, dict):  # {"file": name, "sha256": hash of its bytes}
         return f"custom needles from `{file_names(str(spec.get('file')))}`, sha256 `{spec.get('sha256')}` ({seed})."
     return f"custom needles from `{file_names(str(spec))}`; its hash is {NOT_RECORDED} ({seed})."
+
+
+TASK_MEANING = {
+    "multikey": "{n} keyed numbers planted (\"The special magic number for KEY is: N.\"), one key asked, "
+    "the other {m} distractors at seeded depths; PASS = the asked number",
+    "multivalue": "one key with {n} numbers, the target at the depth and the rest at seeded depths; "
+    "PASS = all {n} numbers",
+    "multiquery": "{n} keyed numbers, all {n} keys asked at once; PASS = all {n} numbers",
+    "chain": "variable tracking: \"VAR A = N.\" at the depth, then {m} hops \"VAR B = VAR A.\" after it; "
+    "asked which variables hold N; PASS = all {n} names",
+}
+
+
+def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
+    """A method line for the tasks beyond `single` (none when the run holds only `single`)."""
+    tasks = [t for t in tasks_of(df) if t != SINGLE_TASK]
+    if not tasks:
+        return []
+    files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
+    parts = []
+    for task in tasks:
+        kind, _, count = task.partition(":")
+        if kind in TASK_MEANING and count.isdigit():
+            n = int(count) + (1 if kind == "chain" else 0)
+            parts.append(f"`{task}`: {TASK_MEANING[kind].format(n=n, m=n - 1)}")
+        elif task in files:
+            parts.append(f"`{task}`: custom, from `{file_names(str(files[task].get('file')))}`, sha256 `{files[task].get('sha256')}`")
+    all_of = [t for t in tasks if t.partition(":")[0] in ("multivalue", "multiquery", "chain")]
+    budget = ""
+    if all_of and fp.get("answer_budget") in (ANSWER_BUDGET, THINKING_ANSWER_BUDGET):
+        budget = (f" The all-of tasks ({', '.join(f'`{t}`' for t in all_of)}) were given "
+                  f"{BUDGET_PER_EXTRA_ANSWER} answer tokens more per expected value past the first.")
+    return [
+        "- **Tasks:** " + "; ".join(parts) + ". Every planted sentence's token offset is recorded; "
+        "the score is the fraction of expected values the answer contains." + budget
+    ]
 
 
 def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
@@ -268,6 +310,11 @@ def _reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
     args += [f"--lengths {','.join(map(str, lengths))}", f"--depths {','.join(f'{d:g}' for d in depths)}"]
     if trials != 1:
         args.append(f"--trials {trials}")
+    tasks = tasks_of(df)
+    if tasks != [SINGLE_TASK]:
+        files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
+        names = [file_names(str(files[t].get("file"))) if t in files else t for t in tasks]
+        args.append(f"--task {','.join(names)}")
     args += _option_flags(fp)
     args.append("--out runs/reproduce")
     untested = "" if len(df.groupby(["length", "depth"])) == len(lengths) * len(depths) else (

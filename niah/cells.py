@@ -11,20 +11,24 @@ ANSWER_BUDGET = 32
 """Tokens a cell leaves for the answer (on top of its length L) with thinking off."""
 THINKING_ANSWER_BUDGET = 4096
 """The same with thinking on: the reasoning comes before the answer."""
+BUDGET_PER_EXTRA_ANSWER = 32
+"""Tokens added to the default budget for each expected value past the first (all-of tasks)."""
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One test point: a prompt of exactly `length` tokens with the needle at `depth` percent."""
+    """One test point: a prompt of exactly `length` tokens with the task's target at `depth` percent."""
 
     length: int
     depth: float
     trial: int
+    task: str = "single"
+    """The task's name (niah.tasks): `single`, `multikey:4`, ..."""
 
     @property
-    def key(self) -> tuple[int, float, int]:
-        return (self.length, float(self.depth), self.trial)
+    def key(self) -> tuple[str, int, float, int]:
+        return (self.task, self.length, float(self.depth), self.trial)
 
 
 def parse_length(text: str) -> int:
@@ -87,13 +91,18 @@ def needle_position(cell: Cell) -> float:
 
 def shared_prefix(previous: Cell | None, cell: Cell) -> float:
     """Haystack tokens two consecutive prompts on one server share: every prompt's haystack is the
-    same corpus text up to its needle, so they agree up to the earlier of the two needles."""
-    return 0.0 if previous is None else min(needle_position(previous), needle_position(cell))
+    same corpus text up to its needle, so they agree up to the earlier of the two needles (for one
+    task; other tasks plant other sentences, so nothing is counted across tasks)."""
+    if previous is None or previous.task != cell.task:
+        return 0.0
+    return min(needle_position(previous), needle_position(cell))
 
 
-def plan_cells(grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int) -> list[Cell]:
-    """Cells in sending order from (length, depths) rows: ascending needle position (length × depth),
-    then length and trial.
+def plan_cells(
+    grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int, tasks: tuple[str, ...] = ("single",)
+) -> list[Cell]:
+    """Cells in sending order from (length, depths) rows: per task (in the order given), ascending
+    needle position (length × depth), then length and trial.
 
     Consecutive prompts share the haystack up to the earlier needle (`shared_prefix`), and the
     server's prompt cache skips that prefix. In this order each prompt shares everything up to the
@@ -110,5 +119,12 @@ def plan_cells(grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int) -> 
     rows: dict[int, set[float]] = {}
     for length, depths in grid:
         rows.setdefault(length, set()).update(float(d) for d in depths)
-    cells = [Cell(length, depth, trial) for length, depths in rows.items() for depth in depths for trial in range(trials)]
-    return sorted(cells, key=lambda c: (needle_position(c), c.length, c.trial))
+    cells = [
+        Cell(length, depth, trial, task)
+        for length, depths in rows.items()
+        for depth in depths
+        for task in tasks
+        for trial in range(trials)
+    ]
+    order = {task: i for i, task in enumerate(tasks)}
+    return sorted(cells, key=lambda c: (order[c.task], needle_position(c), c.length, c.trial))

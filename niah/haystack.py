@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from niah.corpus import Corpus
 from niah.corpus_tokens import TokenizedCorpus, token_starts, tokenized
@@ -22,11 +22,31 @@ from niah.needles import Needle
 from niah.templates import ChatTemplate, bos_count, count_prompt, count_text, frame, get_template
 from niah.tokenizers import ServerTokenizer, Tokenizer
 
-__all__ = ["Prompt", "build", "get_template"]
+__all__ = ["PlantedPiece", "Prompt", "build", "get_template"]
 
 Piece = str | tuple[int, int]
 """Prompt text in pieces: literal text, or a run [i, j) of whole corpus atoms."""
 MAX_ROUNDS = 24
+
+
+@dataclass(frozen=True)
+class PlantedPiece:
+    """One planted sentence where it landed in the haystack body."""
+
+    text: str
+    value: str
+    role: str
+    """`target`, `distractor`, `value`, `query` or `hop` (niah.tasks)."""
+    depth: float
+    """Nominal depth, percent of the filler."""
+    token_offset: int
+    """Tokens of the body before its first token (other plants included)."""
+    tokens: int
+    depth_actual: float
+    """100 * filler tokens before it / filler tokens (the body less every plant)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,8 @@ class Prompt:
     corpus: str = ""
     corpus_repeats: int = 1
     """How many copies of the corpus the haystack reaches into (1 = no repetition)."""
+    planted: tuple[PlantedPiece, ...] = ()
+    """Every planted sentence where it landed, the target first."""
 
 
 _FRAMES: weakref.WeakKeyDictionary[object, tuple[str, str]] = weakref.WeakKeyDictionary()
@@ -77,6 +99,7 @@ class _Builder:
         self.tok = tokenizer
         self.tc: TokenizedCorpus = tokenized(corpus, tokenizer)
         self.needle = needle
+        self.plants = needle.planted
         head, self.tail = _frame(template)
         self.head = f"{head}{needle.intro}\n\n"
         self.bos = bos_count(tokenizer)
@@ -147,40 +170,67 @@ class _Builder:
         ids = self.tok.encode(tc.atom_text(n).strip())[:rest]
         return n, lead + self.tok.decode(ids), rest
 
-    def assemble(self, n: int, tail: str, k: int) -> tuple[list[Piece], int]:
-        """Pieces of the whole prompt and the index of the needle piece; needle after filler unit k."""
+    def assemble(self, n: int, tail: str, ks: list[int]) -> tuple[list[Piece], list[int]]:
+        """Pieces of the whole prompt and the index of each plant's piece (plant order); plant i
+        follows filler unit ks[i] (0..n before atom k, n + 1 after the tail)."""
         tc = self.tc
+        order = sorted(range(len(ks)), key=lambda i: (ks[i], i))
         units: list[Piece] = []
-        if k <= n:
-            units += [(0, k)] if k else []
-            needle_at = len(units)
-            units += [""]
-            units += [(k, n)] if k < n else []
-            units += [tail] if tail else []
-        else:
-            units += [(0, n)] if n else []
-            units += [tail]
-            needle_at = len(units)
-            units += [""]
-        before = units[needle_at - 1] if needle_at else None
-        after = units[needle_at + 1] if needle_at + 1 < len(units) else None
-        prev_text = before if isinstance(before, str) else tc.atom_text(before[1] - 1) if before else ""
-        next_text = after if isinstance(after, str) else tc.atom_text(after[0]) if after else ""
-        lead = " " if prev_text and not prev_text[-1].isspace() else ""
-        trail = " " if next_text and not next_text[0].isspace() else ""
-        units[needle_at] = lead + self.needle.text + trail
+        at: dict[int, int] = {}
+        start = 0
+        for i in order:
+            k = min(ks[i], n) if ks[i] <= n else n + 1
+            if k <= n and start < k:
+                units.append((start, k))
+                start = k
+            if k > n and start < n + 1:
+                units += [(start, n)] if start < n else []
+                units += [tail] if tail else []
+                start = n + 1
+            at[i] = len(units)
+            units.append(self.plants[i].text)
+        if start < n:
+            units.append((start, n))
+        if start <= n and tail:
+            units.append(tail)
+        plant_at = set(at.values())
+        for index in sorted(plant_at):
+            before = units[index - 1] if index else None
+            after = units[index + 1] if index + 1 < len(units) else None
+            prev_text = before if isinstance(before, str) else tc.atom_text(before[1] - 1) if before else ""
+            next_text = after if isinstance(after, str) else tc.atom_text(after[0]) if after else ""
+            lead = " " if prev_text and not prev_text[-1].isspace() else ""
+            trail = " " if next_text and index + 1 not in plant_at and not next_text[0].isspace() else ""
+            units[index] = lead + str(units[index]) + trail
         last = units[-1]
         last_text = last if isinstance(last, str) else tc.atom_text(last[1] - 1)
         outro = ("" if last_text.endswith("\n") else "\n\n") + self.needle.question + self.tail
-        return [self.head, *units, outro], needle_at + 1
+        return [self.head, *units, outro], [at[i] + 1 for i in range(len(ks))]
 
     def position(self, n: int, tail_tokens: int, depth: float) -> int:
-        """Filler unit index the needle follows: the boundary nearest below depth (n + 1 = after the tail)."""
+        """Filler unit index a plant follows: the boundary nearest below depth (n + 1 = after the tail)."""
         filler = self.tc.cum_at(n) + tail_tokens
         target = depth / 100.0 * filler
         if tail_tokens and target >= filler - 1e-9:
             return n + 1
         return min(self.tc.locate(math.floor(target + 1e-9)), n)
+
+    def positions(self, n: int, tail_tokens: int, depth: float) -> list[int]:
+        """Each plant's filler unit index; `apart` plants move to the nearest boundary no other
+        plant of the target or `apart` kind holds, when the filler has one."""
+        last = n + 1 if tail_tokens else n
+        ks = [self.position(n, tail_tokens, depth if p.depth is None else p.depth) for p in self.plants]
+        taken = {ks[0]}
+        for i, plant in enumerate(self.plants[1:], 1):
+            if not plant.apart:
+                continue
+            k = ks[i]
+            free = [c for c in range(last + 1) if c not in taken]
+            if k in taken and free:
+                k = min(free, key=lambda c: (abs(c - ks[i]), c))
+            ks[i] = k
+            taken.add(k)
+        return ks
 
     def text_of(self, pieces: list[Piece]) -> str:
         return "".join(p if isinstance(p, str) else self.tc.span_text(*p) for p in pieces)
@@ -208,7 +258,7 @@ def build(
     if not (isinstance(depth, (int, float)) and 0.0 <= depth <= 100.0):
         raise NiahError(f"depth {depth!r} is outside 0-100")
     builder = _Builder(tokenizer, corpus, needle, template)
-    bare = builder.assemble(0, "", 0)[0]
+    bare = builder.assemble(0, "", [0] * len(builder.plants))[0]
     if builder.full_count:
         minimum = count_prompt(tokenizer, builder.text_of(bare))
     else:
@@ -222,10 +272,11 @@ def build(
     exact_full = builder.full_count
     target = length - minimum
     seen: set[int] = set()
+    frozen: list[int] | None = None
     for _ in range(MAX_ROUNDS):
         n, tail, tail_tokens = builder.filler(target)
-        k = builder.position(n, tail_tokens, float(depth))
-        pieces, needle_at = builder.assemble(n, tail, k)
+        ks = frozen or builder.positions(n, tail_tokens, float(depth))
+        pieces, plant_at = builder.assemble(n, tail, ks)
         if exact_full:
             text = builder.text_of(pieces)
             total = count_prompt(tokenizer, text)
@@ -238,65 +289,86 @@ def build(
         if total == length:
             break
         step = length - total
-        target = max(0, target + (step if target + step not in seen else step + (1 if step > 0 else -1)))
+        if target + step in seen and frozen is None:
+            # a plant crossing a sentence boundary changed the count by more than the step: keep
+            # the plants where they are and let the truncated last sentence absorb the rest
+            frozen = ks
+            target = max(0, target + step)
+        else:
+            target = max(0, target + (step if target + step not in seen else step + (1 if step > 0 else -1)))
         seen.add(target)
     else:
         raise LengthUnreachable(f"could not build a prompt of exactly {length} tokens with {tokenizer.name}")
-    return _finish(builder, pieces, needle_at, n, tail, length, float(depth), template)
+    return _finish(builder, pieces, plant_at, n, tail, length, float(depth), template)
 
 
-def _server_offsets(builder: _Builder, pieces: list[Piece], needle_at: int) -> tuple[int, ...] | None:
-    """Prompt tokens before the body, the needle, the needle's end and the body's end, read from the
-    server's own tokenization of the whole prompt (None when its pieces do not spell the text)."""
+def _server_offsets(builder: _Builder, pieces: list[Piece], plant_at: list[int]) -> tuple[int, int, list[tuple[int, int]]] | None:
+    """Prompt tokens before the body and before the body's end, and each plant's (first token, end),
+    read from the server's own tokenization of the whole prompt (None when its pieces do not spell
+    the text)."""
     text = builder.text_of(pieces)
     offsets = token_starts(builder.tok, text, add_special=False, parse_special=True)  # type: ignore[arg-type]
     if offsets is None:
         return None
-    needle_start = len(builder.text_of(pieces[:needle_at]))
-    chars = (
-        len(builder.head),
-        needle_start,
-        needle_start + len(str(pieces[needle_at]).rstrip()),
-        len(text) - len(str(pieces[-1])),
-    )
-    return tuple(
-        builder.bos + bisect.bisect_left(offsets, len(text[:c].encode("utf-8")), 0, len(offsets) - 1)
-        for c in chars
-    )
+
+    def token_at(chars: int) -> int:
+        return builder.bos + bisect.bisect_left(offsets, len(text[:chars].encode("utf-8")), 0, len(offsets) - 1)
+
+    spans = []
+    for index in plant_at:
+        start = len(builder.text_of(pieces[:index]))
+        spans.append((token_at(start), token_at(start + len(str(pieces[index]).rstrip()))))
+    return token_at(len(builder.head)), token_at(len(text) - len(str(pieces[-1]))), spans
 
 
-def _counted_offsets(builder: _Builder, pieces: list[Piece], needle_at: int) -> tuple[int, ...]:
-    """The same four offsets as `_server_offsets`, counted piece by piece."""
-    return (
-        builder.bos + builder.count(pieces[:1]),
-        builder.bos + builder.count(pieces[:needle_at]),
-        builder.bos + builder.count([*pieces[:needle_at], str(pieces[needle_at]).rstrip()]),
-        builder.bos + builder.count(pieces[:-1]),
-    )
+def _counted_offsets(builder: _Builder, pieces: list[Piece], plant_at: list[int]) -> tuple[int, int, list[tuple[int, int]]]:
+    """The same offsets as `_server_offsets`, counted piece by piece."""
+    spans = [
+        (
+            builder.bos + builder.count(pieces[:index]),
+            builder.bos + builder.count([*pieces[:index], str(pieces[index]).rstrip()]),
+        )
+        for index in plant_at
+    ]
+    return builder.bos + builder.count(pieces[:1]), builder.bos + builder.count(pieces[:-1]), spans
 
 
 def _finish(
-    builder: _Builder, pieces: list[Piece], needle_at: int, n: int, tail: str,
+    builder: _Builder, pieces: list[Piece], plant_at: list[int], n: int, tail: str,
     length: int, depth: float, template: ChatTemplate,
 ) -> Prompt:
-    """Measure offsets, check the needle is unique and the template verbatim, and make the Prompt."""
-    server = _server_offsets(builder, pieces, needle_at) if builder.full_count else None
-    start, before, upto, body_end = server or _counted_offsets(builder, pieces, needle_at)
+    """Measure offsets, check every planted value is where it was planted only, check the template is
+    verbatim, and make the Prompt."""
+    server = _server_offsets(builder, pieces, plant_at) if builder.full_count else None
+    start, body_end, spans = server or _counted_offsets(builder, pieces, plant_at)
     body = builder.text_of(pieces[1:-1])
     needle = builder.needle
-    if body.count(needle.value) != 1:
-        raise NiahError(
-            f"the corpus {builder.tc.corpus.name} already contains the needle value {needle.value!r}; "
-            "use another seed or corpus"
-        )
+    plants = builder.plants
+    for value in dict.fromkeys([*needle.expected, *(p.value for p in plants)]):
+        if value and body.count(value) != sum(p.text.count(value) for p in plants):
+            raise NiahError(
+                f"the corpus {builder.tc.corpus.name} already contains the needle value {value!r}; "
+                "use another seed or corpus"
+            )
     head, _ = _frame(template)
     content = builder.head[len(head):] + body + pieces[-1][: len(pieces[-1]) - len(builder.tail)]  # type: ignore[index]
     messages = ({"role": "user", "content": content},)
     text = head + content + builder.tail
     if template.name != "builtin" and template.render(list(messages)) != text:
         raise NiahError(f"template {template.name} changes the message text; cannot count it exactly")
-    offset, needle_tokens, haystack = before - start, upto - before, body_end - start
-    filler = haystack - needle_tokens
+    haystack = body_end - start
+    filler = haystack - sum(end - begin for begin, end in spans)
+    planted = []
+    for plant, (begin, end) in zip(plants, spans):
+        offset = begin - start
+        inside = sum(e - b for b, e in spans if b < begin)  # plant tokens before this one
+        planted.append(PlantedPiece(
+            text=plant.text, value=plant.value, role=plant.role,
+            depth=depth if plant.depth is None else plant.depth,
+            token_offset=offset, tokens=end - begin,
+            depth_actual=round(100.0 * (offset - inside) / filler, 4) if filler else 0.0,
+        ))
+    target = planted[0]
     atoms_used = n + (1 if tail else 0)
     tc = builder.tc
     return Prompt(
@@ -305,15 +377,16 @@ def _finish(
         prompt_tokens=length,
         length=length,
         depth_nominal=depth,
-        depth_actual=round(100.0 * offset / filler, 4) if filler else 0.0,
+        depth_actual=target.depth_actual,
         needle=needle,
-        needle_token_offset=offset,
+        needle_token_offset=target.token_offset,
         haystack_tokens=haystack,
         corpus_sha256=tc.corpus.sha256,
         tokenizer=builder.tok.name,
         template=template.name,
         haystack_token_start=start,
-        needle_tokens=needle_tokens,
+        needle_tokens=target.tokens,
         corpus=tc.corpus.name,
         corpus_repeats=max(1, -(-atoms_used // tc.atoms)) if tc.complete else 1,
+        planted=tuple(planted),
     )

@@ -34,8 +34,24 @@ _STRIDE = 2654435761
 
 
 @dataclass(frozen=True)
+class Plant:
+    """One sentence planted in the haystack."""
+
+    text: str
+    """The sentence, e.g. "The special magic number for amber-falcon is: 4827193."."""
+    value: str = ""
+    """The value it carries (a number, or a variable's name for a chain hop)."""
+    role: str = "target"
+    """`target` (at the cell's depth), `distractor`, `value`, `query` or `hop`."""
+    depth: float | None = None
+    """Nominal depth in percent; None = the cell's depth."""
+    apart: bool = False
+    """Kept off the target's position (and off the other `apart` plants' positions)."""
+
+
+@dataclass(frozen=True)
 class Needle:
-    """One planted fact and the question that asks for it."""
+    """What one cell plants and asks: one fact by default, several for the harder tasks (niah.tasks)."""
 
     text: str
     """The sentence planted, e.g. "The special magic number is 4827193."."""
@@ -45,6 +61,20 @@ class Needle:
     """The question asked after the haystack."""
     intro: str = DEFAULT_INTRO
     """The line before the haystack."""
+    plants: tuple[Plant, ...] = ()
+    """Every sentence planted, the target first; empty = `text` alone at the cell's depth."""
+    answers: tuple[str, ...] = ()
+    """What an all-of answer must contain, every one; empty = `value` alone (the exact scorer)."""
+
+    @property
+    def planted(self) -> tuple[Plant, ...]:
+        """The sentences to plant, the target first."""
+        return self.plants or (Plant(self.text, self.value),)
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The values a correct answer contains."""
+        return self.answers or (self.value,)
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,12 @@ def strip_thinking(answer: str) -> str:
     if "<think>" in lowered:
         answer = answer[: lowered.index("<think>")]
     return answer
+
+
+def score_needle(answer: str, needle: Needle) -> float:
+    """The fraction of the needle's expected values the final answer contains (1.0 = PASS)."""
+    expected = needle.expected
+    return sum(score_answer(answer, value) for value in expected) / len(expected)
 
 
 def score_answer(answer: str, value: str) -> bool:

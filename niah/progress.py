@@ -105,7 +105,8 @@ class RunProgress:
 
     @staticmethod
     def _label(cell: Cell) -> str:
-        return f"L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
+        task = "" if cell.task == "single" else f"{cell.task} "
+        return f"{task}L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
 
     def close(self) -> None:
         self._bar.close()

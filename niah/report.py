@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
-from niah.grid import grid_frame, grid_markdown
+from niah.grid import grid_frame
 from niah.results import OUTCOMES, load_cells, read_header
+from niah.runs import cell_table, length_table, tasks_grid_markdown, tasks_of
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,13 @@ class ReportPaths:
     report_html: Path
     grid_markdown: str
     """The grid text written to grid_md."""
+    summary: dict[str, Any]
+    """What summary_json holds."""
 
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """Counts per outcome and per length, prefill totals and cache savings, with the fingerprint."""
+    """Counts per outcome and per length, prefill totals and cache savings, per task the cells and
+    length rows with their Wilson 95% bounds, with the fingerprint."""
     counts = df["outcome"].value_counts()
     per_length = {
         str(length): {o: int(n) for o, n in group["outcome"].value_counts().items()}
@@ -63,7 +67,14 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "draft_acceptance": draft_acceptance(df),
         "predicted_ms": round(float(df["predicted_ms"].fillna(0).sum()), 1),
         "wall_s": round(float(df["wall_s"].fillna(0).sum()), 2),
-        "grid": grid_markdown(df).splitlines(),
+        "grid": tasks_grid_markdown(df).splitlines(),
+        "tasks": {
+            task: {
+                "per_length": _records(length_table(df[df["task"] == task]).drop(columns="task")),
+                "cells": _records(cell_table(df[df["task"] == task]).drop(columns="task")),
+            }
+            for task in tasks_of(df)
+        },
         "fingerprint": fingerprint,
     }
 
@@ -103,7 +114,8 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     if df.empty:
         raise NiahError(f"{results_path} holds no finished cells yet")
     out_dir.mkdir(parents=True, exist_ok=True)
-    grid_text = grid_markdown(df)
+    grid_text = tasks_grid_markdown(df)
+    summary = summarize(df, fingerprint)
     paths = ReportPaths(
         grid_md=out_dir / "grid.md",
         cells_csv=out_dir / "cells.csv",
@@ -111,16 +123,25 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         heatmap_png=out_dir / "heatmap.png",
         report_html=out_dir / "report.html",
         grid_markdown=grid_text,
+        summary=summary,
     )
-    summary = summarize(df, fingerprint)
     paths.grid_md.write_text(grid_text, encoding="utf-8")
-    df.to_csv(paths.cells_csv, index=False)
+    df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
     paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    png = render_heatmap(grid_frame(df))
+    png = render_heatmap({task: grid_frame(df[df["task"] == task]) for task in tasks_of(df)})
     paths.heatmap_png.write_bytes(png)
     paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
     write_card(results_path, out_dir)
     return paths
+
+
+def _json_cell(value: Any) -> str:
+    """A list-valued cell (`planted`) as JSON text for the CSV; empty when absent (schema 1)."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list) and value else ""
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records"))
 
 
 def _total(column: pd.Series) -> int:

@@ -23,13 +23,15 @@ COLOURS = {
     "TOKEN_MISMATCH": "#00838f",
     UNTESTED: "#eeeeee",
 }
-LEGEND_NAMES = {MIXED: "PASS/FAIL mixed (k/n)", UNTESTED: "not tested"}
+LEGEND_NAMES = {MIXED: "k/n passed (red 0/n to green n/n)", UNTESTED: "not tested"}
 HTML_COLUMNS = [
+    "task",
     "length",
     "depth",
     "depth_actual",
     "trial",
     "outcome",
+    "score",
     "needle_value",
     "answer",
     "prompt_tokens_planned",
@@ -49,39 +51,56 @@ HTML_COLUMNS = [
 ]
 
 
-def render_heatmap(grid: pd.DataFrame) -> bytes:
-    """PNG bytes of the grid: one coloured, labelled square per (length, depth), with a legend."""
+def render_heatmap(grids: dict[str, pd.DataFrame]) -> bytes:
+    """PNG bytes of the grid (a panel per task when several, or one not named `single`): one
+    coloured, labelled square per (length, depth), with a legend. A `k/n` square is coloured by its
+    pass rate, from FAIL's red (0/n) to PASS's green (n/n)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from matplotlib.colors import ListedColormap, to_rgb
+    from matplotlib.patches import Patch, Rectangle
 
-    cells = grid.drop(columns=["factor"])
     categories = list(COLOURS)
-    codes = cells.map(lambda label: categories.index(cell_category(label))).to_numpy()
-    width = max(5.0, 1.1 * cells.shape[1] + 3.5)
-    height = max(2.5, 0.55 * cells.shape[0] + 1.8)
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
-    ax.imshow(codes, cmap=ListedColormap(list(COLOURS.values())), vmin=0, vmax=len(categories) - 1, aspect="auto")
-    for (row, col), label in _enumerate(cells):
-        dark = cell_category(label) not in (MIXED, UNTESTED)
-        ax.text(col, row, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    ax.set_xticks(range(cells.shape[1]), list(cells.columns))
-    factors = grid["factor"].tolist()
-    ax.set_yticks(range(cells.shape[0]), [f"{int(n):,} ({f})" for n, f in zip(cells.index, factors)])
-    ax.set_xlabel("needle depth (% of haystack)")
-    ax.set_ylabel("prompt length (tokens)")
-    present = [c for c in categories if (codes == categories.index(c)).any()]
-    handles = [Patch(color=COLOURS[c], label=LEGEND_NAMES.get(c, c)) for c in present]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.set_title("needle retrieval by length and depth")
+    fail, ok = (to_rgb(COLOURS[c]) for c in ("FAIL", "PASS"))
+    shown = [grid.drop(columns=["factor"]) for grid in grids.values()]
+    width = max(5.0, 1.1 * max(c.shape[1] for c in shown) + 3.5)
+    height = sum(max(2.0, 0.55 * c.shape[0] + 1.2) for c in shown) + 0.6
+    fig, axes = plt.subplots(len(shown), 1, figsize=(width, height), dpi=110, squeeze=False)
+    present: set[str] = set()
+    titled = len(grids) > 1 or list(grids) != ["single"]
+    for ax, (task, grid), cells in zip(axes[:, 0], grids.items(), shown):
+        codes = cells.map(lambda label: categories.index(cell_category(label))).to_numpy()
+        present |= {categories[code] for code in codes.flat}
+        ax.imshow(codes, cmap=ListedColormap(list(COLOURS.values())), vmin=0, vmax=len(categories) - 1, aspect="auto")
+        for (row, col), label in _enumerate(cells):
+            category = cell_category(label)
+            if category == MIXED:
+                rate = _rate(label)
+                colour = tuple(f + (o - f) * rate for f, o in zip(fail, ok))
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, color=colour))
+            dark = category != UNTESTED
+            ax.text(col, row, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_xticks(range(cells.shape[1]), list(cells.columns))
+        factors = grid["factor"].tolist()
+        ax.set_yticks(range(cells.shape[0]), [f"{int(n):,} ({f})" for n, f in zip(cells.index, factors)])
+        ax.set_xlabel("depth of the target (% of haystack)")
+        ax.set_ylabel("prompt length (tokens)")
+        ax.set_title(f"task {task}" if titled else "needle retrieval by length and depth")
+    handles = [Patch(color=COLOURS[c], label=LEGEND_NAMES.get(c, c)) for c in categories if c in present]
+    axes[0, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _rate(label: str) -> float:
+    """The pass rate of a `k/n[,OTHER...]` label."""
+    passes, trials = label.split(",")[0].split("/")
+    return int(passes) / int(trials) if int(trials) else 0.0
 
 
 def render_html(df: pd.DataFrame, grid_text: str, summary: dict[str, Any], png: bytes) -> str:
@@ -135,6 +154,11 @@ Prefill: {{ summary.prefill.prompt_tokens_computed }} tokens computed,
 {% for r in summary.draft_acceptance %}<tr><td>{{ r.length }}</td><td>{{ r.cells }}</td><td>{{ r.draft_n }}</td>
 <td>{{ r.draft_n_accepted }}</td><td>{{ "%.0f%%" | format(100 * r.acceptance) if r.acceptance is not none else "-" }}</td></tr>
 {% endfor %}</table>{% endif %}
+<h2>Pass rate per length (Wilson 95% bounds)</h2>
+<table>
+<tr><th>task</th><th>length</th><th>PASS/retrieved</th><th>pass rate</th><th>Wilson 95% lower</th><th>upper</th><th>mean score</th></tr>
+{% for task, t in summary.tasks.items() %}{% for r in t.per_length %}<tr><td>{{ task }}</td><td>{{ r.length }}</td><td>{{ r.passes }}/{{ r.retrieval }}</td><td>{{ r.pass_rate }}</td><td>{{ r.wilson_low }}</td><td>{{ r.wilson_high }}</td><td>{{ r.mean_score }}</td></tr>
+{% endfor %}{% endfor %}</table>
 <h2>Cells</h2>
 <table>
 <tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>

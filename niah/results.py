@@ -20,7 +20,10 @@ from niah.errors import NiahError
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added `task`, `score` and `planted`; a cell is keyed by (task, length, depth, trial), and a
+record without `task` (version 1) is the `single` task."""
+SINGLE_TASK = "single"
 OUTCOMES = (
     "PASS",
     "FAIL",
@@ -35,7 +38,6 @@ OUTCOMES = (
 RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
 FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
 """Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
-ANSWER_EXCERPT_CHARS = 500
 _MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
 _SECRET_FLAG = re.compile(r"^(--api-key)=.*$")
 
@@ -52,14 +54,20 @@ class CellResult:
     """Trial number (0-based) of this (length, depth)."""
     outcome: str
     """One of OUTCOMES."""
+    task: str = SINGLE_TASK
+    """The task (niah.tasks): `single`, `multikey:4`, `chain:2`, a custom task's name."""
+    score: float | None = None
+    """Fraction of the expected values the answer contains (1.0 = PASS); None when not scored."""
+    planted: tuple[dict[str, Any], ...] = ()
+    """Every planted sentence: text, value, role, depth, token_offset, tokens, depth_actual."""
     depth_actual: float | None = None
     """Depth where the needle's first token actually sits, in percent of the body."""
     needle_offset: int | None = None
     """Token offset of the needle's first token within the body."""
     needle_value: str = ""
-    """The value the answer must contain."""
+    """The value the answer must contain (every expected value, comma-joined, for all-of tasks)."""
     answer: str = ""
-    """The model's final answer (an excerpt is written)."""
+    """The model's whole answer, as streamed (reasoning included)."""
     prompt_tokens_planned: int | None = None
     """Prompt tokens niah counted before sending (should equal `length`)."""
     prompt_tokens_served: int | None = None
@@ -104,14 +112,14 @@ class CellResult:
             raise ValueError(f"unknown outcome {self.outcome!r}; expected one of {', '.join(OUTCOMES)}")
 
     @property
-    def key(self) -> tuple[int, float, int]:
-        return (int(self.length), float(self.depth), int(self.trial))
+    def key(self) -> tuple[str, int, float, int]:
+        return (self.task, int(self.length), float(self.depth), int(self.trial))
 
     def to_record(self) -> dict[str, Any]:
-        """The flat JSON record written for this cell (answer cut to an excerpt)."""
+        """The flat JSON record written for this cell (the answer kept in full)."""
         record: dict[str, Any] = {"record": "cell", "schema_version": SCHEMA_VERSION}
         record.update(asdict(self))
-        record["answer"] = self.answer[:ANSWER_EXCERPT_CHARS]
+        record["planted"] = list(self.planted)
         record["finished"] = _now()
         return record
 
@@ -183,7 +191,7 @@ class ResultsFile:
         self.secrets = tuple(s for s in secrets if s)
         """Keys niah was given (e.g. --api-key): masked wherever they appear in what is written."""
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
-        self._outcomes: dict[tuple[int, float, int], str] = {}
+        self._outcomes: dict[tuple[str, int, float, int], str] = {}
         self._facts: dict[str, Any] = {}
         self._header_written = self.path.exists() and not _only_torn_header(self.path)
         if self._header_written:
@@ -241,8 +249,8 @@ class ResultsFile:
             self._write_line({"record": "facts", "schema_version": SCHEMA_VERSION, "facts": new, "recorded": _now()})
             self._facts.update(new)
 
-    def done_keys(self) -> set[tuple[int, float, int]]:
-        """(length, depth, trial) of every cell already in the file."""
+    def done_keys(self) -> set[tuple[str, int, float, int]]:
+        """(task, length, depth, trial) of every cell already in the file."""
         return set(self._outcomes)
 
     def outcomes(self) -> list[str]:
@@ -288,10 +296,10 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def load_cells(path: Path) -> pd.DataFrame:
-    """All cell records as one tidy frame, sorted by (length, depth, trial).
+    """All cell records as one tidy frame, sorted by (length, depth, trial, task).
 
     Reads every schema version up to SCHEMA_VERSION (columns an older file lacks are
-    NA); when a cell was recorded twice, the later record wins.
+    NA; a missing task is `single`); when a cell was recorded twice, the later record wins.
     """
     import pandas as pd
 
@@ -307,10 +315,11 @@ def load_cells(path: Path) -> pd.DataFrame:
     frame["length"] = frame["length"].astype("int64")
     frame["depth"] = frame["depth"].astype("float64")
     frame["trial"] = frame["trial"].astype("int64")
+    frame["task"] = frame["task"].map(_task)
     for column in _COUNT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
-    frame = frame.drop_duplicates(subset=["length", "depth", "trial"], keep="last")
-    return frame.sort_values(["length", "depth", "trial"], kind="stable").reset_index(drop=True)
+    frame = frame.drop_duplicates(subset=["task", "length", "depth", "trial"], keep="last")
+    return frame.sort_values(["length", "depth", "trial", "task"], kind="stable").reset_index(drop=True)
 
 
 def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
@@ -356,8 +365,13 @@ def _only_torn_header(path: Path) -> bool:
     return b"\n" not in data and (not data.strip() or data.startswith(b'{"record": "header"'))
 
 
-def _key(record: dict[str, Any]) -> tuple[int, float, int]:
-    return (int(record["length"]), float(record["depth"]), int(record["trial"]))
+def _key(record: dict[str, Any]) -> tuple[str, int, float, int]:
+    return (_task(record.get("task")), int(record["length"]), float(record["depth"]), int(record["trial"]))
+
+
+def _task(value: Any) -> str:
+    """A record's task: missing or empty (schema version 1) is `single`."""
+    return value if isinstance(value, str) and value else SINGLE_TASK
 
 
 def _now() -> str:

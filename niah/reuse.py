@@ -44,9 +44,14 @@ def needs_priming(facts: GGUFFacts | None) -> bool:
     return reuse_kind(facts) == RECURRENT
 
 
+def first_plant(prompt: Prompt) -> int:
+    """Haystack tokens before the first planted sentence (the needle, or a task's earliest piece)."""
+    return min((p.token_offset for p in prompt.planted), default=prompt.needle_token_offset)
+
+
 def priming_prefix(prompt: Prompt) -> int:
-    """Prompt tokens before the needle: the prefix the next cell can share with this one."""
-    return prompt.haystack_token_start + prompt.needle_token_offset
+    """Prompt tokens before the first planted sentence: the most the next cell can share with this one."""
+    return prompt.haystack_token_start + first_plant(prompt)
 
 
 def reuse_flags(facts: GGUFFacts | None) -> list[str]:
@@ -57,10 +62,11 @@ def reuse_flags(facts: GGUFFacts | None) -> list[str]:
 
 def reusable_tokens(previous: Prompt | None, prompt: Prompt) -> int:
     """Prompt tokens `prompt` shares with `previous` (the last prompt sent to the same server):
-    the template and instructions before the haystack, then the haystack up to the earlier needle."""
+    the template and instructions before the haystack, then the haystack up to the earlier of the
+    two prompts' first planted sentences."""
     if previous is None or previous.haystack_token_start != prompt.haystack_token_start:
         return 0
-    return prompt.haystack_token_start + min(previous.needle_token_offset, prompt.needle_token_offset)
+    return prompt.haystack_token_start + min(first_plant(previous), first_plant(prompt))
 
 
 def shortfall(expected: int, cache_n: int | None) -> bool:

@@ -13,9 +13,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from niah import __version__
-from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET, Cell, plan_cells
+from niah.cells import (
+    ANSWER_BUDGET,
+    BUDGET_PER_EXTRA_ANSWER,
+    THINKING_ANSWER_BUDGET,
+    Cell,
+    plan_cells,
+)
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
 from niah.endpoints import Endpoint, PromptBuilder, open_endpoint, prompt_builder, resolve_tokenizer
@@ -28,12 +35,13 @@ from niah.errors import (
 )
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
-from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
+from niah.needles import NeedleSpec, load_needle_spec, score_needle
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.reuse import needs_priming, priming_prefix, reusable_tokens, shortfall
 from niah.session import ServerSpec, ServerUnreachable
+from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
 
@@ -46,6 +54,8 @@ class RunConfig:
     """(length, depths) rows; a length with no depths is planned but not run."""
     out_dir: Path
     trials: int = 1
+    tasks: tuple[Task, ...] = (Task(SINGLE, SINGLE),)
+    """What each cell plants and asks (niah.tasks); every task runs the whole grid."""
     url: str | None = None
     """An already running server; otherwise `model` + `profiles` describe managed launches."""
     model: Path | None = None
@@ -81,6 +91,17 @@ class RunConfig:
             return self.answer_budget
         return THINKING_ANSWER_BUDGET if self.thinking == "on" else ANSWER_BUDGET
 
+    def task_budget(self, name: str) -> int:
+        """The answer budget of a task's cells: `budget`, plus BUDGET_PER_EXTRA_ANSWER per expected
+        value past the first unless --answer-budget was given."""
+        if self.answer_budget is not None:
+            return self.answer_budget
+        return self.budget + BUDGET_PER_EXTRA_ANSWER * (self.task(name).answers - 1)
+
+    def task(self, name: str) -> Task:
+        """The task named `name`."""
+        return next(t for t in self.tasks if t.name == name)
+
     @property
     def results_path(self) -> Path:
         return self.out_dir / RESULTS_FILE
@@ -99,6 +120,8 @@ class RunSummary:
     """Tokens the cells shared with the previous prompt on their server: the most the cache could give."""
     grid_markdown: str
     exit_code: int
+    per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per task, one row per length: passes, retrieval trials, pass rate, Wilson 95% bounds, mean score."""
 
 
 def launch_groups(config: RunConfig) -> list[tuple[str | None, list[int]]]:
@@ -148,6 +171,9 @@ def run_fingerprint(
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
+    if custom:
+        fingerprint["task_files"] = custom
     if config.model:
         fingerprint["model"] = model_identity(config.model)
     if launches:
@@ -205,7 +231,7 @@ def run(config: RunConfig) -> RunSummary:
     check_out_dir(config.out_dir)
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.trials)
+    cells = plan_cells(config.grid, config.trials, tuple(t.name for t in config.tasks))
     facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
     if config.profiles:
@@ -238,6 +264,7 @@ def run(config: RunConfig) -> RunSummary:
         prefill_tokens_reusable=state.reusable,
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
+        per_length={task: t["per_length"] for task, t in report.summary["tasks"].items()},
     )
 
 
@@ -258,7 +285,7 @@ def run_group(
     todo = [c for c in group if c.key not in done]
     if not todo:
         return
-    needed = max(c.length for c in group) + config.budget
+    needed = max(c.length + config.task_budget(c.task) for c in group)
     spec = server_spec(config, launch)
     with open_endpoint(spec, needed, launch[0] if launch else None, native_context) as endpoint:
         tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
@@ -302,16 +329,18 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     server tokens), CRASH (the server died while the prompt was being counted).
     """
     config = state.config
-    needle = make_needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
+    budget = config.task_budget(cell.task)
+    needle = config.task(cell.task).needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
     state.progress.start_cell(cell)
     base = {
-        "length": cell.length, "depth": cell.depth, "trial": cell.trial, "needle_value": needle.value,
+        "task": cell.task, "length": cell.length, "depth": cell.depth, "trial": cell.trial,
+        "needle_value": ",".join(needle.expected),
         "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
         "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
     }
-    if cell.length + config.budget > endpoint.served_n_ctx:
+    if cell.length + budget > endpoint.served_n_ctx:
         return CellResult(**base, outcome="CLAMPED", error=(  # type: ignore[arg-type]
-            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {config.budget}"
+            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {budget}"
         ))
     started, waited = time.monotonic(), endpoint.session.wait_s
     try:
@@ -329,6 +358,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     base.update(
         depth_actual=prompt.depth_actual, needle_offset=prompt.needle_token_offset,
         prompt_tokens_planned=prompt.prompt_tokens, tokenizer=built_with,
+        planted=tuple(p.to_dict() for p in prompt.planted),
     )
     if counted != cell.length:
         return CellResult(**base, outcome="TOKEN_MISMATCH", error=(  # type: ignore[arg-type]
@@ -336,7 +366,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         ))
     chat = endpoint.session.chat(
         list(prompt.messages),
-        max_tokens=config.budget,
+        max_tokens=budget,
         temperature=config.temperature,
         seed=config.seed,
         cache_prompt=config.cache_reuse,
@@ -346,7 +376,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
         base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)
     if chat.prompt_n is not None:  # the server processed it: its cache now holds this prompt
         endpoint.last_prompt = prompt
-    outcome, error = decide_outcome(chat, prompt, endpoint)
+    outcome, error, score = decide_outcome(chat, prompt, endpoint)
     wall = time.monotonic() - started
     server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0)) / 1000
     overhead = wall - (endpoint.session.wait_s - waited) - server_s
@@ -354,6 +384,7 @@ def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Ce
     return CellResult(
         **base,  # type: ignore[arg-type]
         outcome=outcome,
+        score=score,
         answer=chat.answer,
         prompt_tokens_served=chat.prompt_tokens,
         prompt_n=chat.prompt_n,
@@ -380,22 +411,24 @@ def exit_code(outcomes: Counter[str]) -> int:
     return EXIT_OK
 
 
-def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None]:
-    """Map a chat result to an outcome; a dropped connection is CRASH when the server is gone."""
+def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None, float | None]:
+    """Map a chat result to an outcome and its score (the fraction of expected values answered;
+    None when not scored); a dropped connection is CRASH when the server is gone."""
     if chat.status == "context_error":
-        return "CONTEXT_ERROR", chat.error
+        return "CONTEXT_ERROR", chat.error, None
     if chat.status == "timeout":
-        return "TIMEOUT", chat.error
+        return "TIMEOUT", chat.error, None
     if chat.status != "ok":
         if endpoint.died():
-            return "CRASH", f"llama-server died during the cell ({chat.error})"
-        return "HTTP_ERROR", chat.error
+            return "CRASH", f"llama-server died during the cell ({chat.error})", None
+        return "HTTP_ERROR", chat.error, None
     if chat.prompt_tokens != prompt.prompt_tokens:
         return "TOKEN_MISMATCH", (
             f"server counted {chat.prompt_tokens} prompt tokens, planned {prompt.prompt_tokens}"
-        )
-    if score_answer(chat.answer, prompt.needle.value):
-        return "PASS", None
+        ), None
+    score = round(score_needle(chat.answer, prompt.needle), 4)
+    if score == 1.0:
+        return "PASS", None, score
     if chat.finish_reason == "length":
-        return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out"
-    return "FAIL", None
+        return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out", score
+    return "FAIL", None, score

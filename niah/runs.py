@@ -12,12 +12,11 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
-from niah.grid import cell_label
-from niah.results import RETRIEVAL_OUTCOMES, load_cells, read_facts, read_header
+from niah.grid import cell_label, grid_markdown
+from niah.results import RETRIEVAL_OUTCOMES, SINGLE_TASK, load_cells, read_facts, read_header
 from niah.stats import wilson_interval
 
 RESULTS_NAME = "results.jsonl"
-SINGLE_TASK = "single"
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,42 @@ def with_tasks(df: pd.DataFrame) -> pd.DataFrame:
 def tasks_of(df: pd.DataFrame) -> list[str]:
     """The tasks present, `single` first, then by name."""
     return sorted(df["task"].unique(), key=lambda t: (t != SINGLE_TASK, t))
+
+
+def tasks_grid_markdown(df: pd.DataFrame) -> str:
+    """The grid, one per task: plain when the run holds only `single`, else each grid under a
+    `task NAME` line, blank lines between."""
+    df = with_tasks(df)
+    tasks = tasks_of(df)
+    if tasks == [SINGLE_TASK]:
+        return grid_markdown(df)
+    return "\n".join(f"task {task}\n{grid_markdown(df[df['task'] == task])}" for task in tasks)
+
+
+def length_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, length), depths pooled: trials, passes, retrieval trials, pass rate, Wilson
+    bounds and the mean score (fraction of expected values answered) over retrieval trials."""
+    rows = []
+    for (task, length), group in with_tasks(df).groupby(["task", "length"], sort=True):
+        outcomes = list(group["outcome"])
+        passes = outcomes.count("PASS")
+        retrieved = group[group["outcome"].isin(RETRIEVAL_OUTCOMES)]
+        low, high = wilson_interval(passes, len(retrieved))
+        scores = pd.to_numeric(retrieved["score"], errors="coerce") if "score" in retrieved else pd.Series(dtype=float)
+        rows.append(
+            {
+                "task": task,
+                "length": int(length),
+                "trials": len(outcomes),
+                "passes": passes,
+                "retrieval": len(retrieved),
+                "pass_rate": round(passes / len(retrieved), 4) if len(retrieved) else None,
+                "wilson_low": round(low, 4),
+                "wilson_high": round(high, 4),
+                "mean_score": round(float(scores.mean()), 4) if scores.notna().any() else None,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from niah.corpus import Corpus, get_corpus
 from niah.errors import NiahError
 from niah.server import HOW_TO_GET_SERVER, find_server_binary, find_tiny_model
 from niah.session import ServerSession, ServerSpec
 from niah.testbed import build_testbed
+from niah.tokenizers import Tokenizer, get_tokenizer
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,18 @@ def launch(model: Path, server_args: tuple[str, ...], log_dir: Path) -> ServerSe
     """A real llama-server for `model` on a free loopback port, healthy."""
     spec = ServerSpec(model=model, args=tuple(server_args), log_dir=log_dir, start_timeout_s=120)
     return ServerSession(spec).open()
+
+
+@pytest.fixture(scope="session")
+def qwen() -> Tokenizer:
+    """The offline Qwen3.6 tokenizer."""
+    return get_tokenizer("qwen3.6")
+
+
+@pytest.fixture(scope="session")
+def builtin() -> Corpus:
+    """The built-in haystack corpus."""
+    return get_corpus("builtin")
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,6 @@ from niah.errors import NiahError
 from niah.tokenizers import get_tokenizer
 
 
-@pytest.fixture(scope="module")
-def builtin():
-    return get_corpus("builtin")
-
-
 def sentences(corpus) -> list[str]:
     starts = corpus.unit_starts.tolist()
     return [corpus.text[a:b].strip() for a, b in itertools.pairwise(starts)]

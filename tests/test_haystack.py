@@ -23,16 +23,6 @@ DEPTHS = (0, 25, 50, 75, 100)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def qwen():
-    return get_tokenizer("qwen3.6")
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    return get_corpus("builtin")
-
-
 def reencode(tokenizer, text: str) -> list[int]:
     """An independent full count: tiktoken's own special-token handling over the whole text."""
     return tokenizer._enc.encode(text, allowed_special="all")

@@ -139,3 +139,34 @@ def test_niah_report_cli_bad_input_is_one_line_exit_2(
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
+
+
+def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
+    """Several tasks: a grid per task, summary.json rows per task and length with the Wilson 95%
+    bounds of stats.wilson_interval, mean scores, the planted pieces as JSON in cells.csv."""
+    from niah.stats import wilson_interval
+
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, {"needle_seed": 0})
+    piece = {"text": "t", "value": "1", "role": "target", "depth": 50.0, "token_offset": 9, "tokens": 3, "depth_actual": 49.0}
+    for trial, (single, multi) in enumerate([("PASS", 1.0), ("PASS", 0.5), ("PASS", 1.0)]):
+        results.append(CellResult(2048, 50.0, trial, single, score=1.0, factor="native", planted=(piece,)))
+        results.append(CellResult(2048, 50.0, trial, "PASS" if multi == 1.0 else "FAIL", task="multiquery:2",
+                                  score=multi, factor="native", planted=(piece, piece)))
+    results.append(CellResult(4096, 50.0, 0, "CLAMPED", task="multiquery:2", factor="native"))
+    paths = render_report(path, tmp_path)
+    assert paths.grid_markdown == (
+        "task single\nlength 50% factor\n2048 PASS native\n\n"
+        "task multiquery:2\nlength 50% factor\n2048 2/3 native\n4096 CLAMPED native\n"
+    )
+    summary = json.loads(paths.summary_json.read_text())
+    row = summary["tasks"]["multiquery:2"]["per_length"][0]
+    low, high = wilson_interval(2, 3)
+    assert (row["passes"], row["retrieval"], row["wilson_low"], row["wilson_high"]) == (2, 3, round(low, 4), round(high, 4))
+    assert row["mean_score"] == round(2.5 / 3, 4)
+    assert summary["tasks"]["multiquery:2"]["per_length"][1]["retrieval"] == 0  # CLAMPED is no retrieval trial
+    assert summary["tasks"]["single"]["cells"][0]["label"] == "PASS"
+    cells = pd.read_csv(paths.cells_csv)
+    assert json.loads(cells["planted"].dropna().iloc[0])[0]["token_offset"] == 9
+    assert paths.heatmap_png.read_bytes().startswith(b"\x89PNG")
+    assert "multiquery:2" in paths.report_html.read_text()

@@ -46,10 +46,11 @@ def test_new_file_starts_with_header_then_one_flat_line_per_cell(tmp_path: Path)
     assert header["fingerprint"] == FINGERPRINT and header["created"]
     assert first["record"] == "cell" and first["schema_version"] == SCHEMA_VERSION
     assert (first["length"], first["depth"], first["trial"], first["outcome"]) == (2048, 0.0, 0, "PASS")
-    assert len(str(first["answer"])) == 500
-    assert all(not isinstance(v, (dict, list)) for v in first.values())
+    assert len(str(first["answer"])) == 2000  # kept in full (schema 2)
+    assert all(not isinstance(v, (dict, list)) for k, v in first.items() if k != "planted")
+    assert first["planted"] == [] and first["task"] == "single"  # planted: a list of flat dicts
     assert second["outcome"] == "FAIL"
-    assert results.done_keys() == {(2048, 0.0, 0), (2048, 100.0, 0)}
+    assert results.done_keys() == {("single", 2048, 0.0, 0), ("single", 2048, 100.0, 0)}
     assert sorted(results.outcomes()) == ["FAIL", "PASS"]
 
 
@@ -58,7 +59,7 @@ def test_reopening_with_same_fingerprint_resumes(tmp_path: Path) -> None:
     ResultsFile(path, FINGERPRINT).append(cell(length=4096, depth=25.0, trial=1))
     reordered = {"needle_seed": 0, "launch_argv": ["llama-server", "-c", "8192"], "model": {"size": 123, "path": "m.gguf"}}
     resumed = ResultsFile(path, reordered)
-    assert resumed.done_keys() == {(4096, 25.0, 1)}
+    assert resumed.done_keys() == {("single", 4096, 25.0, 1)}
     resumed.append(cell(length=4096, depth=75.0))
     assert [r["record"] for r in lines(path)] == ["header", "cell", "cell"]
 
@@ -86,7 +87,7 @@ def test_torn_last_line_is_ignored_and_cut_off_on_resume(tmp_path: Path) -> None
 
     assert len(load_cells(path)) == 2
     resumed = ResultsFile(path, FINGERPRINT)
-    assert resumed.done_keys() == {(2048, 0.0, 0), (2048, 50.0, 0)}
+    assert resumed.done_keys() == {("single", 2048, 0.0, 0), ("single", 2048, 50.0, 0)}
     resumed.append(cell(depth=100.0))
     assert list(load_cells(path)["depth"]) == [0.0, 50.0, 100.0]
     assert path.read_bytes().endswith(b"\n")
@@ -166,7 +167,7 @@ def test_api_keys_are_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     text = path.read_text()
     for secret in ("env-secret-42", "argv-secret-17", "argv-secret-18", "dict-secret-99"):
         assert secret not in text
-    assert ResultsFile(path, fingerprint).done_keys() == {(2048, 50.0, 0)}  # and it still resumes
+    assert ResultsFile(path, fingerprint).done_keys() == {("single", 2048, 50.0, 0)}  # and it still resumes
 
 
 def test_a_key_given_by_flag_is_masked_too(tmp_path: Path) -> None:
@@ -203,3 +204,23 @@ def test_committed_v1_file_still_loads() -> None:
     clamped = df[df["outcome"] == "CLAMPED"].iloc[0]
     assert clamped["factor"] == "2x YaRN" and pd.isna(clamped["prompt_tokens_served"])
     assert read_header(path)["fingerprint"]["model"]["size"] == 98159968
+
+
+def test_v1_cells_are_the_single_task_and_a_v2_task_is_its_own_cell(tmp_path: Path) -> None:
+    """A schema-1 file resumes: its cells (no `task`) are `single`; a task's cell of the same
+    (length, depth, trial) is another cell, and both load."""
+    path = tmp_path / "results.jsonl"
+    path.write_bytes((FIXTURES / "results-v1.jsonl").read_bytes())
+    fingerprint = read_header(path)["fingerprint"]
+    results = ResultsFile(path, fingerprint)
+    assert ("single", 2048, 0.0, 0) in results.done_keys()
+    planted = ({"text": "VAR ABCDE = 7391.", "value": "ABCDE", "role": "target", "depth": 0.0,
+                "token_offset": 0, "tokens": 7, "depth_actual": 0.0},)
+    results.append(cell(depth=0.0, task="chain:1", outcome="FAIL", score=0.5, planted=planted))
+    resumed = ResultsFile(path, fingerprint)
+    assert {("single", 2048, 0.0, 0), ("chain:1", 2048, 0.0, 0)} <= resumed.done_keys()
+    df = load_cells(path)
+    both = df[(df["length"] == 2048) & (df["depth"] == 0.0)]
+    assert list(zip(both["task"], both["outcome"])) == [("chain:1", "FAIL"), ("single", "PASS")]
+    assert both.iloc[0]["planted"] == list(planted) and both.iloc[0]["score"] == 0.5
+    assert lines(path)[-1]["schema_version"] == SCHEMA_VERSION == 2

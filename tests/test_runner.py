@@ -277,3 +277,33 @@ def test_resuming_a_finished_managed_run_starts_no_server(tiny_model: Path, tmp_
     again = run(replace(config, server_bin=str(tmp_path / "no-llama-server")))
     assert len(cell_records(again.results_path)) == 1
     assert again.exit_code == first.exit_code
+
+
+@pytest.mark.server
+def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> None:
+    """single, multikey:3 and chain:1 on the real server: every prompt served at exactly L, every
+    planted piece recorded; a rerun adding multivalue:2 sends only that task's cell."""
+    from niah.needles import Needle, score_needle
+    from niah.tasks import parse_tasks
+
+    config = url_config(llama_server.url, tmp_path, (640,), (100.0,), tasks=parse_tasks("single,multikey:3,chain:1"))
+    run(config)
+    records = cell_records(config.results_path)
+    assert [r["task"] for r in records] == ["single", "multikey:3", "chain:1"]
+    for record in records:
+        assert record["prompt_tokens_served"] == record["length"] == 640
+        planted = record["planted"]
+        assert len(planted) == {"single": 1, "multikey:3": 3, "chain:1": 2}[record["task"]]
+        assert planted[0]["role"] == "target" and planted[0]["token_offset"] == record["needle_offset"]
+        assert len({p["token_offset"] for p in planted}) == len(planted)
+        expected = tuple(str(record["needle_value"]).split(","))
+        needle = Needle("", expected[0], "", answers=expected if len(expected) > 1 else ())
+        assert record["score"] == score_needle(str(record["answer"]), needle)
+        assert (record["outcome"] == "PASS") == (record["score"] == 1.0)
+    assert records[0]["outcome"] == "PASS"  # SmolLM2 finds one needle at 640 tokens
+    assert records[2]["needle_value"].count(",") == 1  # chain:1 asks for both variable names
+    summary = run(replace(config, tasks=parse_tasks("single,multikey:3,chain:1,multivalue:2")))
+    again = cell_records(config.results_path)
+    assert [r["task"] for r in again[3:]] == ["multivalue:2"]
+    assert set(summary.per_length) == {"single", "multikey:3", "chain:1", "multivalue:2"}
+    assert "task multivalue:2\nlength 100% factor\n640 " in (tmp_path / "grid.md").read_text()

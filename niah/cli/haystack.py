@@ -32,6 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--trial", type=int, default=0, help="trial index: each trial plants a different value")
     parser.add_argument("--template", default="builtin", help="builtin, server:URL or gguf:PATH")
     parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
+    parser.add_argument(
+        "--task", default="single", help="single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the prompt text")
     parser.add_argument("-o", "--output", type=Path, help="write to FILE instead of standard output")
     parser.set_defaults(func=run)
@@ -51,6 +54,8 @@ def prompt_json(prompt: Prompt) -> dict[str, object]:
             "token_offset": prompt.needle_token_offset,
             "tokens": prompt.needle_tokens,
         },
+        "expected": list(prompt.needle.expected),
+        "planted": [p.to_dict() for p in prompt.planted],
         "depth_nominal": prompt.depth_nominal,
         "depth_actual": prompt.depth_actual,
         "haystack_tokens": prompt.haystack_tokens,
@@ -66,10 +71,12 @@ def prompt_json(prompt: Prompt) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from niah.corpus import get_corpus
     from niah.haystack import build, get_template
-    from niah.needles import load_needle_spec, make_needle
+    from niah.needles import load_needle_spec
+    from niah.tasks import parse_task
     from niah.tokenizers import get_tokenizer
 
     length = parse_length(args.length)
+    task = parse_task(args.task)
     if not 0 <= args.depth <= 100:
         raise NiahError(f"--depth {args.depth:g} is outside 0-100")
     if args.trial < 0:
@@ -79,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_needle_spec(args.needle) if args.needle else None
     template = get_template(args.template, api_key=api_key)
     tokenizer = get_tokenizer(args.tokenizer, api_key=api_key)
-    needle = make_needle(args.seed, length, args.depth, args.trial, spec)
+    needle = task.needle(args.seed, length, args.depth, args.trial, spec)
     prompt = build(length, args.depth, tokenizer, corpus, needle, template, verify=True)
     output = json.dumps(prompt_json(prompt), ensure_ascii=False) + "\n" if args.json else prompt.text
     if args.output:
@@ -94,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         f"needle {prompt.needle.value} at haystack token {prompt.needle_token_offset} "
         f"(depth {prompt.depth_actual:g}% for {prompt.depth_nominal:g}%)"
     )
+    if len(prompt.planted) > 1:
+        summary += f"; task {task.name}: {len(prompt.planted)} sentences planted at tokens " + ", ".join(
+            str(p.token_offset) for p in prompt.planted
+        )
     if prompt.corpus_repeats > 1:
         summary += f"; corpus {prompt.corpus} repeated {prompt.corpus_repeats} times"
     print(summary, file=sys.stderr)

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
+  niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \
+           --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
            --lengths 131k,1010000 --depths linspace:0:100:5 --out runs/seed
 exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
@@ -31,6 +33,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_grid_options(parser)
+    parser.add_argument(
+        "--task", default="single",
+        help="comma-separated: single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file",
+    )
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
     add_target_options(parser)
     add_common_options(parser)
@@ -41,7 +47,7 @@ def add_grid_options(parser: argparse.ArgumentParser) -> None:
     """The grid's options, shared by `run` and `plan`."""
     parser.add_argument("--lengths", required=True, help="e.g. 131k,262144,1010000 (k=1024, m=1024²)")
     parser.add_argument("--depths", default="0,25,50,75,100", help="percents, or linspace:0:100:11")
-    parser.add_argument("--trials", type=int, default=1, help="needles per cell (different values)")
+    parser.add_argument("--trials", type=int, default=1, help="prompts per cell (different values and distractor positions)")
 
 
 def add_target_options(parser: argparse.ArgumentParser, title: str = "server (one of)") -> None:
@@ -111,7 +117,9 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 
 def run_command(args: argparse.Namespace) -> int:
     from niah.runner import RunConfig, run
+    from niah.tasks import parse_tasks
 
+    tasks = parse_tasks(args.task)
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
     managed = bool(args.profile or args.profile_for_length)
@@ -124,6 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = RunConfig(
         grid=tuple((length, depths) for length in lengths),
         trials=args.trials,
+        tasks=tasks,
         out_dir=args.out,
         url=args.url,
         model=args.model,
@@ -138,6 +147,13 @@ def print_summary(summary: RunSummary) -> int:
     print(summary.grid_markdown)
     counts = ", ".join(f"{name} {count}" for name, count in sorted(summary.outcomes.items()))
     print(f"\noutcomes: {counts}")
+    several = len(summary.per_length) > 1 or list(summary.per_length) != ["single"]
+    for task, rows in summary.per_length.items():
+        for row in rows:
+            if row["retrieval"] and (several or row["retrieval"] > 1):
+                rate = f"{row['passes']}/{row['retrieval']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
+                score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
+                print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
     total = summary.prefill_tokens_computed + summary.prefill_tokens_cached
     if total:
         print(
