@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from niah import __version__
 from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET, Cell, plan_cells
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
-from niah.endpoints import Endpoint, PromptBuilder, open_endpoint, prompt_builder, resolve_tokenizer
+from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
+from niah.endpoints import Endpoint, PromptBuilder, server_specs, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
     EXIT_LAUNCH_INVALID,
@@ -31,7 +34,7 @@ from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
-from niah.session import ServerSpec, ServerUnreachable
+from niah.session import ServerUnreachable
 
 RESULTS_FILE = "results.jsonl"
 
@@ -46,6 +49,10 @@ class RunConfig:
     trials: int = 1
     url: str | None = None
     """An already running server; otherwise `model` + `profiles` describe managed launches."""
+    urls: tuple[str, ...] = ()
+    """Further running servers (`--url` given several times): cells go to whichever is free."""
+    servers: int = 1
+    """Managed launches per launch group, run at once (each on its profile's next `devices` entry)."""
     model: Path | None = None
     profiles: tuple[tuple[int, str], ...] = ()
     """(length, profile name or TOML path) pairs: which launch serves each length."""
@@ -72,6 +79,15 @@ class RunConfig:
             raise NiahError("--stall-timeout and --connect-timeout must be positive seconds")
         if self.temperature < 0:
             raise NiahError("--temperature must not be negative")
+        if self.servers < 1:
+            raise NiahError(f"--servers must be at least 1, not {self.servers}")
+        if self.urls and not self.url:
+            raise NiahError("further --url servers need a first --url")
+        urls = [u.strip().rstrip("/") for u in (self.url, *self.urls) if u]
+        if len(set(urls)) < len(urls):
+            raise NiahError("the same --url is given twice: give each server once")
+        if self.servers > 1 and self.url:
+            raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
 
     @property
     def budget(self) -> int:
@@ -151,24 +167,6 @@ def run_fingerprint(
     return fingerprint
 
 
-def server_spec(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> ServerSpec:
-    """How the session reaches the group's server: the run's URL, or the group's launch."""
-    common = {
-        "host": config.host,
-        "api_key": config.api_key,
-        "server_bin": config.server_bin,
-        "connect_timeout_s": config.connect_timeout_s,
-        "stall_timeout_s": config.stall_timeout_s,
-        "thinking": config.thinking,
-    }
-    if launch is None:
-        return ServerSpec(url=config.url, **common)  # type: ignore[arg-type]
-    profile, args = launch
-    return ServerSpec(
-        model=config.model, args=tuple(args), name=profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
-    )
-
-
 def check_out_dir(out_dir: Path) -> None:
     """`--out` must be a folder (or not exist yet)."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -233,10 +231,11 @@ def run_group(
     launch: tuple[LaunchProfile, list[str]] | None,
     native_context: int | None,
 ) -> None:
-    """Run one launch group's unfinished cells on one server (started only when cells are left).
+    """Run one launch group's unfinished cells on its servers (started only when cells are left).
 
-    A CRASH is recorded before the server is restarted; a server niah did not start is not
-    restarted, and the run stops there (rerun to resume).
+    One server runs the cells in plan order: a CRASH is recorded before the server is restarted; a
+    server niah did not start is not restarted, and the run stops there (rerun to resume). Several
+    servers share the cells (niah.dispatch).
     """
     config = state.config
     done = state.results.done_keys()
@@ -245,26 +244,27 @@ def run_group(
     if not todo:
         return
     needed = max(c.length for c in group) + config.budget
-    spec = server_spec(config, launch)
-    with open_endpoint(spec, needed, launch[0] if launch else None, native_context) as endpoint:
-        tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
-        server_facts: dict[str, object] = {"tokenizer_resolved": tokenizer.name}
-        if spec.managed:
-            server_facts["server_version"] = endpoint.session.version()
-        else:
-            server_facts["server"] = endpoint.facts()
-        state.results.check_facts(server_facts)
-        build = prompt_builder(endpoint, tokenizer, state.corpus)
+    profile = launch[0] if launch else None
+    starters = [
+        (name, partial(start_endpoint, spec, needed, profile, native_context, name))
+        for name, spec in server_specs(config, launch)
+    ]
+    with ExitStack() as stack:
+        endpoints = start_endpoints(starters, lambda e: stack.callback(e.session.close))
+        if len(endpoints) > 1:
+            endpoints = keep_serving(endpoints)
+        builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
+        if len(endpoints) > 1:
+            dispatch(state, endpoints, builders, todo, run_cell)
+            return
+        (endpoint,) = endpoints
         for cell in todo:
-            result = run_cell(state, endpoint, build, cell)
-            state.results.append(result)
-            state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
-            state.computed += result.prompt_n or 0
-            state.cached += result.cache_n or 0
+            result = replace(run_cell(state, endpoint, builders[endpoint.name], cell), endpoint=endpoint.name)
+            record(state, result)
             if result.outcome == "CRASH":
-                if not spec.managed:
+                if not endpoint.session.spec.managed:
                     raise NiahError(
-                        f"llama-server at {spec.url} stopped answering (CRASH recorded); "
+                        f"llama-server at {endpoint.session.url} stopped answering (CRASH recorded); "
                         "restart it and rerun to resume",
                         EXIT_LAUNCH_INVALID,
                     )

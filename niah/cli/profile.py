@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
+from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.profiles import LaunchPlan, factor_label, list_profiles, load_profile, plan_launch
+from niah.rpc import RPC_WARNING, split_lines, split_memory
 from niah.server import find_server_binary
 
 PLACEHOLDER_MODEL = "MODEL.gguf"
@@ -77,11 +79,11 @@ def show_command(args: argparse.Namespace) -> int:
     plan = plan_launch(profile, facts, args.native_context, args.arch)
     binary = _binary(args.server_bin)
     if args.json:
-        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port)), indent=2))
+        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port), facts), indent=2))
         return 0
     argv = full_argv(plan, binary, args.model or Path(PLACEHOLDER_MODEL), args.port)
     print(f"# {profile.name}: {profile.description or profile.source}")
-    for line in plan_lines(plan):
+    for line in plan_lines(plan, facts):
         print(f"# {line}")
     if args.model is None:
         print(f"# replace {PLACEHOLDER_MODEL} with your model file")
@@ -89,7 +91,7 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_lines(plan: LaunchPlan) -> list[str]:
+def plan_lines(plan: LaunchPlan, facts: GGUFFacts | None = None) -> list[str]:
     """What the launch should serve and what it costs, as comment lines."""
     profile = plan.profile
     lines = [f"target per-slot context {profile.context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"]
@@ -109,11 +111,13 @@ def plan_lines(plan: LaunchPlan) -> list[str]:
     else:
         lines.append("memory estimate:")
         lines += [f"  {line}" for line in plan.memory.lines()]
-    return lines
+    return lines + split_lines(profile, plan.memory, facts)
 
 
-def plan_json(plan: LaunchPlan, argv: list[str]) -> dict[str, object]:
+def plan_json(plan: LaunchPlan, argv: list[str], facts: GGUFFacts | None = None) -> dict[str, object]:
     memory = plan.memory
+    profile = plan.profile
+    split = [asdict(s) for s in split_memory(profile, memory, facts)] if memory and (profile.rpc or profile.tensor_split) else None
     return {
         "profile": plan.profile.name,
         "argv": argv,
@@ -132,5 +136,8 @@ def plan_json(plan: LaunchPlan, argv: list[str]) -> dict[str, object]:
             "weights_bytes": memory.weights_bytes,
             "total_bytes": memory.total_bytes,
             "shape": memory.shape,
+            "per_device": split,
         },
+        "rpc": list(profile.rpc),
+        "warning": RPC_WARNING if profile.rpc else None,
     }

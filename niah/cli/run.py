@@ -17,6 +17,9 @@ EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
            --lengths 131k,1010000 --depths linspace:0:100:5 --out runs/seed
+  several servers at once (cells go to whichever is free, a length's depths stay on one server):
+  niah run --url http://gpu0:8080 --url http://gpu1:8080 --lengths 128k,256k --out runs/b
+  niah run --model m.gguf --profile my-2gpu.toml --servers 2 --lengths 128k,256k --out runs/c
 exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
             4 cells ended in other outcomes (TIMEOUT, CRASH, TOKEN_MISMATCH, ...)"""
 
@@ -35,10 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--trials", type=int, default=1, help="needles per cell (different values)")
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
     target = parser.add_argument_group("server (one of)")
-    target.add_argument("--url", help="an already running llama-server")
+    target.add_argument("--url", action="append", help="an already running llama-server; repeat for several")
     target.add_argument("--model", type=Path, help="GGUF for managed launches")
     target.add_argument("--profile", help="launch profile for every length (with --model)")
     target.add_argument("--profile-for-length", help="LENGTH=PROFILE,... one launch per group of lengths")
+    target.add_argument("--servers", type=int, help="managed launches at once (each on the profile's next `devices`)")
     add_common_options(parser)
     parser.set_defaults(func=run_command)
 
@@ -109,13 +113,18 @@ def run_command(args: argparse.Namespace) -> int:
         raise NiahError("give either --url, or --model with --profile / --profile-for-length")
     if managed and not args.model:
         raise NiahError("managed launches need --model GGUF")
+    if args.servers is not None and (args.url or args.servers < 1):
+        raise NiahError("--servers N (N ≥ 1) starts managed launches; for running servers give --url once per server")
+    urls = args.url or []
     if args.model and not args.model.is_file():
         raise NiahError(f"model file {args.model} does not exist")
     config = RunConfig(
         grid=tuple((length, depths) for length in lengths),
         trials=args.trials,
         out_dir=args.out,
-        url=args.url,
+        url=urls[0] if urls else None,
+        urls=tuple(urls[1:]),
+        servers=args.servers or 1,
         model=args.model,
         profiles=profile_mapping(args, lengths) if managed else (),
         **common_config(args),  # type: ignore[arg-type]
