@@ -271,7 +271,7 @@ def check_endpoints(state: RunState, endpoints: list[Endpoint], several_urls: bo
     refused: list[NiahError] = []
     for endpoint in list(endpoints):
         tokenizer = resolve_tokenizer(state.config.tokenizer, endpoint)
-        facts: dict[str, object] = {"tokenizer_resolved": tokenizer.name}
+        facts: dict[str, object] = {"tokenizer_resolved": tokenizer_fact(state, tokenizer.name)}
         if endpoint.session.spec.managed:
             facts["server_version"] = endpoint.session.version()
         else:
@@ -303,3 +303,12 @@ def server_fact(state: RunState, endpoint: Endpoint, several_urls: bool) -> dict
     if has_url and canonical({k: v for k, v in recorded.items() if k != "url"}) == canonical(server):
         return recorded  # type: ignore[no-any-return]
     return server
+
+
+def tokenizer_fact(state: RunState, name: str) -> str:
+    """The resolved tokenizer as a fact: `server` for any server's own (its URL is no identity: a
+    managed launch gets a new port each time); a file that recorded `server:URL` keeps it."""
+    if not name.startswith("server:"):
+        return name
+    recorded = state.results.fact("tokenizer_resolved")
+    return recorded if isinstance(recorded, str) and recorded.startswith("server") else "server"
