@@ -139,7 +139,8 @@ def test_llama_cpp_places_layers_and_kv_where_the_estimate_says(
     placed = {int(n): int(d) for n, d in re.findall(r"layer +(\d+) assigned to device RPC(\d+)", log)}
     assert len(placed) == 31, "llama-server -v did not log the layer placement"
     assert [placed[i] for i in range(31)] == layer_devices(31, [3, 1])
-    kv_mib = {int(d): float(v) for d, v in re.findall(r"llama_kv_cache: +RPC(\d+)\[[^\]]+\] KV buffer size = +([\d.]+) MiB", log)}
+    kv_lines = re.findall(r"llama_kv_cache: +RPC\d+\[([^\]]+)\] KV buffer size = +([\d.]+) MiB", log)
+    kv_mib = {addresses.index(a): float(v) for a, v in kv_lines}  # the last (allocating) pass wins
     profile = parse_profile(f'context = 4096\nrpc = {addresses!r}\ntensor_split = [3, 1]\n'.replace("'", '"'), "p")
     memory = plan_launch(profile, read_gguf_facts(tiny_model)).memory
     assert memory is not None
