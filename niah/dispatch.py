@@ -181,8 +181,9 @@ def work(
             rest = list(batch.cells)
             try:
                 while rest:
-                    cell = rest.pop(0)
+                    cell = rest[0]
                     result = replace(run_cell(mine, endpoint, build, cell), endpoint=name)
+                    rest.pop(0)  # a cell whose run_cell raised goes back with the rest
                     events.put(("result", name, result))
                     if result.outcome == "CRASH":
                         cells.retry(cell, avoid=name)
