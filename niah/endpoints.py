@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from niah.cells import Cell
@@ -164,7 +165,8 @@ def prompt_builder(endpoint: Endpoint, tokenizer: Tokenizer, corpus: Corpus) -> 
 
 def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> list[tuple[str, ServerSpec]]:
     """(endpoint name, spec) of every server of a group: each --url, or `servers` managed launches
-    named `profile#n`, the n-th on the profile's n-th `devices` entry (`--device`)."""
+    named `profile#n`, the n-th on the profile's n-th `devices` entry: `--device` DEV, or, written
+    NAME=VALUE (e.g. CUDA_VISIBLE_DEVICES=1), an environment variable of that launch."""
     if launch is None:
         urls = [u for u in (config.url, *config.urls) if u]
         return [(spec.url or url, spec) for url in urls for spec in [server_spec(config, None, url)]]
@@ -176,9 +178,14 @@ def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | No
         )
     out = []
     for n in range(1, config.servers + 1):
-        device = ["--device", devices[n - 1]] if devices else []
+        device = devices[n - 1] if devices else ""
+        variable, is_env, value = device.partition("=")
+        flags = ["--device", device] if device and not is_env else []
         name = profile.name if config.servers == 1 else f"{profile.name}-{n}"
-        out.append((f"{profile.name}#{n}", server_spec(config, (profile, [*args, *device]), name=name)))
+        spec = server_spec(config, (profile, [*args, *flags]), name=name)
+        if is_env:
+            spec = replace(spec, env=((variable.strip(), value.strip()),))
+        out.append((f"{profile.name}#{n}", spec))
     return out
 
 

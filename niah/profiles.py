@@ -85,7 +85,7 @@ class LaunchProfile:
     tensor_split: tuple[float, ...] = ()
     """Layer shares per device, RPC servers first (`--tensor-split`); default: by free memory."""
     devices: tuple[str, ...] = ()
-    """`niah run --servers N`: launch n runs on the n-th entry (`--device`, e.g. CUDA0, or CUDA0,CUDA1)."""
+    """`niah run --servers N`: launch n gets the n-th (`--device CUDA0`, or `CUDA_VISIBLE_DEVICES=0`)."""
     source: str = field(default="", compare=False)
     """Where the profile was loaded from."""
 

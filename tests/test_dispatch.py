@@ -105,6 +105,8 @@ def test_managed_servers_get_their_own_device_and_name(tmp_path: Path) -> None:
     assert [name for name, _ in specs] == ["p#1", "p#2"]
     assert [spec.args for _, spec in specs] == [("-c", "8192", "--device", "CUDA0"), ("-c", "8192", "--device", "CUDA1")]
     assert [spec.name for _, spec in specs] == ["p-1", "p-2"]  # log files p-1.1.log, p-2.1.log
+    by_env = server_specs(config, (profile_with('devices = ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]\n'), []))  # type: ignore[arg-type]
+    assert [(spec.args, spec.env) for _, spec in by_env] == [((), (("CUDA_VISIBLE_DEVICES", "0"),)), ((), (("CUDA_VISIBLE_DEVICES", "1"),))]
     with pytest.raises(NiahError, match="--servers 3 needs as many devices"):
         server_specs(RunConfig(grid=config.grid, out_dir=tmp_path, model=Path(__file__), servers=3,
                                profiles=config.profiles), (profile, []))  # type: ignore[arg-type]
@@ -169,6 +171,8 @@ class KillAtSecondCell(WorkerProgress):
     pids: ClassVar[dict[str, int]] = {}
     """Endpoint URL (or name) -> the llama-server process to kill."""
     killed: ClassVar[list[str]] = []
+    environ: ClassVar[list[bytes]] = []
+    """The killed process's environment."""
     lock = threading.Lock()
 
     def __init__(self, *args: object) -> None:
@@ -181,6 +185,7 @@ class KillAtSecondCell(WorkerProgress):
                 return
             process = self.endpoint.session.process
             pid = process.process.pid if process and process.process else self.pids[self.endpoint.name]
+            self.environ.append(Path(f"/proc/{pid}/environ").read_bytes())
             os.kill(pid, signal.SIGKILL)
             self.killed.append(self.endpoint.name)
 
@@ -197,7 +202,7 @@ class KillAtSecondCell(WorkerProgress):
 
 
 def killer(during: str, pids: dict[str, int] | None = None) -> type[KillAtSecondCell]:
-    return type("Killer", (KillAtSecondCell,), {"during": during, "pids": pids or {}, "killed": []})
+    return type("Killer", (KillAtSecondCell,), {"during": during, "pids": pids or {}, "killed": [], "environ": []})
 
 
 @pytest.mark.server
@@ -226,13 +231,16 @@ def test_a_managed_server_killed_mid_cell_is_restarted_and_its_cell_runs_elsewhe
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     profile = tmp_path / "tiny-1t.toml"
-    profile.write_text('context = 4096\nnative_context = 8192\nthreads = 1\n')
+    profile.write_text('context = 4096\nnative_context = 8192\nthreads = 1\n'
+                       'devices = ["NIAH_TEST_DEVICE=first", "NIAH_TEST_DEVICE=second"]\n')
     kill = killer("count")
     monkeypatch.setattr("niah.dispatch.WorkerProgress", kill)
     config = RunConfig(grid=GRID, out_dir=tmp_path / "run", model=tiny_model, servers=2,
                        profiles=((512, str(profile)), (1024, str(profile))), show_progress=False)
     summary = run(config)
     (dead,) = kill.killed
+    device = {"tiny-1t#1": b"first", "tiny-1t#2": b"second"}[dead]
+    assert b"NIAH_TEST_DEVICE=" + device + b"\0" in kill.environ[0]  # launch n got the n-th devices entry
     records = cell_records(summary.results_path)
     crashes = [r for r in records if r["outcome"] == "CRASH"]
     assert [(r["endpoint"], "while the prompt was counted" in str(r["error"])) for r in crashes] == [(dead, True)]
