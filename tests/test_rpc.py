@@ -3,6 +3,7 @@ two rpc-servers on loopback), and a one-cell run through RPC that counts what th
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -98,6 +99,8 @@ def rpc_servers(tiny_model: Path) -> Iterator[Callable[[int], list[str]]]:
     """Factory: start N rpc-servers on free loopback ports (one thread each); all stopped after."""
     binary = find_rpc_server()
     if binary is None:
+        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
+            pytest.fail(NO_RPC)
         pytest.skip(NO_RPC)
     procs: list[subprocess.Popen[bytes]] = []
 
