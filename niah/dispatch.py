@@ -97,6 +97,10 @@ class CellQueue:
             self._live.discard(name)
             self._cond.notify_all()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -186,6 +190,8 @@ def work(
                     rest.pop(0)  # a cell whose run_cell raised goes back with the rest
                     events.put(("result", name, result))
                     if result.outcome == "CRASH":
+                        if cells.stopped:  # the run is being stopped: no restart
+                            return
                         cells.retry(cell, avoid=name)
                         if not endpoint.session.spec.managed:
                             cells.drop(name)

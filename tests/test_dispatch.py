@@ -20,6 +20,7 @@ from niah.dispatch import Batch, CellQueue, WorkerProgress, batches
 from niah.endpoints import server_specs
 from niah.errors import NiahError
 from niah.profiles import parse_profile
+from niah.progress import RunProgress
 from niah.results import load_cells
 from niah.runner import RunConfig, run
 from niah.server import free_port
@@ -27,6 +28,20 @@ from niah.server import free_port
 GRID = ((512, (100.0, 50.0, 0.0)), (1024, (100.0, 50.0, 0.0)))
 """Six cells in two runs of three (one per length): each server can keep a whole run."""
 SERVER_ARGS = ("-c", "4096", "--parallel", "1", "-t", "1")
+
+
+def child_llama_servers() -> set[int]:
+    """PIDs of llama-server processes this test process started."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, fields = text.split("(", 1)[1].rsplit(")", 1)
+        if fields.split()[1] == str(os.getpid()) and name.startswith("llama-server"):
+            pids.add(int(stat.parent.name))
+    return pids
 
 
 def cell_records(path: Path) -> list[dict[str, object]]:
@@ -280,3 +295,23 @@ def test_an_unreachable_url_is_dropped_and_the_run_goes_on(
     assert [r["endpoint"] for r in cell_records(summary.results_path)] == [server.url]
     out = capsys.readouterr().out
     assert f"dropped {gone}:" in out and "unreachable" in out
+
+
+@pytest.mark.server
+def test_an_interrupt_stops_every_server_and_thread(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while two managed servers work: both stopped, no worker left, nothing restarted."""
+
+    class Interrupt(RunProgress):
+        def start_cell(self, cell: Cell, endpoint: str | None = None) -> None:
+            super().start_cell(cell, endpoint)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("niah.runner.RunProgress", Interrupt)
+    before = child_llama_servers()
+    config = RunConfig(grid=GRID, out_dir=tmp_path, model=tiny_model, servers=2,
+                       profiles=((512, "tiny-native-8k"), (1024, "tiny-native-8k")), show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    assert child_llama_servers() <= before
+    assert not [t for t in threading.enumerate() if t.name.startswith("niah-")]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["tiny-native-8k-1.1.log", "tiny-native-8k-2.1.log"]
