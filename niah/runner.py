@@ -34,6 +34,7 @@ from niah.needles import NeedleSpec, load_needle_spec, make_needle, score_answer
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
+from niah.rpc import RPC_WARNING
 from niah.session import ServerUnreachable
 
 RESULTS_FILE = "results.jsonl"
@@ -200,6 +201,8 @@ def run(config: RunConfig) -> RunSummary:
         for name in sorted({p for _, p in config.profiles}):
             profile = load_profile(name)
             launches[name] = (profile, server_args(profile, facts))
+            if profile.rpc:
+                print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
     state = RunState(config, corpus, needle_spec, results, RunProgress(cells, enabled=config.show_progress))
     try:

@@ -152,7 +152,9 @@ def test_llama_cpp_places_layers_and_kv_where_the_estimate_says(
 
 
 @pytest.mark.server
-def test_one_cell_through_rpc_counts_what_the_local_run_counts(rpc_servers, tiny_model: Path, tmp_path: Path) -> None:
+def test_one_cell_through_rpc_counts_what_the_local_run_counts(
+    rpc_servers, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (address,) = rpc_servers(1)
     local = tmp_path / "local.toml"
     local.write_text("context = 4096\nnative_context = 8192\nthreads = 1\n")
@@ -164,6 +166,7 @@ def test_one_cell_through_rpc_counts_what_the_local_run_counts(rpc_servers, tiny
         run(RunConfig(grid=((1024, (50.0,)),), out_dir=out, model=tiny_model, profiles=((1024, str(profile)),),
                       show_progress=False))
         served[profile.stem] = load_cells(out / "results.jsonl").iloc[0]
+    assert capsys.readouterr().out.count(RPC_WARNING) == 1  # the rpc launch only
     log = (tmp_path / "over-rpc" / "logs" / "over-rpc.1.log").read_text(errors="replace")
     assert re.search(rf"RPC0\[{re.escape(address)}\] model buffer size = +[1-9]", log), "the weights did not go over RPC"
     a, b = served["local"], served["over-rpc"]
