@@ -188,11 +188,13 @@ def work(
                     cell = rest[0]
                     result = replace(run_cell(mine, endpoint, build, cell), endpoint=name)
                     rest.pop(0)  # a cell whose run_cell raised goes back with the rest
-                    events.put(("result", name, result))
-                    if result.outcome == "CRASH":
+                    if result.outcome != "CRASH":
+                        events.put(("result", name, result))
+                    else:
                         if cells.stopped:  # the run is being stopped: no restart
                             return
-                        cells.retry(cell, avoid=name)
+                        again = cells.retry(cell, avoid=name)
+                        events.put(("retry" if again else "result", name, result))
                         if not endpoint.session.spec.managed:
                             cells.drop(name)
                             events.put(("dropped", name, f"{name} stopped answering (CRASH recorded)"))
@@ -233,8 +235,8 @@ def dispatch(
                 state.progress.start_cell(payload, name)
             elif kind == "prefill":
                 state.progress.prefill(payload)
-            elif kind == "result":
-                record(state, payload)
+            elif kind in ("result", "retry"):
+                record(state, payload, again=kind == "retry")
             elif kind == "dropped":
                 print(f"niah: dropped {name} for the rest of the run: {payload}", flush=True)
                 dropped.append(payload)
@@ -258,11 +260,11 @@ def dispatch(
         )
 
 
-def record(state: RunState, result: CellResult) -> None:
-    """Append one finished cell and count it (main thread only)."""
+def record(state: RunState, result: CellResult, again: bool = False) -> None:
+    """Append one finished cell and count it (main thread only); `again`: its CRASH is retried."""
     state.results.append(result)
     cell = Cell(result.length, result.depth, result.trial)
-    state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms, cell=cell)
+    state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms, cell=cell, again=again)
     state.computed += result.prompt_n or 0
     state.cached += result.cache_n or 0
 

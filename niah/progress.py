@@ -89,20 +89,23 @@ class RunProgress:
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
     def end_cell(
-        self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None, cell: Cell | None = None
+        self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None, cell: Cell | None = None,
+        again: bool = False,
     ) -> None:
-        """The current cell (or `cell`, when several are in flight) ended with `outcome`."""
+        """The current cell (or `cell`, when several are in flight) ended with `outcome`; `again`:
+        it goes back to the queue (a CRASH another server retries), so it is not counted done."""
         cell = cell or self._cell
         started, endpoint = self._started.pop(cell.key, (time.monotonic(), None)) if cell else (time.monotonic(), None)
-        if cell is not None:
+        if cell is not None and not again:
             self._remaining.pop(cell.key, None)
         if computed_tokens and prompt_ms:
             self._tokens_done += computed_tokens
             self._seconds_done += prompt_ms / 1000
         self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
-        self._bar.update(1)
+        self._bar.update(0 if again else 1)
         label = self._label(cell, endpoint) if cell else "cell"
-        self._bar.write(f"{label}: {outcome} ({time.monotonic() - started:.1f} s)", file=self._lines)
+        retry = ", retried on another server" if again else ""
+        self._bar.write(f"{label}: {outcome} ({time.monotonic() - started:.1f} s{retry})", file=self._lines)
 
     @staticmethod
     def _label(cell: Cell, endpoint: str | None = None) -> str:
