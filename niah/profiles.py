@@ -19,6 +19,7 @@ from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
 from niah.memory import CACHE_TYPES, DEFAULT_CTX_CHECKPOINTS, LaunchShape, MemoryEstimate, formula
 from niah.reuse import reuse_flags
+from niah.rpc import check_rpc_address, check_tensor_split
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +77,12 @@ class LaunchProfile:
     """`--image-min-tokens`."""
     extra_args: tuple[str, ...] = ()
     """Further llama-server arguments, appended as given."""
+    rpc: tuple[str, ...] = ()
+    """rpc-server endpoints HOST:PORT lending their memory to the launch (`--rpc`); trusted networks only."""
+    tensor_split: tuple[float, ...] = ()
+    """Layer shares per device, RPC servers first (`--tensor-split`); default: by free memory."""
+    devices: tuple[str, ...] = ()
+    """`niah run --servers N`: launch n gets the n-th (`--device CUDA0`, or `CUDA_VISIBLE_DEVICES=0`)."""
     source: str = field(default="", compare=False)
     """Where the profile was loaded from."""
 
@@ -224,6 +231,10 @@ def _option_args(profile: LaunchProfile) -> list[str]:
         args += ["--mmproj", profile.mmproj]
     if profile.image_min_tokens is not None:
         args += ["--image-min-tokens", str(profile.image_min_tokens)]
+    if profile.rpc:
+        args += ["--rpc", ",".join(profile.rpc)]
+    if profile.tensor_split:
+        args += ["--tensor-split", ",".join(f"{s:g}" for s in profile.tensor_split)]
     return args + list(profile.extra_args)
 
 
@@ -281,10 +292,12 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
         elif key in ("kv_unified", "jinja", "swa_full"):
             if not isinstance(value, bool):
                 raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
-        elif key == "extra_args":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise NiahError(f"{where}: extra_args must be a list of strings")
-            value = tuple(value)
+        elif key in ("extra_args", "rpc", "devices"):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise NiahError(f"{where}: {key} must be a list of strings (none empty)")
+            value = tuple(check_rpc_address(v, where) for v in value) if key == "rpc" else tuple(value)
+        elif key == "tensor_split":
+            value = check_tensor_split(value, where)
         elif key in ("gpu_layers", "rope_scale"):
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise NiahError(f"{where}: {key} must be a number or a string, not {value!r}")

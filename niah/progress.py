@@ -49,7 +49,8 @@ class RunProgress:
         self._tokens_done = 0
         self._seconds_done = 0.0
         self._cell: Cell | None = None
-        self._cell_started = 0.0
+        self._started: dict[tuple[int, float, int], tuple[float, str | None]] = {}
+        """Cells in flight (several with several servers): when each started and on which server."""
 
     def skip(self, cells: list[Cell]) -> None:
         """Cells already finished in an earlier run (resume): counted done, left out of the ETA and the rate."""
@@ -67,10 +68,11 @@ class RunProgress:
         current = self._cell.key if self._cell else None
         return sum(n for key, n in self._remaining.items() if key != current)
 
-    def start_cell(self, cell: Cell) -> None:
+    def start_cell(self, cell: Cell, endpoint: str | None = None) -> None:
+        """`cell` starts (on `endpoint`, named when the run has several servers)."""
         self._cell = cell
-        self._cell_started = time.monotonic()
-        self._bar.set_description(self._label(cell))
+        self._started[cell.key] = (time.monotonic(), endpoint)
+        self._bar.set_description(self._label(cell, endpoint))
 
     def prefill(self, event: dict[str, object]) -> None:
         """A `prompt_progress` event: {total, cache, processed, time_ms}."""
@@ -92,21 +94,30 @@ class RunProgress:
         seconds = (left_in_cell + self.tokens_left) / rate
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
-    def end_cell(self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None) -> None:
-        if self._cell is not None:
-            self._remaining.pop(self._cell.key, None)
+    def end_cell(
+        self, outcome: str, computed_tokens: int = 0, prompt_ms: float | None = None, cell: Cell | None = None,
+        again: bool = False,
+    ) -> None:
+        """The current cell (or `cell`, when several are in flight) ended with `outcome`; `again`:
+        it goes back to the queue (a CRASH another server retries), so it is not counted done."""
+        cell = cell or self._cell
+        started, endpoint = self._started.pop(cell.key, (time.monotonic(), None)) if cell else (time.monotonic(), None)
+        if cell is not None and not again:
+            self._remaining.pop(cell.key, None)
         if computed_tokens and prompt_ms:
             self._tokens_done += computed_tokens
             self._seconds_done += prompt_ms / 1000
         self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
-        self._bar.update(1)
-        label = self._label(self._cell) if self._cell else "cell"
-        self._bar.write(f"{label}: {outcome} ({time.monotonic() - self._cell_started:.1f} s)", file=self._lines)
+        self._bar.update(0 if again else 1)
+        label = self._label(cell, endpoint) if cell else "cell"
+        retry = ", retried on another server" if again else ""
+        self._bar.write(f"{label}: {outcome} ({time.monotonic() - started:.1f} s{retry})", file=self._lines)
 
     @staticmethod
-    def _label(cell: Cell) -> str:
+    def _label(cell: Cell, endpoint: str | None = None) -> str:
         task = "" if cell.task == "single" else f"{cell.task} "
-        return f"{task}L={cell.length:,} D={cell.depth:g}% t{cell.trial}"
+        where = f" @ {endpoint}" if endpoint else ""
+        return f"{task}L={cell.length:,} D={cell.depth:g}% t{cell.trial}{where}"
 
     def close(self) -> None:
         self._bar.close()

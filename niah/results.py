@@ -90,6 +90,8 @@ class CellResult:
     """Per-slot context the server reported serving."""
     profile: str | None = None
     """Launch profile name (None for an external --url server)."""
+    endpoint: str | None = None
+    """The server that served the cell: its URL, or `profile#n` for the n-th managed launch."""
     factor: str | None = None
     """Per-slot context over native context, e.g. 'native' or '1.5x YaRN'."""
     finish_reason: str | None = None
@@ -248,6 +250,10 @@ class ResultsFile:
         if new:
             self._write_line({"record": "facts", "schema_version": SCHEMA_VERSION, "facts": new, "recorded": _now()})
             self._facts.update(new)
+
+    def fact(self, key: str) -> Any:
+        """The value recorded for the server fact `key` (None when none is)."""
+        return self._facts.get(key)
 
     def done_keys(self) -> set[tuple[str, int, float, int]]:
         """(task, length, depth, trial) of every cell already in the file."""

@@ -11,7 +11,9 @@ import hashlib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from niah.cells import (
 )
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
-from niah.endpoints import Endpoint, PromptBuilder, open_endpoint, prompt_builder, resolve_tokenizer
+from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
+from niah.endpoints import Endpoint, PromptBuilder, server_specs, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
     EXIT_LAUNCH_INVALID,
@@ -39,8 +42,9 @@ from niah.needles import NeedleSpec, load_needle_spec, score_needle
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
-from niah.reuse import needs_priming, priming_prefix, reusable_tokens, shortfall
-from niah.session import ServerSpec, ServerUnreachable
+from niah.reuse import needs_priming, priming_prefix, reusable_tokens
+from niah.rpc import RPC_WARNING
+from niah.session import ServerUnreachable
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
@@ -58,6 +62,10 @@ class RunConfig:
     """What each cell plants and asks (niah.tasks); every task runs the whole grid."""
     url: str | None = None
     """An already running server; otherwise `model` + `profiles` describe managed launches."""
+    urls: tuple[str, ...] = ()
+    """Further running servers (`--url` given several times): cells go to whichever is free."""
+    servers: int = 1
+    """Managed launches per launch group, run at once (each on its profile's next `devices` entry)."""
     model: Path | None = None
     profiles: tuple[tuple[int, str], ...] = ()
     """(length, profile name or TOML path) pairs: which launch serves each length."""
@@ -84,6 +92,15 @@ class RunConfig:
             raise NiahError("--stall-timeout and --connect-timeout must be positive seconds")
         if self.temperature < 0:
             raise NiahError("--temperature must not be negative")
+        if self.servers < 1:
+            raise NiahError(f"--servers must be at least 1, not {self.servers}")
+        if self.urls and not self.url:
+            raise NiahError("further --url servers need a first --url")
+        urls = [u.strip().rstrip("/") for u in (self.url, *self.urls) if u]
+        if len(set(urls)) < len(urls):
+            raise NiahError("the same --url is given twice: give each server once")
+        if self.servers > 1 and self.url:
+            raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
 
     @property
     def budget(self) -> int:
@@ -181,24 +198,6 @@ def run_fingerprint(
     return fingerprint
 
 
-def server_spec(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> ServerSpec:
-    """How the session reaches the group's server: the run's URL, or the group's launch."""
-    common = {
-        "host": config.host,
-        "api_key": config.api_key,
-        "server_bin": config.server_bin,
-        "connect_timeout_s": config.connect_timeout_s,
-        "stall_timeout_s": config.stall_timeout_s,
-        "thinking": config.thinking,
-    }
-    if launch is None:
-        return ServerSpec(url=config.url, **common)  # type: ignore[arg-type]
-    profile, args = launch
-    return ServerSpec(
-        model=config.model, args=tuple(args), name=profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
-    )
-
-
 def check_out_dir(out_dir: Path) -> None:
     """`--out` must be a folder niah can write in (made here when it does not exist yet)."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -224,6 +223,8 @@ class RunState:
     cached: int = 0
     reusable: int = 0
     """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
+    reuse_warned: bool = False
+    """A server's reuse shortfall has been reported (once per run)."""
 
 
 def run(config: RunConfig) -> RunSummary:
@@ -240,6 +241,8 @@ def run(config: RunConfig) -> RunSummary:
         for name in sorted({p for _, p in config.profiles}):
             profile = load_profile(name)
             launches[name] = (profile, server_args(profile, facts))
+            if profile.rpc:
+                print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
     progress = RunProgress(cells, enabled=config.show_progress, launch_of=dict(config.profiles))
     state = RunState(config, corpus, needle_spec, results, progress)
@@ -274,10 +277,11 @@ def run_group(
     launch: tuple[LaunchProfile, list[str]] | None,
     native_context: int | None,
 ) -> None:
-    """Run one launch group's unfinished cells on one server (started only when cells are left).
+    """Run one launch group's unfinished cells on its servers (started only when cells are left).
 
-    A CRASH is recorded before the server is restarted; a server niah did not start is not
-    restarted, and the run stops there (rerun to resume).
+    One server runs the cells in plan order: a CRASH is recorded before the server is restarted; a
+    server niah did not start is not restarted, and the run stops there (rerun to resume). Several
+    servers share the cells (niah.dispatch).
     """
     config = state.config
     done = state.results.done_keys()
@@ -286,36 +290,27 @@ def run_group(
     if not todo:
         return
     needed = max(c.length + config.task_budget(c.task) for c in group)
-    spec = server_spec(config, launch)
-    with open_endpoint(spec, needed, launch[0] if launch else None, native_context) as endpoint:
-        tokenizer = resolve_tokenizer(config.tokenizer, endpoint)
-        server_facts: dict[str, object] = {"tokenizer_resolved": tokenizer.name}
-        if spec.managed:
-            server_facts["server_version"] = endpoint.session.version()
-        else:
-            server_facts["server"] = endpoint.facts()
-        state.results.check_facts(server_facts)
-        build = prompt_builder(endpoint, tokenizer, state.corpus)
-        warned = False
+    profile = launch[0] if launch else None
+    starters = [
+        (name, partial(start_endpoint, spec, needed, profile, native_context, name))
+        for name, spec in server_specs(config, launch)
+    ]
+    with ExitStack() as stack:
+        endpoints = start_endpoints(starters, lambda e: stack.callback(e.session.close))
+        if len(endpoints) > 1:
+            endpoints = keep_serving(endpoints)
+        builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
+        if len(endpoints) > 1:
+            dispatch(state, endpoints, builders, todo, run_cell)
+            return
+        (endpoint,) = endpoints
         for cell in todo:
-            result = run_cell(state, endpoint, build, cell)
-            state.results.append(result)
-            state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms)
-            state.computed += (result.prompt_n or 0) + (result.prime_n or 0)
-            state.cached += result.cache_n or 0
-            state.reusable += result.cache_expected or 0
-            if not warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
-                warned = True
-                print(
-                    f"niah: llama-server reused {result.cache_n or 0:,} of the {result.cache_expected:,} prompt "
-                    f"tokens L={cell.length:,} D={cell.depth:g}% shares with the previous prompt: "
-                    f"{endpoint.reuse_shortfall_reason()}",
-                    flush=True,
-                )
+            result = replace(run_cell(state, endpoint, builders[endpoint.name], cell), endpoint=endpoint.name)
+            record(state, result, reason=endpoint.reuse_shortfall_reason)
             if result.outcome == "CRASH":
-                if not spec.managed:
+                if not endpoint.session.spec.managed:
                     raise NiahError(
-                        f"llama-server at {spec.url} stopped answering (CRASH recorded); "
+                        f"llama-server at {endpoint.session.url} stopped answering (CRASH recorded); "
                         "restart it and rerun to resume",
                         EXIT_LAUNCH_INVALID,
                     )

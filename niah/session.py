@@ -79,6 +79,8 @@ class ServerSpec:
     """Seconds a managed launch may take to load the model."""
     thinking: str = "off"
     """`enable_thinking` for the chat template, in renders and in chats alike."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment of a managed launch (e.g. CUDA_VISIBLE_DEVICES=1 for one of several)."""
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.model is None):
@@ -134,7 +136,7 @@ class ServerSession:
         port = spec.port or free_port(host)
         argv = [str(find_server_binary(spec.server_bin)), "-m", str(spec.model),
                 "--host", host, "--port", str(port), *spec.args]
-        env = {"LLAMA_API_KEY": spec.api_key} if spec.api_key else {}
+        env = {**dict(spec.env), **({"LLAMA_API_KEY": spec.api_key} if spec.api_key else {})}
         self.url = f"http://{host}:{port}"
         self.process = ManagedServer(argv=argv, log_path=log_path, env=env)
         self.process.start(

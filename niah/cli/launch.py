@@ -50,6 +50,10 @@ def launch_command(args: argparse.Namespace) -> int:
         server_bin=args.server_bin,
         start_timeout_s=args.timeout,
     )
+    if profile.rpc:
+        from niah.rpc import RPC_WARNING
+
+        print(f"niah: {RPC_WARNING}", flush=True)
     print(f"niah: starting llama-server for {profile.name} (logs in {log_dir}/) ...", flush=True)
     with ServerSession(spec) as session:
         print(f"niah: command: {session.command}", flush=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
+from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.memory import MemoryEstimate, project
 from niah.profiles import LaunchPlan, factor_label, list_profiles, load_profile, plan_launch
+from niah.rpc import RPC_WARNING, split_lines, split_memory
 from niah.server import find_server_binary
 
 PLACEHOLDER_MODEL = "MODEL.gguf"
@@ -85,11 +87,11 @@ def show_command(args: argparse.Namespace) -> int:
     binary = _binary(args.server_bin)
     memory = _memory(plan, args.model, binary)
     if args.json:
-        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port), memory), indent=2))
+        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port), memory, facts), indent=2))
         return 0
     argv = full_argv(plan, binary, args.model or Path(PLACEHOLDER_MODEL), args.port)
     print(f"# {profile.name}: {profile.description or profile.source}")
-    for line in plan_lines(plan, memory):
+    for line in plan_lines(plan, memory, facts):
         print(f"# {line}")
     if args.model is None:
         print(f"# replace {PLACEHOLDER_MODEL} with your model file")
@@ -97,7 +99,7 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None) -> list[str]:
+def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None, facts: GGUFFacts | None = None) -> list[str]:
     """What the launch should serve and what it costs, as comment lines."""
     profile = plan.profile
     lines = [f"target per-slot context {profile.context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"]
@@ -120,10 +122,14 @@ def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None) -> list[str]:
         if memory is not plan.memory and plan.memory is not None and memory.source != plan.memory.source:
             lines.append("memory by niah's formula:")
             lines += [f"  {line}" for line in plan.memory.lines()[1:]]
-    return lines
+    return lines + split_lines(profile, memory, facts)
 
 
-def plan_json(plan: LaunchPlan, argv: list[str], memory: MemoryEstimate | None) -> dict[str, object]:
+def plan_json(
+    plan: LaunchPlan, argv: list[str], memory: MemoryEstimate | None, facts: GGUFFacts | None = None
+) -> dict[str, object]:
+    profile = plan.profile
+    split = [asdict(s) for s in split_memory(profile, memory, facts)] if memory and (profile.rpc or profile.tensor_split) else None
     return {
         "profile": plan.profile.name,
         "argv": argv,
@@ -133,6 +139,8 @@ def plan_json(plan: LaunchPlan, argv: list[str], memory: MemoryEstimate | None) 
         "arch": plan.arch,
         "rope_scale": plan.rope_scale,
         "predicted_slot_context": plan.predicted_slot_context,
-        "memory": None if memory is None else memory.as_json(),
+        "memory": None if memory is None else {**memory.as_json(), "per_device": split},
         "memory_formula": None if plan.memory is None else plan.memory.as_json(),
+        "rpc": list(profile.rpc),
+        "warning": RPC_WARNING if profile.rpc else None,
     }

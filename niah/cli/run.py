@@ -19,6 +19,9 @@ EPILOG = """examples:
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
            --lengths 131k,1010000 --depths linspace:0:100:5 --out runs/seed
+  several servers at once (cells go to whichever is free, a length's depths stay on one server):
+  niah run --url http://gpu0:8080 --url http://gpu1:8080 --lengths 128k,256k --out runs/b
+  niah run --model m.gguf --profile my-2gpu.toml --servers 2 --lengths 128k,256k --out runs/c
 exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
             4 cells ended in other outcomes (TIMEOUT, CRASH, TOKEN_MISMATCH, ...)"""
 
@@ -38,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="comma-separated: single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file",
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
-    add_target_options(parser)
+    add_target_options(parser, several=True)
     add_common_options(parser)
     parser.set_defaults(func=run_command)
 
@@ -50,13 +53,19 @@ def add_grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=1, help="prompts per cell (different values and distractor positions)")
 
 
-def add_target_options(parser: argparse.ArgumentParser, title: str = "server (one of)") -> None:
-    """Where the grid runs: a URL, or --model with launch profiles; shared by `run` and `plan`."""
+def add_target_options(parser: argparse.ArgumentParser, title: str = "server (one of)", several: bool = False) -> None:
+    """Where the grid runs: a URL (`several`: repeatable), or --model with launch profiles; shared by
+    `run` and `plan`."""
     target = parser.add_argument_group(title)
-    target.add_argument("--url", help="an already running llama-server")
+    if several:
+        target.add_argument("--url", action="append", help="an already running llama-server; repeat for several")
+    else:
+        target.add_argument("--url", help="an already running llama-server")
     target.add_argument("--model", type=Path, help="GGUF for managed launches")
     target.add_argument("--profile", help="launch profile for every length (with --model)")
     target.add_argument("--profile-for-length", help="LENGTH=PROFILE,... one launch per group of lengths")
+    if several:
+        target.add_argument("--servers", type=int, help="managed launches at once (each on the profile's next `devices`)")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +136,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise NiahError("give either --url, or --model with --profile / --profile-for-length")
     if managed and not args.model:
         raise NiahError("managed launches need --model GGUF")
+    if args.servers is not None and (args.url or args.servers < 1):
+        raise NiahError("--servers N (N ≥ 1) starts managed launches; for running servers give --url once per server")
+    urls = args.url or []
     if args.model and not args.model.is_file():
         raise NiahError(f"model file {args.model} does not exist")
     config = RunConfig(
@@ -134,7 +146,9 @@ def run_command(args: argparse.Namespace) -> int:
         trials=args.trials,
         tasks=tasks,
         out_dir=args.out,
-        url=args.url,
+        url=urls[0] if urls else None,
+        urls=tuple(urls[1:]),
+        servers=args.servers or 1,
         model=args.model,
         profiles=profile_mapping(args, lengths) if managed else (),
         **common_config(args),  # type: ignore[arg-type]

@@ -1,0 +1,338 @@
+"""Several servers at once: one worker thread per endpoint pulls runs of cells from one queue; the
+main thread is the only writer (results, progress bar).
+
+A run of cells is one (length, trial) in plan order (depth descending), so each server keeps the
+prefix reuse of a whole run. A cell lost to a server that died is recorded as CRASH and goes back
+to the queue once, for another server when there is one; a dead `--url` server is dropped for the
+rest of the run, a dead managed server is restarted.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from niah.cells import Cell
+from niah.endpoints import prompt_builder, resolve_tokenizer
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+from niah.results import canonical
+from niah.reuse import shortfall
+
+if TYPE_CHECKING:
+    from niah.endpoints import Endpoint, PromptBuilder
+    from niah.results import CellResult
+    from niah.runner import RunState
+
+RunCell = Callable[["RunState", "Endpoint", "PromptBuilder", Cell], "CellResult"]
+
+
+@dataclass
+class Batch:
+    """Cells one server runs in order (they share prefixes)."""
+
+    cells: list[Cell]
+    avoid: str | None = None
+    """The endpoint this batch's cell crashed on: others take it first."""
+
+
+def batches(cells: list[Cell]) -> list[Batch]:
+    """Runs of cells of one (task, length, trial), in plan order within a run; the longest runs first,
+    so the last run to finish is a short one."""
+    runs: dict[tuple[str, int, int], list[Cell]] = {}
+    for cell in cells:
+        runs.setdefault((cell.task, cell.length, cell.trial), []).append(cell)
+    return sorted((Batch(run) for run in runs.values()), key=lambda b: -sum(c.length for c in b.cells))
+
+
+class CellQueue:
+    """The shared queue of batches; `take` blocks until a batch fits, or nothing is left to do."""
+
+    def __init__(self, work: list[Batch], names: list[str]) -> None:
+        self._cond = threading.Condition()
+        self._batches = deque(work)
+        self._live = set(names)
+        self._busy = 0
+        self._stopped = False
+        self._retried: set[tuple[int, float, int]] = set()
+
+    def take(self, name: str) -> Batch | None:
+        """The next batch for endpoint `name`; None when the run is over for it."""
+        with self._cond:
+            while True:
+                if self._stopped or name not in self._live:
+                    return None
+                for i, batch in enumerate(self._batches):
+                    if batch.avoid != name or self._live == {name}:
+                        del self._batches[i]
+                        self._busy += 1
+                        return batch
+                if not self._batches and not self._busy:
+                    return None
+                self._cond.wait()
+
+    def done(self, rest: list[Cell] | None = None) -> None:
+        """A worker finished its batch; `rest` (cells it could not run) goes back to the front."""
+        with self._cond:
+            self._busy -= 1
+            if rest:
+                self._batches.appendleft(Batch(rest))
+            self._cond.notify_all()
+
+    def retry(self, cell: Cell, avoid: str) -> bool:
+        """Put a crashed cell back for another server; False when it already had its second try."""
+        with self._cond:
+            if cell.key in self._retried:
+                return False
+            self._retried.add(cell.key)
+            self._batches.appendleft(Batch([cell], avoid=avoid))
+            self._cond.notify_all()
+            return True
+
+    def drop(self, name: str) -> None:
+        with self._cond:
+            self._live.discard(name)
+            self._cond.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def left(self) -> int:
+        """Cells still queued."""
+        with self._cond:
+            return sum(len(b.cells) for b in self._batches)
+
+
+class WorkerProgress:
+    """What a worker's `run_cell` reports as it goes, forwarded to the main thread's progress bar."""
+
+    def __init__(self, events: queue.Queue[tuple[str, str, Any]], endpoint: Endpoint) -> None:
+        self.events = events
+        self.endpoint = endpoint
+
+    def start_cell(self, cell: Cell) -> None:
+        self.events.put(("start", self.endpoint.name, cell))
+
+    def prefill(self, event: dict[str, object]) -> None:
+        self.events.put(("prefill", self.endpoint.name, event))
+
+
+def start_endpoints(
+    starters: list[tuple[str, Callable[[], Endpoint]]], register: Callable[[Endpoint], None]
+) -> list[Endpoint]:
+    """Start (or reach) and preflight several servers at once; one that fails is dropped with one
+    line, and the first error is raised when none is left. `register` gets each one started."""
+    if len(starters) == 1:
+        endpoint = starters[0][1]()
+        register(endpoint)
+        return [endpoint]
+    with ThreadPoolExecutor(max_workers=len(starters), thread_name_prefix="niah-start") as pool:
+        futures = [(name, pool.submit(start)) for name, start in starters]
+        started: list[Endpoint] = []
+        errors: list[BaseException] = []
+        for name, future in futures:
+            try:
+                endpoint = future.result()
+            except NiahError as exc:
+                print(f"niah: dropped {name}: {exc}", flush=True)
+                errors.append(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - raised below, once the others are registered
+                errors.append(exc)
+                continue
+            register(endpoint)
+            started.append(endpoint)
+    fatal = [e for e in errors if not isinstance(e, NiahError)]
+    if fatal:
+        raise fatal[0]
+    if not started:
+        raise errors[0]
+    return started
+
+
+def keep_serving(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """Endpoints whose preflight is OK; clamped ones are dropped with one line each (when every one
+    is clamped, those serving the most context stay, and their cells are recorded CLAMPED)."""
+    ok = [e for e in endpoints if e.report.verdict == "OK"]
+    if not ok:
+        most = max(e.served_n_ctx for e in endpoints)
+        ok = [e for e in endpoints if e.served_n_ctx == most]
+    for endpoint in endpoints:
+        if endpoint not in ok:
+            print(f"niah: dropped {endpoint.name}: {endpoint.report.summary()}", flush=True)
+    return ok
+
+
+def work(
+    state: RunState, endpoint: Endpoint, build: PromptBuilder, run_cell: RunCell,
+    cells: CellQueue, events: queue.Queue[tuple[str, str, Any]],
+) -> None:
+    """One endpoint's worker: run batches until the queue is empty, this server is dropped, or the
+    run stops. Every result and failure goes to the main thread through `events`."""
+    name = endpoint.name
+    mine = replace(state, progress=WorkerProgress(events, endpoint))
+    try:
+        while (batch := cells.take(name)) is not None:
+            rest = list(batch.cells)
+            try:
+                while rest:
+                    cell = rest[0]
+                    result = replace(run_cell(mine, endpoint, build, cell), endpoint=name)
+                    rest.pop(0)  # a cell whose run_cell raised goes back with the rest
+                    if result.outcome != "CRASH":
+                        events.put(("result", name, result))
+                    else:
+                        if cells.stopped:  # the run is being stopped: no restart
+                            return
+                        again = cells.retry(cell, avoid=name)
+                        events.put(("retry" if again else "result", name, result))
+                        if not endpoint.session.spec.managed:
+                            cells.drop(name)
+                            events.put(("dropped", name, f"{name} stopped answering (CRASH recorded)"))
+                            return
+                        endpoint.restart()
+            except NiahError as exc:  # a restart that failed, or a server that stopped answering
+                cells.drop(name)
+                events.put(("dropped", name, str(exc)))
+                return
+            finally:
+                cells.done(rest)
+    except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+        events.put(("error", name, exc))
+        cells.stop()
+    finally:
+        events.put(("exit", name, None))
+
+
+def dispatch(
+    state: RunState, endpoints: list[Endpoint], builders: dict[str, PromptBuilder], todo: list[Cell],
+    run_cell: RunCell,
+) -> None:
+    """Run `todo` on several endpoints at once; the calling thread writes every result."""
+    events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+    cells = CellQueue(batches(todo), [e.name for e in endpoints])
+    threads = [
+        threading.Thread(target=work, name=f"niah-{e.name}", daemon=True,
+                         args=(state, e, builders[e.name], run_cell, cells, events))
+        for e in endpoints
+    ]
+    for thread in threads:
+        thread.start()
+    running, dropped = len(threads), []
+    reasons = {e.name: e.reuse_shortfall_reason for e in endpoints}
+    try:
+        while running:
+            kind, name, payload = events.get()
+            if kind == "start":
+                state.progress.start_cell(payload, name)
+            elif kind == "prefill":
+                state.progress.prefill(payload)
+            elif kind in ("result", "retry"):
+                record(state, payload, again=kind == "retry", reason=reasons.get(name))
+            elif kind == "dropped":
+                print(f"niah: dropped {name} for the rest of the run: {payload}", flush=True)
+                dropped.append(payload)
+            elif kind == "error":
+                raise payload
+            elif kind == "exit":
+                running -= 1
+    except BaseException:
+        cells.stop()
+        for endpoint in endpoints:  # unblock workers waiting on a server
+            endpoint.session.close()
+        raise
+    finally:
+        for thread in threads:
+            thread.join()
+    left = cells.left()
+    if left:
+        raise NiahError(
+            f"every server was dropped with {left} cell(s) left ({dropped[-1] if dropped else 'no server'}); "
+            "rerun to resume", EXIT_LAUNCH_INVALID,
+        )
+
+
+def record(
+    state: RunState, result: CellResult, again: bool = False, reason: Callable[[], str] | None = None
+) -> None:
+    """Append one finished cell and count it (main thread only); `again`: its CRASH is retried.
+
+    The first cell whose server reused much less of its prompt than it shared with the one before
+    is reported once per run, with `reason()` (the endpoint's: niah.reuse)."""
+    state.results.append(result)
+    cell = Cell(result.length, result.depth, result.trial, result.task)
+    state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms, cell=cell, again=again)
+    state.computed += (result.prompt_n or 0) + (result.prime_n or 0)
+    state.cached += result.cache_n or 0
+    state.reusable += result.cache_expected or 0
+    if reason and not state.reuse_warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
+        state.reuse_warned = True
+        print(
+            f"niah: llama-server reused {result.cache_n or 0:,} of the {result.cache_expected:,} prompt tokens "
+            f"L={result.length:,} D={result.depth:g}% shares with the previous prompt: {reason()}",
+            flush=True,
+        )
+
+
+def check_endpoints(state: RunState, endpoints: list[Endpoint], several_urls: bool) -> dict[str, PromptBuilder]:
+    """Check (or record) the facts each live server tells against the results file, and make each
+    one's prompt builder. With several servers one whose facts differ is dropped with one line.
+
+    With several --url servers the recorded `server` fact leaves the URL out: any set of servers
+    with the same model, context, slots and build may resume the run.
+    """
+    builders: dict[str, PromptBuilder] = {}
+    refused: list[NiahError] = []
+    for endpoint in list(endpoints):
+        tokenizer = resolve_tokenizer(state.config.tokenizer, endpoint)
+        facts: dict[str, object] = {"tokenizer_resolved": tokenizer_fact(state, tokenizer.name)}
+        if endpoint.session.spec.managed:
+            facts["server_version"] = endpoint.session.version()
+        else:
+            facts["server"] = server_fact(state, endpoint, several_urls)
+        try:
+            state.results.check_facts(facts)
+        except NiahError as exc:
+            if len(endpoints) == 1:
+                raise
+            print(f"niah: dropped {endpoint.name}: {exc}", flush=True)
+            endpoints.remove(endpoint)
+            refused.append(exc)
+            continue
+        builders[endpoint.name] = prompt_builder(endpoint, tokenizer, state.corpus)
+    if not builders:
+        raise refused[0]
+    return builders
+
+
+def server_fact(state: RunState, endpoint: Endpoint, several_urls: bool) -> dict[str, object]:
+    """A URL server's identity for `check_facts`: without its URL when the run has several servers
+    (or was recorded so); a run recorded on one URL resumes on several when all else matches."""
+    server = endpoint.facts()
+    recorded = state.results.fact("server")
+    has_url = isinstance(recorded, dict) and "url" in recorded
+    if not several_urls and (recorded is None or has_url):
+        return server
+    server = {k: v for k, v in server.items() if k != "url"}
+    if has_url and canonical({k: v for k, v in recorded.items() if k != "url"}) == canonical(server):
+        return recorded  # type: ignore[no-any-return]
+    return server
+
+
+def tokenizer_fact(state: RunState, name: str) -> str:
+    """The resolved tokenizer as a fact: `server` for any server's own (its URL is no identity: a
+    managed launch gets a new port each time); a file that recorded `server:URL` keeps it."""
+    if not name.startswith("server:"):
+        return name
+    recorded = state.results.fact("tokenizer_resolved")
+    return recorded if isinstance(recorded, str) and recorded.startswith("server") else "server"
