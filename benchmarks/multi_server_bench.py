@@ -43,7 +43,7 @@ def report(label: str, wall: float, cells: object) -> None:
     per_cell = ", ".join(f"{r.length}@{r.depth:g}%={r.wall_s:.1f}s[{r.endpoint}]" for r in frame.itertuples())  # type: ignore[attr-defined]
     print(f"{label}: wall {wall:.1f} s (server start included); busy per server: "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in busy.items())
-          + f"; one device per server would take ≈ {busy.max():.1f} s of cells")
+          + f"; the busiest server {busy.max():.1f} s")
     print(f"  cells: {per_cell}")
 
 
