@@ -96,7 +96,8 @@ def test_each_prompt_reuses_what_it_shares_with_the_one_before(llama_server, tmp
     assert [(r["length"], r["depth"]) for r in records] == [(1024, 50.0), (1024, 100.0), (2048, 50.0), (2048, 100.0)]
     for record in records[1:]:  # the server's cache_n against what niah expected it to reuse
         expected, cached = int(record["cache_expected"]), int(record["cache_n"])  # type: ignore[call-overload]
-        assert expected > 400 and abs(cached - expected) <= 8, record
+        # at least that much (the shared server may also hold an identical prompt from an earlier test)
+        assert expected > 400 and cached >= expected - 8, record
     computed = sum(int(r["prompt_n"]) for r in records)  # type: ignore[call-overload]
     naive = sum(int(r["length"]) for r in records)  # type: ignore[call-overload]
     assert computed <= 0.6 * naive, (computed, naive)
