@@ -20,7 +20,6 @@ bad input (a missing or malformed run, or no cell in common).
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +184,8 @@ def render_heatmap(comparison: Comparison) -> bytes:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from niah.report_figures import png_bytes
+
     cells = comparison.cells
     tasks = tasks_of(cells)
     names = list(CHANGE_COLOURS)
@@ -215,11 +216,7 @@ def render_heatmap(comparison: Comparison) -> bytes:
     present = [c for c in names if c in set(cells["change"])]
     handles = [Patch(color=CHANGE_COLOURS[c], label=c) for c in present]
     axes[0, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_outputs(comparison: Comparison, out_dir: Path) -> list[Path]:

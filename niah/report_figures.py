@@ -90,6 +90,13 @@ def render_heatmap(grids: dict[str, pd.DataFrame]) -> bytes:
         ax.set_title(f"task {task}" if titled else "needle retrieval by length and depth")
     handles = [Patch(color=COLOURS[c], label=LEGEND_NAMES.get(c, c)) for c in categories if c in present]
     axes[0, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A finished matplotlib figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -5,12 +5,12 @@ window (Gemma 3 270M), at f16 and q8_0/q4_0 KV, one and two slots."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import need
 
 from niah.cli import main
 from niah.errors import NiahError
@@ -22,15 +22,6 @@ from niah.server import find_server_binary
 QUANTIZED = 'cache_type_k = "q8_0"\ncache_type_v = "q4_0"\nflash_attn = "on"\n'
 
 
-def _need(find: Callable[[], Path]) -> Path:
-    try:
-        return find()
-    except NiahError as exc:
-        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def fit_tool() -> Path:
     def find() -> Path:
@@ -39,7 +30,7 @@ def fit_tool() -> Path:
             raise NiahError("no llama-fit-params beside llama-server (bash scripts/setup.sh)")
         return tool
 
-    return _need(find)
+    return need(find)
 
 
 def models(request: pytest.FixtureRequest, name: str) -> Path:
