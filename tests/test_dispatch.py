@@ -172,8 +172,9 @@ def test_two_url_servers_share_the_grid_one_run_each(start_llama_server, tmp_pat
     assert by_length[512] | by_length[1024] == {s.url for s in servers}  # both served
     for length, _ in GRID:  # ... and so kept its prefix reuse
         run_records = [r for r in records if r["length"] == length]
-        assert [r["depth"] for r in run_records] == [100.0, 50.0, 0.0]
-        assert int(run_records[1]["cache_n"]) > 0  # type: ignore[call-overload]
+        assert [r["depth"] for r in run_records] == [0.0, 50.0, 100.0]  # the plan's order
+        last = run_records[-1]  # shares half its haystack with the cell before on the same server
+        assert int(last["cache_expected"]) > 200 and int(last["cache_n"]) >= int(last["cache_expected"]) - 8, last
     frame = load_cells(summary.results_path)
     assert set(frame["endpoint"]) == {s.url for s in servers}
 
