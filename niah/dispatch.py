@@ -1,7 +1,7 @@
 """Several servers at once: one worker thread per endpoint pulls runs of cells from one queue; the
 main thread is the only writer (results, progress bar).
 
-A run of cells is one (length, trial) in plan order (depth descending), so each server keeps the
+A run of cells is one (task, length, trial) in plan order (ascending needle position), so each server keeps the
 prefix reuse of a whole run. A cell lost to a server that died is recorded as CRASH and goes back
 to the queue once, for another server when there is one; a dead `--url` server is dropped for the
 rest of the run, a dead managed server is restarted.
