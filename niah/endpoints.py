@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from niah.cells import Cell
 from niah.corpus import Corpus
-from niah.errors import NiahError
 from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
@@ -22,9 +19,6 @@ from niah.reuse import reuse_kind, shortfall_reason
 from niah.session import ServerSession, ServerSpec
 from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
-
-if TYPE_CHECKING:
-    from niah.runner import RunConfig
 
 QWEN_PROBE = "Needle 4827193 in a haystack: naïve café, 東京, <tags> & emoji 🙂.\n\tEnd."
 
@@ -170,50 +164,3 @@ def prompt_builder(endpoint: Endpoint, tokenizer: Tokenizer, corpus: Corpus) -> 
         return prompt, prompt.prompt_tokens, "server"
 
     return build_cell
-
-
-def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> list[tuple[str, ServerSpec]]:
-    """(endpoint name, spec) of every server of a group: each --url, or `servers` managed launches
-    named `profile#n`, the n-th on the profile's n-th `devices` entry: `--device` DEV, or, written
-    NAME=VALUE (e.g. CUDA_VISIBLE_DEVICES=1), an environment variable of that launch."""
-    if launch is None:
-        urls = [u for u in (config.url, *config.urls) if u]
-        return [(spec.url or url, spec) for url in urls for spec in [server_spec(config, None, url)]]
-    profile, args = launch
-    devices = profile.devices
-    if devices and config.servers > len(devices):
-        raise NiahError(
-            f"--servers {config.servers} needs as many devices, profile {profile.name} lists {len(devices)}"
-        )
-    out = []
-    for n in range(1, config.servers + 1):
-        device = devices[n - 1] if devices else ""
-        variable, is_env, value = device.partition("=")
-        flags = ["--device", device] if device and not is_env else []
-        name = profile.name if config.servers == 1 else f"{profile.name}-{n}"
-        spec = server_spec(config, (profile, [*args, *flags]), name=name)
-        if is_env:
-            spec = replace(spec, env=((variable.strip(), value.strip()),))
-        out.append((f"{profile.name}#{n}", spec))
-    return out
-
-
-def server_spec(
-    config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None, url: str | None = None,
-    name: str | None = None,
-) -> ServerSpec:
-    """How the session reaches one server: a URL (the run's first by default), or a launch."""
-    common = {
-        "host": config.host,
-        "api_key": config.api_key,
-        "server_bin": config.server_bin,
-        "connect_timeout_s": config.connect_timeout_s,
-        "stall_timeout_s": config.stall_timeout_s,
-        "thinking": config.thinking,
-    }
-    if launch is None:
-        return ServerSpec(url=url or config.url, **common)  # type: ignore[arg-type]
-    profile, args = launch
-    return ServerSpec(
-        model=config.model, args=tuple(args), name=name or profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
-    )

@@ -28,7 +28,7 @@ from niah.cells import (
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
-from niah.endpoints import Endpoint, PromptBuilder, server_specs, start_endpoint
+from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
     EXIT_LAUNCH_INVALID,
@@ -44,7 +44,7 @@ from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.reuse import needs_priming, priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
-from niah.session import ServerUnreachable
+from niah.session import ServerSpec, ServerUnreachable
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
@@ -196,6 +196,53 @@ def run_fingerprint(
     if launches:
         fingerprint["launches"] = {name: args for name, (_, args) in launches.items()}
     return fingerprint
+
+
+def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> list[tuple[str, ServerSpec]]:
+    """(endpoint name, spec) of every server of a group: each --url, or `servers` managed launches
+    named `profile#n`, the n-th on the profile's n-th `devices` entry: `--device` DEV, or, written
+    NAME=VALUE (e.g. CUDA_VISIBLE_DEVICES=1), an environment variable of that launch."""
+    if launch is None:
+        urls = [u for u in (config.url, *config.urls) if u]
+        return [(spec.url or url, spec) for url in urls for spec in [server_spec(config, None, url)]]
+    profile, args = launch
+    devices = profile.devices
+    if devices and config.servers > len(devices):
+        raise NiahError(
+            f"--servers {config.servers} needs as many devices, profile {profile.name} lists {len(devices)}"
+        )
+    out = []
+    for n in range(1, config.servers + 1):
+        device = devices[n - 1] if devices else ""
+        variable, is_env, value = device.partition("=")
+        flags = ["--device", device] if device and not is_env else []
+        name = profile.name if config.servers == 1 else f"{profile.name}-{n}"
+        spec = server_spec(config, (profile, [*args, *flags]), name=name)
+        if is_env:
+            spec = replace(spec, env=((variable.strip(), value.strip()),))
+        out.append((f"{profile.name}#{n}", spec))
+    return out
+
+
+def server_spec(
+    config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None, url: str | None = None,
+    name: str | None = None,
+) -> ServerSpec:
+    """How the session reaches one server: a URL (the run's first by default), or a launch."""
+    common = {
+        "host": config.host,
+        "api_key": config.api_key,
+        "server_bin": config.server_bin,
+        "connect_timeout_s": config.connect_timeout_s,
+        "stall_timeout_s": config.stall_timeout_s,
+        "thinking": config.thinking,
+    }
+    if launch is None:
+        return ServerSpec(url=url or config.url, **common)  # type: ignore[arg-type]
+    profile, args = launch
+    return ServerSpec(
+        model=config.model, args=tuple(args), name=name or profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
+    )
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -17,12 +17,11 @@ import pytest
 
 from niah.cells import Cell, plan_cells
 from niah.dispatch import Batch, CellQueue, WorkerProgress, batches
-from niah.endpoints import server_specs
 from niah.errors import NiahError
 from niah.profiles import parse_profile
 from niah.progress import RunProgress
 from niah.results import load_cells
-from niah.runner import RunConfig, run
+from niah.runner import RunConfig, run, server_specs
 from niah.server import free_port
 
 GRID = ((512, (100.0, 50.0, 0.0)), (1024, (100.0, 50.0, 0.0)))
