@@ -18,7 +18,7 @@ from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
 from niah.memory import CACHE_TYPES, DEFAULT_CTX_CHECKPOINTS, LaunchShape, MemoryEstimate, formula
-from niah.reuse import reuse_flags
+from niah.reuse import SLIDING_WINDOW, reuse_kind
 from niah.rpc import check_rpc_address, check_tensor_split
 
 if sys.version_info >= (3, 11):
@@ -185,7 +185,8 @@ def plan_launch(
             "--override-kv", f"{arch}.context_length=int:{profile.context}",
             "--rope-scaling", "yarn", "--rope-scale", rope_scale, "--yarn-orig-ctx", str(native),
         ]
-    swa_full = profile.swa_full if profile.swa_full is not None else "--swa-full" in reuse_flags(facts)
+    # --swa-full makes a sliding-window model's prefix reusable (niah.reuse); on by default for one
+    swa_full = profile.swa_full if profile.swa_full is not None else reuse_kind(facts) == SLIDING_WINDOW
     if swa_full:
         args.append("--swa-full")
     args += _option_args(profile)

@@ -54,12 +54,6 @@ def priming_prefix(prompt: Prompt) -> int:
     return prompt.haystack_token_start + first_plant(prompt)
 
 
-def reuse_flags(facts: GGUFFacts | None) -> list[str]:
-    """llama-server flags that make prefix reuse possible for this model (`--swa-full` for a
-    sliding-window model; nothing helps a recurrent one in this build, see the module doc)."""
-    return ["--swa-full"] if reuse_kind(facts) == SLIDING_WINDOW else []
-
-
 def reusable_tokens(previous: Prompt | None, prompt: Prompt) -> int:
     """Prompt tokens `prompt` shares with `previous` (the last prompt sent to the same server):
     the template and instructions before the haystack, then the haystack up to the earlier of the
