@@ -30,13 +30,8 @@ class LiveServer:
 
 def _testbed() -> tuple[Path, Path]:
     """The binary and model, or a skip (a failure when NIAH_REQUIRE_SERVER=1, as in CI)."""
-    try:
-        return find_server_binary(), find_tiny_model()
-    except NiahError as exc:
-        message = f"real llama-server tests need the CPU test bed ({exc}); {HOW_TO_GET_SERVER}"
-        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    hint = f"real llama-server tests need the CPU test bed; {HOW_TO_GET_SERVER}"
+    return need(find_server_binary, hint), need(find_tiny_model, hint)
 
 
 def launch(model: Path, server_args: tuple[str, ...], log_dir: Path) -> ServerSession:
@@ -97,14 +92,15 @@ def gemma3() -> Path:
     return need(find_gemma3_270m)
 
 
-def need(find: Callable[[], Path]) -> Path:
+def need(find: Callable[[], Path], context: str = "") -> Path:
     """What `find` returns, or a skip with its message (a failure when NIAH_REQUIRE_SERVER=1, as in CI)."""
     try:
         return find()
     except NiahError as exc:
+        message = f"{exc}" + (f" ({context})" if context else "")
         if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
