@@ -18,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from niah import __version__
-from niah.cells import (
-    ANSWER_BUDGET,
-    BUDGET_PER_EXTRA_ANSWER,
-    THINKING_ANSWER_BUDGET,
-    Cell,
-    plan_cells,
-)
+from niah.cells import BUDGET_PER_EXTRA_ANSWER, Cell, answer_budget, plan_cells
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
@@ -104,9 +98,12 @@ class RunConfig:
 
     @property
     def budget(self) -> int:
-        if self.answer_budget is not None:
-            return self.answer_budget
-        return THINKING_ANSWER_BUDGET if self.thinking == "on" else ANSWER_BUDGET
+        return answer_budget(self.answer_budget, self.thinking)
+
+    @property
+    def launch_budget(self) -> int:
+        """Room a launch leaves past its longest prompt: the largest answer budget of the run's tasks."""
+        return max(self.task_budget(t.name) for t in self.tasks)
 
     def task_budget(self, name: str) -> int:
         """The answer budget of a task's cells: `budget`, plus BUDGET_PER_EXTRA_ANSWER per expected
@@ -287,7 +284,7 @@ def run(config: RunConfig) -> RunSummary:
             raise NiahError("a managed launch needs --model GGUF")
         for name in sorted({p for _, p in config.profiles}):
             profile = load_profile(name)
-            launches[name] = (profile, server_args(profile, facts))
+            launches[name] = (profile, server_args(profile, facts, answer_budget=config.launch_budget))
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))

@@ -68,14 +68,22 @@ def add_target_options(parser: argparse.ArgumentParser, title: str = "server (on
         target.add_argument("--servers", type=int, help="managed launches at once (each on the profile's next `devices`)")
 
 
+def add_answer_options(parser: argparse.ArgumentParser) -> None:
+    """--answer-budget and --thinking: how much room past the prompt a launch and a cell leave."""
+    parser.add_argument(
+        "--answer-budget", type=int,
+        help="max answer tokens, also reserved in every slot past the longest prompt (default 32; 4096 with thinking on)",
+    )
+    parser.add_argument("--thinking", choices=("off", "on"), default="off", help="let the model reason first (default off)")
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `run` and `demo`."""
     parser.add_argument("--tokenizer", default="auto", help="auto (qwen3.6 if the server's vocab is), or a spec")
     parser.add_argument("--corpus", default="builtin", help="builtin, files:GLOB or noise")
     parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
     parser.add_argument("--seed", type=int, default=0, help="needle values and sampling seed")
-    parser.add_argument("--answer-budget", type=int, help="max answer tokens (default 32; 4096 with thinking on)")
-    parser.add_argument("--thinking", choices=("off", "on"), default="off")
+    add_answer_options(parser)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--no-cache-reuse", action="store_true", help="strict: no prompt-cache reuse")
     parser.add_argument("--stall-timeout", type=float, default=600.0, help="seconds of stream silence = TIMEOUT")
