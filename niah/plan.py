@@ -145,6 +145,10 @@ def points_from_results(run: Path) -> tuple[list[PrefillPoint], float | None]:
         cached = int(_number(row.get("cache_n")) or 0)
         if prompt_n and prompt_ms and prompt_n > 0 and prompt_ms > 0:
             points.append(PrefillPoint(length=cached + int(prompt_n), seconds=prompt_ms / 1000, cached=cached))
+        prime_n, prime_ms = _number(row.get("prime_n")), _number(row.get("prime_ms"))
+        if prime_n and prime_ms and prime_n > 0 and prime_ms > 0:  # a primer is a prefill too
+            prime_cached = int(_number(row.get("prime_cache_n")) or 0)
+            points.append(PrefillPoint(length=prime_cached + int(prime_n), seconds=prime_ms / 1000, cached=prime_cached))
         predicted_n, predicted_ms = _number(row.get("predicted_n")), _number(row.get("predicted_ms"))
         if predicted_n and predicted_ms and predicted_n > 1 and predicted_ms > 0:
             decoded += int(predicted_n)
