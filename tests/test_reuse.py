@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,67 @@ def test_sliding_window_model_reuses_with_swa_full_and_says_why_without(
     out = capsys.readouterr().out
     assert "niah: llama-server reused" in out and "launch llama-server with --swa-full" in out
     assert out.count("niah: llama-server reused") == 1  # said once, not per cell
+
+
+def url_run(url: str, out: Path, **config: object) -> list[dict]:
+    summary = run(RunConfig(grid=((1024, (0.0, 50.0, 100.0)),), out_dir=out, url=url, show_progress=False, **config))
+    lines = [json.loads(line) for line in summary.results_path.read_text().splitlines()]
+    return [r for r in lines if r.get("record") == "cell"]
+
+
+def test_url_hybrid_whose_gguf_is_not_readable_is_primed_from_what_it_says(
+    qwen35_testbed: Path, start_llama_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A remote server: its /props model_path names a file niah cannot read. Without --model or
+    --arch niah asks the server (a reuse probe), finds it cannot roll back, and primes."""
+    copy = tmp_path / "elsewhere.gguf"
+    shutil.copy(qwen35_testbed, copy)
+    live = start_llama_server("-c", "4096", "--parallel", "1", model_path=copy)
+    copy.unlink()  # the server keeps it mapped; niah cannot read it any more
+    records = url_run(live.url, tmp_path / "probed")
+    out = capsys.readouterr().out
+    assert "recurrent model (from a reuse probe of the server: 0 of 256 shared tokens reused)" in out, out
+    assert "niah primes a checkpoint at each needle" in out
+    assert all(r["prime_n"] and r["prime_ms"] > 0 for r in records)
+    assert reused_as_expected([{**r, "cache_n": r["prime_cache_n"]} for r in records]), records
+    assert {r["factor"] for r in records} == {"unknown"}  # no native context known: not "native"
+    assert "reused" not in out.replace("shared tokens reused", "")  # no shortfall warning
+    records = url_run(live.url, tmp_path / "by-arch", arch="qwen35")
+    assert "recurrent model (from --arch qwen35)" in capsys.readouterr().out
+    assert all(r["prime_n"] for r in records)
+    records = url_run(live.url, tmp_path / "by-model", model=qwen35_testbed)
+    out = capsys.readouterr().out
+    assert f"native context 4,096 (from --model {qwen35_testbed})" in out
+    assert {r["factor"] for r in records} == {"native"}
+
+
+def test_full_attention_url_server_probed_needs_no_primer(
+    start_llama_server, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "smol.gguf"
+    shutil.copy(tiny_model, copy)
+    live = start_llama_server("-c", "8192", "--parallel", "1", model_path=copy)
+    copy.unlink()
+    records = url_run(live.url, tmp_path / "run")
+    assert "full attention model (from a reuse probe of the server: 256 of 256" in capsys.readouterr().out
+    assert not any(r["prime_n"] for r in records) and reused_as_expected(records)
+
+
+def test_a_primer_longer_than_the_json_timeout_completes(
+    qwen35_testbed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Primers stream under the stall timeout like the chat; the JSON timeout (lowered here to
+    0.05 s, like 120 s against a 1M prefix) no longer bounds them."""
+    import niah.runner
+
+    original = niah.runner.server_spec
+    monkeypatch.setattr(
+        niah.runner, "server_spec", lambda *a, **k: replace(original(*a, **k), request_timeout_s=0.05)
+    )
+    records = managed_run(qwen35_testbed, tmp_path, "context = 2048\n", length=2048)
+    # answered (the random test bed rambles: FAIL or TRUNCATED), not TIMEOUT or unreachable
+    assert len(records) == 3 and all(r["outcome"] in ("PASS", "FAIL", "TRUNCATED") for r in records), records
+    primers = [r for r in records if r["prime_n"] and r["prime_n"] > 500]
+    assert primers and all(r["prime_ms"] > 50 for r in primers), records
+    # the previous cell's leftovers, not the cell's own primer, are what it could reuse
+    assert records[0]["cache_expected"] == 0
