@@ -117,17 +117,19 @@ def test_a_primer_longer_than_the_json_timeout_completes(
     qwen35_testbed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Primers stream under the stall timeout like the chat; the JSON timeout (lowered here to
-    0.05 s, like 120 s against a 1M prefix) no longer bounds them."""
+    1 s, like 120 s against a 1M prefix) no longer bounds them."""
     import niah.runner
 
     original = niah.runner.server_spec
     monkeypatch.setattr(
-        niah.runner, "server_spec", lambda *a, **k: replace(original(*a, **k), request_timeout_s=0.05)
+        niah.runner, "server_spec", lambda *a, **k: replace(original(*a, **k), request_timeout_s=1.0)
     )
     records = managed_run(qwen35_testbed, tmp_path, "context = 2048\n", length=2048)
     # answered (the random test bed rambles: FAIL or TRUNCATED), not TIMEOUT or unreachable
-    assert len(records) == 3 and all(r["outcome"] in ("PASS", "FAIL", "TRUNCATED") for r in records), records
+    assert len(records) == 3 and all(r["outcome"] in ("PASS", "FAIL", "TRUNCATED") for r in records), [
+        (r["outcome"], r["error"]) for r in records
+    ]
     primers = [r for r in records if r["prime_n"] and r["prime_n"] > 500]
-    assert primers and all(r["prime_ms"] > 50 for r in primers), records
+    assert any(r["prime_ms"] > 1000 for r in primers), [(r["prime_n"], r["prime_ms"]) for r in records]
     # the previous cell's leftovers, not the cell's own primer, are what it could reuse
     assert records[0]["cache_expected"] == 0
