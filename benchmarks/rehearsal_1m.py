@@ -47,7 +47,7 @@ from niah.tokenizers import get_tokenizer
 
 TARGET = 1_010_000
 ROW = 131_072
-PROGRESS = re.compile(r"prompt processing progress, n_tokens = (\d+)")
+PROGRESS = re.compile(r"prompt processing, n_tokens =\s*(\d+), progress =")
 figures: dict[str, Any] = {}
 
 
@@ -216,7 +216,8 @@ def main() -> None:
     say("launch", {"args": flags, "predicted_slot_context": launch.predicted_slot_context},
         f"yarn-1m on the rehearsal model: {' '.join(flags)} (predicted per slot {launch.predicted_slot_context:,})")
     logs = work / "logs"
-    session = start(model, flags, logs)
+    verbose = ["-lv", "4"]  # the allocation lines (KV, recurrent, compute buffers) are logged at this level
+    session = start(model, flags + verbose, logs)
     try:
         check = niah("check", "--url", session.url, "--context", str(TARGET))
         say("check", check.returncode, f"niah check --context {TARGET:,}: exit {check.returncode}: {check.stdout.strip()}")
@@ -226,7 +227,7 @@ def main() -> None:
         measured = row_131k(session, work)
     finally:
         session.close()
-    session = start(model, flags, logs)
+    session = start(model, flags + verbose, logs)
     try:
         fresh_100(session, work)
         if not args.skip_probe:
