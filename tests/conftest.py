@@ -4,6 +4,7 @@ free loopback port."""
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,17 @@ def qwen35_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rehearsal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 1M rehearsal model: the qwen35 test bed with Qwen3.6's native 262,144 and one small
+    attention head, so the yarn-1m profile serves 1,010,000 + the answer in about 1 GB."""
+    path, _ = build_testbed(
+        "qwen35", tmp_path_factory.mktemp("rehearsal") / "rehearsal.gguf",
+        layers=4, context=262144, heads=1, kv_heads=1, head_dim=64,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
 def qwen35_server(qwen35_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One shared server on the qwen35 test bed at its native 4,096 context, one slot."""
     _testbed()
@@ -135,3 +147,11 @@ def render_gguf_template(model: Path, messages: list[dict[str, str]], **kwargs: 
 
     env.globals["raise_exception"] = fail
     return str(env.from_string(source).render(messages=messages, add_generation_prompt=True, **kwargs))
+
+
+def readme_seed_plan() -> list[str]:
+    """The README's `niah plan` command for the seed grid, as arguments (without `niah`)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("niah plan --arch qwen35")
+    command = readme[start:readme.index("```", start)].split("#")[0].replace("\\\n", " ")
+    return shlex.split(command)[1:]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import readme_seed_plan
 
 from niah.cells import plan_cells
 from niah.cli import main
@@ -116,14 +116,6 @@ def test_schedule_costs_each_cell_from_its_reused_prefix() -> None:
     assert plan.compute_tokens < plan.naive_tokens and plan.prefill_s < plan.naive_prefill_s
     naive = make_plan(cells, curve, launch_of=launch_of, cache_reuse=False)
     assert naive.compute_tokens == naive.naive_tokens and naive.decode_source == "ASSUMED"
-
-
-def readme_seed_plan() -> list[str]:
-    """The README's `niah plan` command for the seed grid, as arguments (without `niah`)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("niah plan --arch qwen35")
-    command = readme[start:readme.index("```", start)].split("#")[0].replace("\\\n", " ")
-    return shlex.split(command)[1:]
 
 
 def test_json_shape_for_the_readme_seed_grid() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, readme_seed_plan
 
 from niah.cli import main
 from niah.errors import NiahError
@@ -175,6 +176,38 @@ def test_cli_launch_starts_checks_and_stops(tiny_model: Path, tmp_path: Path, ca
     assert "--rope-scale 1.5 --yarn-orig-ctx 8192" in out
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+@pytest.mark.server
+def test_launch_check_and_run_agree_on_what_fits(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tiny-native-8k tests prompts up to 8,160: OK with the 32-token answer; a 64-token budget
+    does not fit its native 8,192 (the profile never stretches itself), and launch says so as
+    run does."""
+    assert main(["launch", "tiny-native-8k", "--model", str(tiny_model), "--log-dir", str(tmp_path)]) == 0
+    assert "preflight OK: per-slot context 8,192, needed 8,192" in capsys.readouterr().out
+    code = main(["launch", "tiny-native-8k", "--model", str(tiny_model), "--log-dir", str(tmp_path), "--answer-budget", "64"])
+    assert code == 3 and "CLAMPED: per-slot context 8,192, needed 8,224" in capsys.readouterr().out
+    code = main(["run", "--model", str(tiny_model), "--profile", "tiny-native-8k", "--lengths", "8160", "--depths", "50",
+                 "--answer-budget", "64", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 3 and "CLAMPED" in capsys.readouterr().out
+
+
+@pytest.mark.server
+def test_the_readme_seed_grid_plans_and_preflights_on_a_native_262k_model(
+    rehearsal_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's seed grid pointed at a model with Qwen3.6's native 262,144: no CLAMPED cell,
+    and its 1M launch comes up and preflights OK for 1,010,000 + the answer."""
+    args = readme_seed_plan()
+    at = args.index("--arch")
+    args[at:at + 2] = ["--model", str(rehearsal_model)]
+    assert main([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["totals"]["clamped_cells"] == 0
+    assert main(["launch", "yarn-1m", "--model", str(rehearsal_model), "--log-dir", str(tmp_path)]) == 0
+    assert "preflight OK: per-slot context 1,010,040, needed 1,010,032" in capsys.readouterr().out
 
 
 def mem_available_gb() -> float:

@@ -107,10 +107,11 @@ def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None, facts: GGUFFacts
     """What the launch should serve and what it costs, as comment lines."""
     profile = plan.profile
     budget = plan.slot_context - profile.context
-    lines = [
+    target = (
         f"prompts up to {profile.context:,} tokens + {budget:,} answer tokens = per-slot target "
         f"{plan.slot_context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"
-    ]
+    )
+    lines = [target]
     if plan.predicted_slot_context is not None and plan.native_context:
         detail = (
             f" (YaRN: {plan.rope_scale} × {plan.native_context:,}, truncated, caps each slot)"
