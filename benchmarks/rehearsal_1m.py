@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +193,8 @@ def fresh_100(session: ServerSession, work: Path) -> None:
 
 def plan_probe(session: ServerSession, measured_s: float) -> None:
     """Step 6: the plan's seconds for the 131K row against the measured cells."""
-    done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--probe", "--json")
+    done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--probe",
+                "--probe-lengths", "8k,16k,32k", "--json")
     if done.returncode != 0:
         say("plan_probe", None, f"niah plan --probe failed: {done.stderr.strip()[-300:]}")
         return
@@ -209,6 +211,8 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)
+    for old in work.glob("run-*"):  # every rehearsal measures from scratch
+        shutil.rmtree(old)
     model = work / "rehearsal.gguf"
     if not model.is_file():
         build_testbed("qwen35", model, layers=4, context=262144, heads=1, kv_heads=1, head_dim=64)
