@@ -1,10 +1,14 @@
-"""Several servers at once: one worker thread per endpoint pulls runs of cells from one queue; the
-main thread is the only writer (results, progress bar).
+"""The one dispatch loop, for one server or many: one worker thread per endpoint pulls runs of cells
+from one queue; the main thread is the only writer (results, progress bar).
 
-A run of cells is one (task, length, trial) in plan order (ascending needle position), so each server keeps the
-prefix reuse of a whole run. A cell lost to a server that died is recorded as CRASH and goes back
-to the queue once, for another server when there is one; a dead `--url` server is dropped for the
-rest of the run, a dead managed server is restarted.
+A run of cells is one (task, length, trial) in plan order (ascending needle position), so each
+server keeps the prefix reuse of a whole run. The rules, whatever the number of servers:
+- a cell lost to a server that died is recorded as CRASH and goes back to the queue once, for any
+  live server (another first; a restarted managed one too);
+- a dead `--url` server is dropped (and closed at once) and the run goes on while one is left; a
+  dead managed server is restarted;
+- an error the server answered for one cell (an HTTP 500 from /apply-template, ...) is that cell's
+  HTTP_ERROR and drops nothing; bad input (exit 2) stops the run with its one line.
 """
 
 from __future__ import annotations
@@ -20,15 +24,38 @@ from typing import TYPE_CHECKING, Any
 from niah.cells import Cell
 from niah.endpoints import prompt_builder, resolve_tokenizer
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-from niah.results import canonical
+from niah.results import CellResult, canonical
 from niah.reuse import shortfall
+from niah.session import ServerUnreachable
 
 if TYPE_CHECKING:
+    from niah.config import RunConfig
+    from niah.corpus import Corpus
     from niah.endpoints import Endpoint, PromptBuilder
-    from niah.results import CellResult
-    from niah.runner import RunState
+    from niah.needles import NeedleSpec
+    from niah.progress import RunProgress
+    from niah.results import ResultsFile
 
-RunCell = Callable[["RunState", "Endpoint", "PromptBuilder", Cell], "CellResult"]
+@dataclass
+class RunState:
+    """What a run's groups share: inputs, the results file, the bar and the prefill totals."""
+
+    config: RunConfig
+    corpus: Corpus
+    needle_spec: NeedleSpec | None
+    results: ResultsFile
+    progress: RunProgress
+    computed: int = 0
+    """Prompt tokens computed (chats and primers) for the cells the servers processed."""
+    sent: int = 0
+    """Prompt tokens of those cells: what sending each one cold would compute."""
+    reusable: int = 0
+    """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
+    reuse_warned: bool = False
+    """A server's reuse shortfall has been reported (once per run)."""
+
+
+RunCell = Callable[[RunState, "Endpoint", "PromptBuilder", Cell], CellResult]
 
 
 @dataclass
@@ -123,8 +150,8 @@ class WorkerProgress:
     def start_cell(self, cell: Cell) -> None:
         self.events.put(("start", self.endpoint.name, cell))
 
-    def prefill(self, event: dict[str, object]) -> None:
-        self.events.put(("prefill", self.endpoint.name, event))
+    def prefill(self, event: dict[str, object], phase: str = "prefill") -> None:
+        self.events.put(("prefill", self.endpoint.name, (event, phase)))
 
 
 def start_endpoints(
@@ -170,6 +197,7 @@ def keep_serving(endpoints: list[Endpoint]) -> list[Endpoint]:
     for endpoint in endpoints:
         if endpoint not in ok:
             print(f"niah: dropped {endpoint.name}: {endpoint.report.summary()}", flush=True)
+            endpoint.session.close()  # stopped at once, not when the group ends
     return ok
 
 
@@ -187,22 +215,21 @@ def work(
             try:
                 while rest:
                     cell = rest[0]
-                    result = replace(run_cell(mine, endpoint, build, cell), endpoint=name)
+                    result = replace(cell_or_error(mine, endpoint, build, run_cell, cell), endpoint=name)
                     rest.pop(0)  # a cell whose run_cell raised goes back with the rest
                     if result.outcome != "CRASH":
                         events.put(("result", name, result))
-                    else:
-                        if cells.stopped:  # the run is being stopped: no restart
-                            return
-                        again = cells.retry(cell, avoid=name)
-                        events.put(("retry" if again else "result", name, result))
-                        if not endpoint.session.spec.managed:
-                            cells.drop(name)
-                            events.put(("dropped", name, f"{name} stopped answering (CRASH recorded)"))
-                            return
-                        endpoint.restart()
-            except NiahError as exc:  # a restart that failed, or a server that stopped answering
+                        continue
+                    if cells.stopped:  # the run is being stopped: no restart
+                        return
+                    again = cells.retry(cell, avoid=name)
+                    events.put(("retry" if again else "result", name, result))
+                    if not endpoint.session.spec.managed:
+                        raise ServerUnreachable(f"{name} stopped answering (CRASH recorded)")
+                    endpoint.restart()
+            except ServerUnreachable as exc:  # a dead URL server, or a restart that failed
                 cells.drop(name)
+                endpoint.session.close()  # dropped servers are stopped at once
                 events.put(("dropped", name, str(exc)))
                 return
             finally:
@@ -212,6 +239,21 @@ def work(
         cells.stop()
     finally:
         events.put(("exit", name, None))
+
+
+def cell_or_error(state: RunState, endpoint: Endpoint, build: PromptBuilder, run_cell: RunCell, cell: Cell) -> CellResult:
+    """`run_cell`, with an error the server answered for this cell recorded as its HTTP_ERROR (a
+    server that stops answering, or bad input, is raised)."""
+    try:
+        return run_cell(state, endpoint, build, cell)
+    except ServerUnreachable:
+        raise
+    except NiahError as exc:
+        if exc.exit_code != EXIT_LAUNCH_INVALID:
+            raise
+        return CellResult(task=cell.task, length=cell.length, depth=cell.depth, trial=cell.trial,
+                          outcome="HTTP_ERROR", error=str(exc), server_n_ctx=endpoint.served_n_ctx,
+                          profile=endpoint.profile_name, factor=endpoint.factor)
 
 
 def dispatch(
@@ -236,7 +278,7 @@ def dispatch(
             if kind == "start":
                 state.progress.start_cell(payload, name)
             elif kind == "prefill":
-                state.progress.prefill(payload)
+                state.progress.prefill(*payload)
             elif kind in ("result", "retry"):
                 record(state, payload, again=kind == "retry", reason=reasons.get(name))
             elif kind == "dropped":
@@ -313,6 +355,7 @@ def check_endpoints(state: RunState, endpoints: list[Endpoint], several_urls: bo
                 raise
             print(f"niah: dropped {endpoint.name}: {exc}", flush=True)
             endpoints.remove(endpoint)
+            endpoint.session.close()
             refused.append(exc)
             continue
         builders[endpoint.name] = prompt_builder(endpoint, tokenizer, state.corpus)

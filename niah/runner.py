@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from niah import __version__
-from niah.cells import BUDGET_PER_EXTRA_ANSWER, Cell, answer_budget, plan_cells
+from niah.cells import Cell, plan_cells
 from niah.client import ChatResult
+from niah.config import RunConfig
 from niah.corpus import Corpus, get_corpus
-from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
+from niah.dispatch import RunState, check_endpoints, dispatch, keep_serving, start_endpoints
 from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
@@ -32,98 +33,13 @@ from niah.errors import (
 )
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
-from niah.needles import NeedleSpec, load_needle_spec, score_needle
+from niah.needles import load_needle_spec, score_needle
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.reuse import priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
 from niah.session import ServerSpec, ServerUnreachable
-from niah.tasks import SINGLE, Task
-
-RESULTS_FILE = "results.jsonl"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs; the CLI fills it from flags."""
-
-    grid: tuple[tuple[int, tuple[float, ...]], ...]
-    """(length, depths) rows; a length with no depths is planned but not run."""
-    out_dir: Path
-    trials: int = 1
-    tasks: tuple[Task, ...] = (Task(SINGLE, SINGLE),)
-    """What each cell plants and asks (niah.tasks); every task runs the whole grid."""
-    url: str | None = None
-    """An already running server; otherwise `model` + `profiles` describe managed launches."""
-    urls: tuple[str, ...] = ()
-    """Further running servers (`--url` given several times): cells go to whichever is free."""
-    servers: int = 1
-    """Managed launches per launch group, run at once (each on its profile's next `devices` entry)."""
-    model: Path | None = None
-    """The GGUF of managed launches; beside `url`, a local copy of the served model for its facts."""
-    arch: str | None = None
-    """The served model's GGUF architecture (beside `url`, when niah cannot read its GGUF)."""
-    profiles: tuple[tuple[int, str], ...] = ()
-    """(length, profile name or TOML path) pairs: which launch serves each length."""
-    tokenizer: str = "auto"
-    corpus: str = "builtin"
-    needle_file: Path | None = None
-    seed: int = 0
-    answer_budget: int | None = None
-    """Tokens the model may generate; default 32, or 4096 with thinking on."""
-    thinking: str = "off"
-    temperature: float = 0.0
-    cache_reuse: bool = True
-    stall_timeout_s: float = 600.0
-    connect_timeout_s: float = 10.0
-    start_timeout_s: float = 1800.0
-    """Seconds a managed launch may take to load its model and allocate its cache."""
-    api_key: str | None = field(default=None, repr=False)
-    server_bin: str | None = None
-    host: str = "127.0.0.1"
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.answer_budget is not None and self.answer_budget < 1:
-            raise NiahError("--answer-budget must be at least 1 token")
-        if min(self.stall_timeout_s, self.connect_timeout_s, self.start_timeout_s) <= 0:
-            raise NiahError("--stall-timeout, --connect-timeout and --start-timeout must be positive seconds")
-        if self.temperature < 0:
-            raise NiahError("--temperature must not be negative")
-        if self.servers < 1:
-            raise NiahError(f"--servers must be at least 1, not {self.servers}")
-        if self.urls and not self.url:
-            raise NiahError("further --url servers need a first --url")
-        urls = [u.strip().rstrip("/") for u in (self.url, *self.urls) if u]
-        if len(set(urls)) < len(urls):
-            raise NiahError("the same --url is given twice: give each server once")
-        if self.servers > 1 and self.url:
-            raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
-
-    @property
-    def budget(self) -> int:
-        return answer_budget(self.answer_budget, self.thinking)
-
-    @property
-    def launch_budget(self) -> int:
-        """Room a launch leaves past its longest prompt: the largest answer budget of the run's tasks."""
-        return max(self.task_budget(t.name) for t in self.tasks)
-
-    def task_budget(self, name: str) -> int:
-        """The answer budget of a task's cells: `budget`, plus BUDGET_PER_EXTRA_ANSWER per expected
-        value past the first unless --answer-budget was given."""
-        if self.answer_budget is not None:
-            return self.answer_budget
-        return self.budget + BUDGET_PER_EXTRA_ANSWER * (self.task(name).answers - 1)
-
-    def task(self, name: str) -> Task:
-        """The task named `name`."""
-        return next(t for t in self.tasks if t.name == name)
-
-    @property
-    def results_path(self) -> Path:
-        return self.out_dir / RESULTS_FILE
 
 
 @dataclass(frozen=True)
@@ -262,25 +178,6 @@ def check_out_dir(out_dir: Path) -> None:
         raise NiahError(f"the run folder {out_dir} is not writable")
 
 
-@dataclass
-class RunState:
-    """What a run's groups share: inputs, the results file, the bar and the prefill totals."""
-
-    config: RunConfig
-    corpus: Corpus
-    needle_spec: NeedleSpec | None
-    results: ResultsFile
-    progress: RunProgress
-    computed: int = 0
-    """Prompt tokens computed (chats and primers) for the cells the servers processed."""
-    sent: int = 0
-    """Prompt tokens of those cells: what sending each one cold would compute."""
-    reusable: int = 0
-    """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
-    reuse_warned: bool = False
-    """A server's reuse shortfall has been reported (once per run)."""
-
-
 def run(config: RunConfig) -> RunSummary:
     """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
     check_out_dir(config.out_dir)
@@ -331,12 +228,8 @@ def run_group(
     launch: tuple[LaunchProfile, list[str]] | None,
     facts: GGUFFacts | None,
 ) -> None:
-    """Run one launch group's unfinished cells on its servers (started only when cells are left).
-
-    One server runs the cells in plan order: a CRASH is recorded before the server is restarted; a
-    server niah did not start is not restarted, and the run stops there (rerun to resume). Several
-    servers share the cells (niah.dispatch).
-    """
+    """Run one launch group's unfinished cells on its servers (started only when cells are left),
+    one server or several, by niah.dispatch's one set of rules."""
     config = state.config
     done = state.results.done_keys()
     state.progress.skip([c for c in group if c.key in done])
@@ -350,25 +243,9 @@ def run_group(
         for name, spec in server_specs(config, launch)
     ]
     with ExitStack() as stack:
-        endpoints = start_endpoints(starters, lambda e: stack.callback(e.session.close))
-        if len(endpoints) > 1:
-            endpoints = keep_serving(endpoints)
+        endpoints = keep_serving(start_endpoints(starters, lambda e: stack.callback(e.session.close)))
         builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
-        if len(endpoints) > 1:
-            dispatch(state, endpoints, builders, todo, run_cell)
-            return
-        (endpoint,) = endpoints
-        for cell in todo:
-            result = replace(run_cell(state, endpoint, builders[endpoint.name], cell), endpoint=endpoint.name)
-            record(state, result, reason=endpoint.reuse_shortfall_reason)
-            if result.outcome == "CRASH":
-                if not endpoint.session.spec.managed:
-                    raise NiahError(
-                        f"llama-server at {endpoint.session.url} stopped answering (CRASH recorded); "
-                        "restart it and rerun to resume",
-                        EXIT_LAUNCH_INVALID,
-                    )
-                endpoint.restart()
+        dispatch(state, endpoints, builders, todo, run_cell)
 
 
 def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:
