@@ -129,7 +129,7 @@ def run_1m(session: ServerSession, work: Path) -> None:
              "--out", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         seconds = wait_for_prefill(session.log_path, since, proc, 3600)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a background job ignores SIGINT
         try:
             output, _ = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:

@@ -55,6 +55,9 @@ class RunState:
     """A server's reuse shortfall has been reported (once per run)."""
 
 
+JOIN_ON_STOP_S = 5.0
+"""Seconds an interrupted run waits for its workers before it exits anyway."""
+
 RunCell = Callable[[RunState, "Endpoint", "PromptBuilder", Cell], CellResult]
 
 
@@ -260,7 +263,7 @@ def dispatch(
     state: RunState, endpoints: list[Endpoint], builders: dict[str, PromptBuilder], todo: list[Cell],
     run_cell: RunCell,
 ) -> None:
-    """Run `todo` on several endpoints at once; the calling thread writes every result."""
+    """Run `todo` on the endpoints (one or several) at once; the calling thread writes every result."""
     events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
     cells = CellQueue(batches(todo), [e.name for e in endpoints])
     threads = [
@@ -290,12 +293,13 @@ def dispatch(
                 running -= 1
     except BaseException:
         cells.stop()
-        for endpoint in endpoints:  # unblock workers waiting on a server
+        for endpoint in endpoints:  # stop managed servers; a worker reading a stream sees it end
             endpoint.session.close()
+        for thread in threads:  # daemon threads: one still blocked on a --url server's stream goes with niah
+            thread.join(timeout=JOIN_ON_STOP_S / len(threads))
         raise
-    finally:
-        for thread in threads:
-            thread.join()
+    for thread in threads:
+        thread.join()
     left = cells.left()
     if left:
         raise NiahError(

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -213,3 +216,28 @@ def test_thinking_on_end_to_end(fault_proxy, tmp_path: Path) -> None:
     assert all(c["chat_template_kwargs"] == {"enable_thinking": True} and c["max_tokens"] == 4096 for c in chats)
     assert all(r["chat_template_kwargs"] == {"enable_thinking": True} for r in renders)
     assert summary.exit_code == 1
+
+
+@pytest.mark.server
+def test_stopping_a_run_mid_prefill_on_a_url_server_returns_at_once(qwen35_server, tmp_path: Path) -> None:
+    """SIGTERM while the (one) worker thread reads a long prefill's stream: niah exits in seconds,
+    records nothing for the unfinished cell, and a rerun starts it again."""
+    since = qwen35_server.log_path.stat().st_size
+    argv = [sys.executable, "-m", "niah", "run", "--url", qwen35_server.url, "--lengths", "4000", "--depths", "100",
+            "--out", str(tmp_path), "--no-progress"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "prompt processing" not in qwen35_server.log_path.read_text(errors="replace")[since:]:
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()[0]
+            time.sleep(0.5)
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        output, _ = child.communicate(timeout=60)
+        assert time.monotonic() - signalled < 10, output
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode != 0
+    assert '"record": "cell"' not in (tmp_path / "results.jsonl").read_text()
