@@ -26,6 +26,7 @@ from niah.endpoints import prompt_builder, resolve_tokenizer
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.results import CellResult, canonical
 from niah.reuse import shortfall
+from niah.server import stop_all
 from niah.session import ServerUnreachable
 
 if TYPE_CHECKING:
@@ -166,10 +167,11 @@ def start_endpoints(
         endpoint = starters[0][1]()
         register(endpoint)
         return [endpoint]
-    with ThreadPoolExecutor(max_workers=len(starters), thread_name_prefix="niah-start") as pool:
-        futures = [(name, pool.submit(start)) for name, start in starters]
-        started: list[Endpoint] = []
-        errors: list[BaseException] = []
+    pool = ThreadPoolExecutor(max_workers=len(starters), thread_name_prefix="niah-start")
+    futures = [(name, pool.submit(start)) for name, start in starters]
+    started: list[Endpoint] = []
+    errors: list[BaseException] = []
+    try:
         for name, future in futures:
             try:
                 endpoint = future.result()
@@ -182,6 +184,11 @@ def start_endpoints(
                 continue
             register(endpoint)
             started.append(endpoint)
+    except BaseException:  # a signal or Ctrl-C mid-start: stop every launch now, not once all have loaded
+        stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # quick once the servers are stopped: their health waits end
     fatal = [e for e in errors if not isinstance(e, NiahError)]
     if fatal:
         raise fatal[0]

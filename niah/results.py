@@ -264,9 +264,9 @@ class ResultsFile:
         """(task, length, depth, trial) of every cell already in the file."""
         return set(self._outcomes)
 
-    def outcomes(self) -> list[str]:
-        """The outcome of every cell in the file (the latest record per cell)."""
-        return list(self._outcomes.values())
+    def outcomes(self, keys: set[tuple[str, int, float, int]] | None = None) -> list[str]:
+        """The outcome of every cell in the file (the latest record per cell), or of those in `keys`."""
+        return [o for k, o in self._outcomes.items() if keys is None or k in keys]
 
     def append(self, result: CellResult) -> None:
         """Write one finished cell, flushed and fsynced before returning."""

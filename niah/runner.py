@@ -39,6 +39,7 @@ from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.reuse import priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
+from niah.server import stop_on_termination_signals
 from niah.session import ServerSpec, ServerUnreachable
 
 
@@ -180,6 +181,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 def run(config: RunConfig) -> RunSummary:
     """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
+    stop_on_termination_signals()  # here, on the main thread: launches may start in worker threads
     check_out_dir(config.out_dir)
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
@@ -208,7 +210,7 @@ def run(config: RunConfig) -> RunSummary:
     from niah.report import render_report
 
     report = render_report(config.results_path, config.out_dir)
-    outcomes = Counter(results.outcomes())
+    outcomes = Counter(results.outcomes({c.key for c in cells}))  # this grid's cells decide the exit code
     return RunSummary(
         results_path=config.results_path,
         report_dir=config.out_dir,

@@ -96,7 +96,7 @@ class ManagedServer:
         """Start the process and block until `healthy()` is true; the log starts with the command line
         (`# niah launched: ...`). A log file that exists is never overwritten: it is appended to."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        _stop_on_termination_signals()
+        stop_on_termination_signals()
         with open(self.log_path, "ab") as log:
             log.write(f"# niah launched: {self.command}\n".encode())
             log.flush()
@@ -177,7 +177,8 @@ _LIVE: list[ManagedServer] = []
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stop every server niah started and has not stopped (at exit, and when a start is abandoned)."""
     while _LIVE:
         _LIVE[-1].stop(grace_s=5.0)
 
@@ -186,7 +187,7 @@ def _raise_system_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop_on_termination_signals() -> None:
+def stop_on_termination_signals() -> None:
     """Make SIGTERM/SIGHUP unwind niah (so servers are stopped) where Python would just die."""
     if threading.current_thread() is not threading.main_thread():
         return

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar
@@ -315,3 +316,114 @@ def test_an_interrupt_stops_every_server_and_thread(tiny_model: Path, tmp_path: 
     assert child_llama_servers() <= before
     assert not [t for t in threading.enumerate() if t.name.startswith("niah-")]
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["tiny-native-8k-1.1.log", "tiny-native-8k-2.1.log"]
+
+
+def llama_servers_of(pid: int) -> set[int]:
+    """PIDs of llama-server processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if fields.split()[1] == str(pid) and name.startswith("llama-server"):
+            found.add(int(stat.parent.name))
+    return found
+
+
+def gone(pids: set[int]) -> bool:
+    return all(not Path(f"/proc/{p}").exists() or "(llama-server) Z" in Path(f"/proc/{p}/stat").read_text()
+               for p in pids)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("signum", "when"), [(signal.SIGTERM, "start"), (signal.SIGHUP, "prefill")])
+def test_a_real_signal_stops_a_two_server_run_and_every_llama_server(
+    signum: int, when: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A real `niah run --servers 2` process, signalled while its servers load (in worker threads)
+    or while they prefill: it returns within seconds and no llama-server outlives it."""
+    argv = [sys.executable, "-m", "niah", "run", "--model", str(tiny_model), "--profile", "tiny-native-8k",
+            "--servers", "2", "--lengths", "8000", "--depths", "0,50,100", "--out", str(tmp_path), "--no-progress"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and child.poll() is None:
+            seen |= llama_servers_of(child.pid)
+            logs = list((tmp_path / "logs").glob("*.log")) if (tmp_path / "logs").is_dir() else []
+            text = "".join(p.read_text(errors="replace") for p in logs)
+            if len(seen) == 2 and (when == "start" or "prompt processing" in text):
+                break
+            time.sleep(0.2)
+        assert len(seen) == 2 and child.poll() is None, child.communicate()[0]
+        signalled = time.monotonic()
+        child.send_signal(signum)
+        output, _ = child.communicate(timeout=60)
+        assert time.monotonic() - signalled < 15, output
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode != 0
+    deadline = time.monotonic() + 10
+    while not gone(seen) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(seen), "a llama-server outlived niah"
+
+
+@pytest.mark.server
+def test_an_error_the_server_answers_for_one_cell_is_that_cells_outcome(
+    llama_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An HTTP 500 from /apply-template for one cell: that cell is HTTP_ERROR, the one server is not
+    dropped, and the other cells run."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    class FailOnce(BaseHTTPRequestHandler):
+        templates = 0
+
+        def log_message(self, *args: object) -> None:
+            return
+
+        def _relay(self, method: str) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+            if self.path == "/apply-template":
+                type(self).templates += 1
+                if type(self).templates == 2:  # the first cell's count is the first render
+                    self.send_response(500)
+                    self.send_header("Content-Length", "4")
+                    self.end_headers()
+                    self.wfile.write(b"boom")
+                    return
+            with httpx.Client(timeout=None, trust_env=False) as client, client.stream(
+                method, llama_server.url + self.path, content=body, headers={"Content-Type": "application/json"}
+            ) as response:
+                self.send_response(response.status_code)
+                self.send_header("Content-Type", response.headers.get("content-type", "application/json"))
+                self.end_headers()
+                for chunk in response.iter_raw():
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            self.close_connection = True
+
+        def do_GET(self) -> None:
+            self._relay("GET")
+
+        def do_POST(self) -> None:
+            self._relay("POST")
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), FailOnce)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        summary = run(RunConfig(grid=((512, (0.0, 50.0, 100.0)),), out_dir=tmp_path, url=url, show_progress=False))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    outcomes = [r["outcome"] for r in cell_records(summary.results_path)]
+    assert outcomes.count("HTTP_ERROR") == 1 and len(outcomes) == 3, outcomes
+    assert "dropped" not in capsys.readouterr().out
+    assert summary.exit_code == 4
