@@ -18,8 +18,8 @@ from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
-from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
-from niah.stats import wilson_interval
+from niah.runs import SINGLE_TASK, length_table, load_run, tasks_of, with_tasks
+from niah.stats import ANSWERED_OUTCOMES
 
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
@@ -100,8 +100,10 @@ def _grids(df: pd.DataFrame) -> list[str]:
 
 def _legend(df: pd.DataFrame) -> str:
     present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
-    lines = ["`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of n trials passed; `-`: not tested."]
-    lines += [f"`{o}`: {OUTCOME_MEANING[o]} (not a retrieval result)." for o in present]
+    lines = ["`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
+             "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested."]
+    lines += [f"`{o}`: {OUTCOME_MEANING[o]} ({'counted as not retrieved' if o in ANSWERED_OUTCOMES else 'not a retrieval result'})."
+              for o in present]
     return " ".join(lines) + "\n"
 
 
@@ -271,25 +273,26 @@ def _served(group: pd.DataFrame, longest: int, budget: Any) -> str:
 def _per_length(df: pd.DataFrame) -> str:
     several = len(tasks_of(df)) > 1
     head = ["task"] if several else []
-    head += ["length", "factor", "cells", "PASS/retrieved", "pass rate (95% Wilson)", "other outcomes",
+    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", "other outcomes",
              "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rates = length_table(df).set_index(["task", "length"])
     for (task, length), group in df.groupby(["task", "length"], sort=True):
-        outcomes = list(group["outcome"])
-        passes = outcomes.count("PASS")
-        retrieval = sum(o in RETRIEVAL_OUTCOMES for o in outcomes)
-        others = ", ".join(f"{o} {outcomes.count(o)}" for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES)
-        low, high = wilson_interval(passes, retrieval)
-        rate = f"{passes / retrieval:.0%} ({low:.0%}–{high:.0%})" if retrieval else "-"
+        r = rates.loc[(task, length)]
+        rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
+        others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
         row = [task] if several else []
-        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{passes}/{retrieval}", rate, others or "-",
+        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
+                others or "-",
                 _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 _duration(_sum(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
-    note = ("\nretrieved = cells answered PASS or FAIL; the pass rate is over those. prefill tok/s = prompt tokens computed ÷ prefill time (tokens reused from the prompt cache "
-            "excluded); decode tok/s = tokens generated ÷ generation time; both as llama-server timed them.\n")
+    note = ("\nanswered = cells the model answered: PASS, FAIL, or TRUNCATED (the answer budget ran out before "
+            "the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
+            "computed ÷ prefill time (tokens reused from the prompt cache excluded); decode tok/s = tokens "
+            "generated ÷ generation time; both as llama-server timed them.\n")
     return "\n".join(lines) + "\n" + note
 
 

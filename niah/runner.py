@@ -138,7 +138,7 @@ class RunSummary:
     grid_markdown: str
     exit_code: int
     per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per task, one row per length: passes, retrieval trials, pass rate, Wilson 95% bounds, mean score."""
+    """Per task, one row per length: passes, answered trials, pass rate, Wilson 95% bounds, mean score."""
 
 
 def launch_groups(config: RunConfig) -> list[tuple[str | None, list[int]]]:

@@ -164,8 +164,8 @@ def print_summary(summary: RunSummary) -> int:
     several = len(summary.per_length) > 1 or list(summary.per_length) != ["single"]
     for task, rows in summary.per_length.items():
         for row in rows:
-            if row["retrieval"] and (several or row["retrieval"] > 1):
-                rate = f"{row['passes']}/{row['retrieval']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
+            if row["answered"] and (several or row["answered"] > 1):
+                rate = f"{row['passes']}/{row['answered']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
                 score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
                 print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
     total = summary.prefill_tokens_computed + summary.prefill_tokens_cached
