@@ -18,7 +18,7 @@ from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
-from niah.runs import SINGLE_TASK, length_table, load_run, tasks_of, with_tasks
+from niah.runs import SINGLE_TASK, joined, length_table, load_run, tasks_of, with_tasks
 from niah.stats import ANSWERED_OUTCOMES
 
 CARD_NAME = "card.md"
@@ -100,8 +100,8 @@ def _grids(df: pd.DataFrame) -> list[str]:
 
 def _legend(df: pd.DataFrame) -> str:
     present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
-    lines = ["`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
-             "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested."]
+    lines = [("`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
+              "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested.")]
     lines += [f"`{o}`: {OUTCOME_MEANING[o]} ({'counted as not retrieved' if o in ANSWERED_OUTCOMES else 'not a retrieval result'})."
               for o in present]
     return " ".join(lines) + "\n"
@@ -251,7 +251,7 @@ def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
             command = "started outside niah (--url); " + NOT_RECORDED
             name = "external server" if str(profile).startswith("url:") else f"`{file_names(str(profile))}`"
         lines.append(
-            f"| {', '.join(map(str, lengths))} | {name} | {_joined(group['factor'])} | `{command}` | "
+            f"| {', '.join(map(str, lengths))} | {name} | {joined(group['factor'])} | `{command}` | "
             f"{_served(group, max(lengths), budget)} |"
         )
     note = "\nniah adds `--host 127.0.0.1 --port <free port>` to each command; argv as recorded in the results header.\n"
@@ -283,7 +283,7 @@ def _per_length(df: pd.DataFrame) -> str:
         others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
         row = [task] if several else []
-        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
+        row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
                 others or "-",
                 _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
@@ -375,8 +375,3 @@ def _sum(column: pd.Series) -> float:
 
 def _on_off(value: Any) -> str:
     return NOT_RECORDED if value is None else ("on" if value else "off")
-
-
-def _joined(values: pd.Series) -> str:
-    present = sorted({str(v) for v in values if isinstance(v, str) and v})
-    return "/".join(present) if present else "-"

@@ -243,8 +243,8 @@ class ResultsFile:
         for key, value in facts.items():
             if key in self._facts and canonical({key: self._facts[key]}) != canonical({key: value}):
                 raise NiahError(
-                    f"{self.path} belongs to a different run: {key} was {_short(self._facts[key])}, "
-                    f"now {_short(value)}; use a new --out directory, or rerun with the original server"
+                    f"{self.path} belongs to a different run: {key} was {short(self._facts[key])}, "
+                    f"now {short(value)}; use a new --out directory, or rerun with the original server"
                 )
         new = {k: v for k, v in facts.items() if k not in self._facts}
         if new:
@@ -285,7 +285,8 @@ def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """`value` as JSON, cut to 160 characters (for one-line messages)."""
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 160 else text[:157] + "..."
 

@@ -12,8 +12,15 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
-from niah.grid import cell_label, grid_markdown
-from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, SINGLE_TASK, load_cells, read_facts, read_header
+from niah.grid import cell_label, grid_markdown, joined
+from niah.results import (
+    OUTCOMES,
+    RETRIEVAL_OUTCOMES,
+    SINGLE_TASK,
+    load_cells,
+    read_facts,
+    read_header,
+)
 from niah.stats import ANSWERED_OUTCOMES, pass_tally, wilson_interval
 
 RESULTS_NAME = "results.jsonl"
@@ -103,7 +110,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
         outcomes = list(group["outcome"])
         rows.append(
             {"task": task, "length": int(length), "depth": float(depth), **_rates(outcomes),
-             "label": cell_label(outcomes), "factor": _joined(group["factor"]), "profile": _joined(group["profile"])}
+             "label": cell_label(outcomes), "factor": joined(group["factor"]), "profile": joined(group["profile"])}
         )
     return pd.DataFrame(rows)
 
@@ -123,8 +130,3 @@ def _rates(outcomes: list[str]) -> dict[str, Any]:
         "wilson_high": round(high, 4),
         "other": ",".join(f"{o}:{outcomes.count(o)}" for o in others),
     }
-
-
-def _joined(values: pd.Series) -> str:
-    present = sorted({str(v) for v in values if isinstance(v, str) and v})
-    return "/".join(present) if present else "-"

@@ -45,3 +45,12 @@ def pass_tally(outcomes: Iterable[str]) -> tuple[int, int]:
     pass rate (grid `k/n`, per-length table, summary.json, card)."""
     outcomes = list(outcomes)
     return outcomes.count("PASS"), sum(o in ANSWERED_OUTCOMES for o in outcomes)
+
+
+def sign_test(worse: int, better: int) -> float:
+    """One-sided exact sign test (exact McNemar) on discordant pairs: the chance of at least `worse`
+    of the `worse + better` pairs going the worse way if either way were equally likely. 1.0 with none."""
+    if worse < 0 or better < 0:
+        raise ValueError(f"need non-negative counts, got {worse} and {better}")
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n
