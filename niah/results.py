@@ -255,9 +255,10 @@ class ResultsFile:
         """The value recorded for the server fact `key` (None when none is)."""
         return self._facts.get(key)
 
-    def done_keys(self) -> set[tuple[str, int, float, int]]:
-        """(task, length, depth, trial) of every cell already in the file."""
-        return set(self._outcomes)
+    def done_keys(self, redo: tuple[str, ...] = ()) -> set[tuple[str, int, float, int]]:
+        """(task, length, depth, trial) of every cell already in the file, but those whose latest
+        outcome is in `redo` (cells to run again)."""
+        return {key for key, outcome in self._outcomes.items() if outcome not in redo}
 
     def outcomes(self) -> list[str]:
         """The outcome of every cell in the file (the latest record per cell)."""

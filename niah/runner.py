@@ -48,6 +48,8 @@ from niah.session import ServerSpec, ServerUnreachable
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
+RETRYABLE = ("CRASH", "TIMEOUT", "HTTP_ERROR")
+"""Outcomes a second try may change: `niah run --retry` reruns recorded ones on resume."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class RunConfig:
     server_bin: str | None = None
     host: str = "127.0.0.1"
     show_progress: bool = True
+    retry: bool = False
+    """Resume reruns the recorded RETRYABLE cells too (otherwise every recorded cell is skipped)."""
 
     def __post_init__(self) -> None:
         if self.answer_budget is not None and self.answer_budget < 1:
@@ -188,6 +192,8 @@ def run_fingerprint(
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    if config.answer_budget is not None:  # every task gets exactly this; the default grows per answer
+        fingerprint["answer_budget_explicit"] = True
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
     if custom:
         fingerprint["task_files"] = custom
@@ -326,12 +332,13 @@ def run_group(
 ) -> None:
     """Run one launch group's unfinished cells on its servers (started only when cells are left).
 
-    One server runs the cells in plan order: a CRASH is recorded before the server is restarted; a
-    server niah did not start is not restarted, and the run stops there (rerun to resume). Several
-    servers share the cells (niah.dispatch).
+    One server runs the cells in plan order: a CRASH is recorded before the server is restarted, and
+    the cell is run once more on the restarted server; a server niah did not start is not restarted,
+    and the run stops there (rerun to resume, `retry` to rerun it). Several servers share the cells
+    (niah.dispatch).
     """
     config = state.config
-    done = state.results.done_keys()
+    done = state.results.done_keys(redo=RETRYABLE if config.retry else ())
     state.progress.skip([c for c in group if c.key in done])
     todo = [c for c in group if c.key not in done]
     if not todo:
@@ -351,14 +358,18 @@ def run_group(
             dispatch(state, endpoints, builders, todo, run_cell)
             return
         (endpoint,) = endpoints
+        managed = endpoint.session.spec.managed
         for cell in todo:
-            result = replace(run_cell(state, endpoint, builders[endpoint.name], cell), endpoint=endpoint.name)
-            record(state, result, reason=endpoint.reuse_shortfall_reason)
-            if result.outcome == "CRASH":
-                if not endpoint.session.spec.managed:
+            for first_try in (True, False):
+                result = replace(run_cell(state, endpoint, builders[endpoint.name], cell), endpoint=endpoint.name)
+                crashed = result.outcome == "CRASH"
+                record(state, result, again=crashed and first_try and managed, reason=endpoint.reuse_shortfall_reason)
+                if not crashed:
+                    break
+                if not managed:
                     raise NiahError(
                         f"llama-server at {endpoint.session.url} stopped answering (CRASH recorded); "
-                        "restart it and rerun to resume",
+                        "restart it and rerun with --retry to resume",
                         EXIT_LAUNCH_INVALID,
                     )
                 endpoint.restart()

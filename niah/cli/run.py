@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
+  niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a --retry
+           (resume, rerunning the cells that ended CRASH, TIMEOUT or HTTP_ERROR)
   niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
@@ -41,6 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="comma-separated: single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file",
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
+    parser.add_argument("--retry", action="store_true",
+                        help="on resume, also rerun the cells recorded CRASH, TIMEOUT or HTTP_ERROR")
     add_target_options(parser, several=True)
     add_common_options(parser)
     parser.set_defaults(func=run_command)
@@ -151,6 +155,7 @@ def run_command(args: argparse.Namespace) -> int:
         servers=args.servers or 1,
         model=args.model,
         profiles=profile_mapping(args, lengths) if managed else (),
+        retry=args.retry,
         **common_config(args),  # type: ignore[arg-type]
     )
     return print_summary(run(config))
