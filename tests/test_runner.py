@@ -15,9 +15,9 @@ from typing import ClassVar
 import pytest
 
 from niah.cells import Cell, parse_depths, parse_lengths, plan_cells
+from niah.corpus import get_corpus
 from niah.errors import NiahError
 from niah.progress import RunProgress
-from niah.corpus import get_corpus
 from niah.results import ResultsFile
 from niah.runner import RunConfig, run, run_fingerprint
 from niah.server import find_server_binary
