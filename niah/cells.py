@@ -16,6 +16,15 @@ BUDGET_PER_EXTRA_ANSWER = 32
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
 
 
+def answer_budget(explicit: int | None, thinking: str) -> int:
+    """Answer tokens a cell leaves room for: `--answer-budget`, else by `--thinking`."""
+    if explicit is not None:
+        if explicit < 1:
+            raise NiahError("--answer-budget must be at least 1 token")
+        return explicit
+    return THINKING_ANSWER_BUDGET if thinking == "on" else ANSWER_BUDGET
+
+
 @dataclass(frozen=True)
 class Cell:
     """One test point: a prompt of exactly `length` tokens with the task's target at `depth` percent."""

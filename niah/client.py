@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 CHAT_PATH = "/v1/chat/completions"
+COMPLETION_PATH = "/completion"
 THINKING_MODES = ("off", "on")
 STATUSES = ("ok", "context_error", "http_error", "timeout", "disconnected", "unreachable")
 
@@ -94,21 +95,28 @@ def chat_body(
     }
 
 
+def prime_body(tokens: list[int]) -> dict[str, Any]:
+    """The JSON body of a streamed primer: compute `tokens` into the cache, generate nothing."""
+    return {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "stream": True, "return_progress": True}
+
+
 def stream_chat(
     http: httpx.Client,
     url: str,
     body: dict[str, Any],
     stall_timeout_s: float,
     on_progress: ProgressCallback | None = None,
+    path: str = CHAT_PATH,
 ) -> ChatResult:
-    """POST `body` to `url`'s chat endpoint on `http` (whose read timeout is the stall timeout) and
-    collect the answer, timings and usage. `on_progress` receives each `prompt_progress` event, a
-    dict {total, cache, processed, time_ms}, during prefill. Never raises for a server's fault."""
+    """POST `body` to `url` + `path` (the chat endpoint; `/completion` for a primer) on `http`, whose
+    read timeout is the stall timeout, and collect the answer, timings and usage. `on_progress`
+    receives each `prompt_progress` event, a dict {total, cache, processed, time_ms}, during
+    prefill. Never raises for a server's fault."""
     started = time.monotonic()
     state = _Stream()
     status, http_status, error = "ok", None, None
     try:
-        with http.stream("POST", url + CHAT_PATH, json=body) as response:
+        with http.stream("POST", url + path, json=body) as response:
             http_status = response.status_code
             if response.status_code != 200:
                 response.read()
@@ -174,6 +182,8 @@ def _apply(event: dict[str, Any], state: _Stream, on_progress: ProgressCallback 
         state.timings = event["timings"]
     if isinstance(event.get("usage"), dict):
         state.usage = event["usage"]
+    if event.get("stop") is True:  # /completion's final event
+        state.finish_reason = str(event.get("stop_type") or "stop")
     for choice in event.get("choices") or []:
         delta = choice.get("delta") or {}
         if delta.get("content"):

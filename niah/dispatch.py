@@ -271,14 +271,20 @@ def record(
     is reported once per run, with `reason()` (the endpoint's: niah.reuse)."""
     state.results.append(result)
     cell = Cell(result.length, result.depth, result.trial, result.task)
-    state.progress.end_cell(result.outcome, result.prompt_n or 0, result.prompt_ms, cell=cell, again=again)
-    state.computed += (result.prompt_n or 0) + (result.prime_n or 0)
-    state.cached += result.cache_n or 0
+    computed = (result.prompt_n or 0) + (result.prime_n or 0)
+    state.progress.end_cell(
+        result.outcome, computed, (result.prompt_ms or 0) + (result.prime_ms or 0), cell=cell, again=again
+    )
+    if result.prompt_n is None:
+        return  # never processed: nothing computed for it, nothing it could have reused
+    state.computed += computed
+    state.sent += result.prompt_tokens_served or result.length
     state.reusable += result.cache_expected or 0
-    if reason and not state.reuse_warned and result.cache_expected and shortfall(result.cache_expected, result.cache_n):
+    reused = result.cache_n if result.prime_n is None else result.prime_cache_n
+    if reason and not state.reuse_warned and result.cache_expected and shortfall(result.cache_expected, reused):
         state.reuse_warned = True
         print(
-            f"niah: llama-server reused {result.cache_n or 0:,} of the {result.cache_expected:,} prompt tokens "
+            f"niah: llama-server reused {reused or 0:,} of the {result.cache_expected:,} prompt tokens "
             f"L={result.length:,} D={result.depth:g}% shares with the previous prompt: {reason()}",
             flush=True,
         )

@@ -6,16 +6,16 @@ tokenizer, reports the facts that identify its server, and can tell whether its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from niah.cells import Cell
-from niah.corpus import Corpus
+from niah.corpus import Corpus, get_corpus
+from niah.gguf_meta import GGUFFacts
 from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label
-from niah.reuse import reuse_kind, shortfall_reason
+from niah.reuse import ServerModel, kind_of_arch, probe_reuse, reuse_kind, shortfall_reason
 from niah.session import ServerSession, ServerSpec
 from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
@@ -33,8 +33,9 @@ class Endpoint:
         session: ServerSession,
         needed: int,
         profile: LaunchProfile | None = None,
-        native_context: int | None = None,
+        given: GGUFFacts | None = None,
         name: str | None = None,
+        arch: str | None = None,
     ) -> None:
         self.session = session
         self.name = name or session.url
@@ -42,7 +43,8 @@ class Endpoint:
         self.needed = needed
         self.profile = profile
         self.report: PreflightReport = preflight(session, needed)
-        self.native_context = native_context or self.report.native_context or self.report.n_ctx_train
+        self.model = server_model(session, self.report, given, arch)
+        """What niah knows of the served model (reuse kind, native context) and where from."""
         self.last_prompt: Prompt | None = None
         """The last prompt this server processed: what the next one can reuse from its cache."""
         self.counter = ServerTokenizer(session)
@@ -59,8 +61,9 @@ class Endpoint:
 
     @property
     def factor(self) -> str:
-        """Served per-slot context ÷ the model's native context (from the GGUF when known)."""
-        native = self.native_context
+        """Served per-slot context ÷ the model's native context (from a GGUF or the profile; else
+        `unknown`: a server's training context is already scaled by YaRN and says nothing)."""
+        native = (self.profile.native_context if self.profile else None) or self.model.native_context
         return factor_label(self.served_n_ctx, native) if native else "unknown"
 
     def facts(self) -> dict[str, object]:
@@ -85,7 +88,7 @@ class Endpoint:
     def reuse_shortfall_reason(self) -> str:
         """Why this server reuses less of a shared prefix than it could (see niah.reuse)."""
         spec = self.session.spec
-        return shortfall_reason(reuse_kind(self.report.model_facts), spec.args if spec.managed else None)
+        return shortfall_reason(self.model.kind, spec.args if spec.managed else None)
 
     def restart(self) -> None:
         """Start the managed server again with the same flags and preflight it again (its cache is empty)."""
@@ -94,12 +97,28 @@ class Endpoint:
         self.last_prompt = None
 
 
+def server_model(
+    session: ServerSession, report: PreflightReport, given: GGUFFacts | None, arch: str | None
+) -> ServerModel:
+    """The served model's reuse kind and native context, from the first source that has them: the
+    GGUF the server loaded (when readable here), the `--model` file given beside `--url`, `--arch`,
+    or, with none of those, a reuse probe of the server itself."""
+    for facts, source in ((report.model_facts, "the server's GGUF"), (given, "--model")):
+        if facts is not None:
+            return ServerModel(reuse_kind(facts), f"{source} {facts.path}", facts.context_length, facts)
+    if arch:
+        return ServerModel(kind_of_arch(arch), f"--arch {arch}")
+    kind, source = probe_reuse(session, get_corpus("builtin").text, report.served_n_ctx)
+    return ServerModel(kind, source)
+
+
 def start_endpoint(
     spec: ServerSpec,
     needed: int,
     profile: LaunchProfile | None = None,
-    native_context: int | None = None,
+    given: GGUFFacts | None = None,
     name: str | None = None,
+    arch: str | None = None,
 ) -> Endpoint:
     """Start (or reach) the server of `spec` and preflight it; the caller closes `endpoint.session`
     (what was started is stopped here when preflight fails)."""
@@ -108,29 +127,14 @@ def start_endpoint(
     session = ServerSession(spec)
     try:
         session.open()
-        endpoint = Endpoint(session, needed, profile, native_context, name)
+        endpoint = Endpoint(session, needed, profile, given, name, arch)
     except BaseException:
         session.close()
         raise
     where = f" [{name}]" if name and spec.managed else ""
     print(f"niah: preflight{where} {endpoint.report.summary()}", flush=True)
+    print(f"niah: model{where}: {endpoint.model.line()}", flush=True)
     return endpoint
-
-
-@contextmanager
-def open_endpoint(
-    spec: ServerSpec,
-    needed: int,
-    profile: LaunchProfile | None = None,
-    native_context: int | None = None,
-    name: str | None = None,
-) -> Iterator[Endpoint]:
-    """Start (or reach) the server of `spec`, preflight it, and always stop what was started."""
-    endpoint = start_endpoint(spec, needed, profile, native_context, name)
-    try:
-        yield endpoint
-    finally:
-        endpoint.session.close()
 
 
 def resolve_tokenizer(spec: str, endpoint: Endpoint) -> Tokenizer:

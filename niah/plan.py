@@ -145,6 +145,10 @@ def points_from_results(run: Path) -> tuple[list[PrefillPoint], float | None]:
         cached = int(_number(row.get("cache_n")) or 0)
         if prompt_n and prompt_ms and prompt_n > 0 and prompt_ms > 0:
             points.append(PrefillPoint(length=cached + int(prompt_n), seconds=prompt_ms / 1000, cached=cached))
+        prime_n, prime_ms = _number(row.get("prime_n")), _number(row.get("prime_ms"))
+        if prime_n and prime_ms and prime_n > 0 and prime_ms > 0:  # a primer is a prefill too
+            prime_cached = int(_number(row.get("prime_cache_n")) or 0)
+            points.append(PrefillPoint(length=prime_cached + int(prime_n), seconds=prime_ms / 1000, cached=prime_cached))
         predicted_n, predicted_ms = _number(row.get("predicted_n")), _number(row.get("predicted_ms"))
         if predicted_n and predicted_ms and predicted_n > 1 and predicted_ms > 0:
             decoded += int(predicted_n)
@@ -215,24 +219,26 @@ def _enough_text(text: str, tokens: int) -> str:
 
 
 def launch_memory(
-    profile_name: str, facts: GGUFFacts | None, arch: str | None, model: Path | None = None, server_bin: str | None = None
-) -> tuple[MemoryEstimate | None, str]:
+    profile_name: str, facts: GGUFFacts | None, arch: str | None, model: Path | None = None,
+    server_bin: str | None = None, answer_budget: int = 32,
+) -> tuple[MemoryEstimate | None, str, int | None]:
     """The memory of one launch profile: llama.cpp's own projection (`llama-fit-params`) when the
-    model file and the tool are there, else niah's formula (niah.memory.project); None and why not."""
+    model file and the tool are there, else niah's formula (niah.memory.project), or None and why
+    not; and the per-slot context the launch will serve (None when unknown)."""
     from niah.memory import project
     from niah.profiles import load_profile, plan_launch
     from niah.server import find_server_binary
 
     profile = load_profile(profile_name)
     try:
-        plan = plan_launch(profile, facts, None, arch)
+        plan = plan_launch(profile, facts, None, arch, answer_budget)
         binary = find_server_binary(server_bin) if model is not None else None
     except NiahError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     memory = project(plan.memory, model, binary, plan.args)
     if memory is None:
-        return None, "unknown (give --model GGUF, or --arch with a known shape)"
-    return memory, ""
+        return None, "unknown (give --model GGUF, or --arch with a known shape)", plan.predicted_slot_context
+    return memory, "", plan.predicted_slot_context
 
 
 # ---- the costed schedule ----------------------------------------------------------------------
@@ -249,6 +255,8 @@ class PlannedCell:
     prefill_s: float
     decode_s: float
     cumulative_s: float
+    clamped: bool = False
+    """The launch cannot hold length + answer budget: `niah run` records CLAMPED and sends nothing."""
 
     @property
     def seconds(self) -> float:
@@ -264,6 +272,8 @@ class LaunchCost:
     seconds: float
     memory: MemoryEstimate | None = None
     memory_note: str = ""
+    served: int | None = None
+    """Per-slot context the launch serves (predicted from the profile, or the probed server's)."""
 
 
 @dataclass(frozen=True)
@@ -280,12 +290,17 @@ class Plan:
     cache_reuse: bool
 
     @property
+    def clamped(self) -> list[PlannedCell]:
+        """Cells the launch cannot hold (never sent)."""
+        return [c for c in self.cells if c.clamped]
+
+    @property
     def compute_tokens(self) -> int:
         return sum(c.compute_tokens for c in self.cells)
 
     @property
     def naive_tokens(self) -> int:
-        return sum(c.cell.length for c in self.cells)
+        return sum(c.cell.length for c in self.cells if not c.clamped)
 
     @property
     def prefill_s(self) -> float:
@@ -293,7 +308,7 @@ class Plan:
 
     @property
     def naive_prefill_s(self) -> float:
-        return sum(self.curve.seconds(c.cell.length) for c in self.cells)
+        return sum(self.curve.seconds(c.cell.length) for c in self.cells if not c.clamped)
 
     @property
     def decode_s(self) -> float:
@@ -324,30 +339,43 @@ def make_plan(
     decode_rate: float | None = None,
     decode_source: str = "measured",
     cache_reuse: bool = True,
-    memory: dict[str, tuple[MemoryEstimate | None, str]] | None = None,
+    memory: dict[str, tuple[MemoryEstimate | None, str, int | None]] | None = None,
+    served: int | None = None,
 ) -> Plan:
     """Cost `cells` (from `plan_cells`) on `curve`: each cell computes from what it shares with the cell
     before it on its launch up to its length, then decodes up to `answer_budget` tokens (at
-    `decode_rate`; without one, at ASSUMED_DECODE_RATE, labelled so)."""
+    `decode_rate`; without one, at ASSUMED_DECODE_RATE, labelled so). A cell whose length + answer
+    budget exceeds what its launch serves (`memory`'s third item; `served` for the one server of a
+    --url plan) is CLAMPED: costed at nothing, as `niah run` sends it nothing."""
     launch_of = launch_of or {}
+    memory = memory or {}
     ordered = sending_order(cells, launch_of)
-    computed = expected_prefill(ordered, launch_of) if cache_reuse else [c.length for c in ordered]
+    slots = {name: memory.get(name or "", (None, "", served))[2] for name in set(launch_of.values()) | {None}}
+    fits = [c for c in ordered if not _clamped(c, slots.get(launch_of.get(c.length)), answer_budget)]
+    computed = dict(zip(fits, expected_prefill(fits, launch_of) if cache_reuse else [c.length for c in fits]))
     rate = decode_rate or ASSUMED_DECODE_RATE
     planned, total = [], 0.0
-    for cell, compute in zip(ordered, computed):
-        prefill = curve.span(cell.length - compute, cell.length)
+    for cell in ordered:
+        if cell not in computed:
+            planned.append(PlannedCell(cell, launch_of.get(cell.length), 0, 0.0, 0.0, total, clamped=True))
+            continue
+        prefill = curve.span(cell.length - computed[cell], cell.length)
         decode = answer_budget / rate
         total += prefill + decode
-        planned.append(PlannedCell(cell, launch_of.get(cell.length), compute, prefill, decode, total))
+        planned.append(PlannedCell(cell, launch_of.get(cell.length), computed[cell], prefill, decode, total))
     launches = []
     for name in dict.fromkeys(p.launch for p in planned):
         mine = [p for p in planned if p.launch == name]
-        mem, note = (memory or {}).get(name or "", (None, ""))
+        mem, note, slot = memory.get(name or "", (None, "", served))
         launches.append(LaunchCost(
-            name, tuple(sorted({p.cell.length for p in mine})), sum(p.seconds for p in mine), mem, note
+            name, tuple(sorted({p.cell.length for p in mine})), sum(p.seconds for p in mine), mem, note, slot
         ))
     source = decode_source if decode_rate else "ASSUMED"
     return Plan(tuple(planned), curve, rate, source, answer_budget, tuple(launches), cache_reuse)
+
+
+def _clamped(cell: Cell, served: int | None, answer_budget: int) -> bool:
+    return served is not None and cell.length + answer_budget > served
 
 
 # ---- rendering --------------------------------------------------------------------------------
@@ -389,8 +417,8 @@ def plan_text(plan: Plan) -> str:
     lines.append("")
     header = ("launch", "length", "depth", "trial", "compute", "seconds", "cumulative")
     rows = [header] + [
-        (p.launch or "-", f"{p.cell.length:,}", f"{p.cell.depth:g}%", str(p.cell.trial), f"{p.compute_tokens:,}",
-         f"{p.seconds:,.1f}", hms(p.cumulative_s))
+        (p.launch or "-", f"{p.cell.length:,}", f"{p.cell.depth:g}%", str(p.cell.trial),
+         "CLAMPED" if p.clamped else f"{p.compute_tokens:,}", f"{p.seconds:,.1f}", hms(p.cumulative_s))
         for p in plan.cells
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -400,15 +428,21 @@ def plan_text(plan: Plan) -> str:
     for launch in plan.launches:
         name = launch.name or "server"
         lengths = ", ".join(f"{n:,}" for n in launch.lengths)
-        lines.append(f"launch {name} (lengths {lengths}): {hms(launch.seconds)}")
+        serves = f", serves {launch.served:,} per slot" if launch.served else ""
+        lines.append(f"launch {name} (lengths {lengths}{serves}): {hms(launch.seconds)}")
         if launch.memory is not None:
             lines += [f"  {line}" for line in launch.memory.lines()]
         elif launch.name is not None:
             lines.append(f"  memory: {launch.memory_note}")
     ratio = plan.compute_tokens / plan.naive_tokens if plan.naive_tokens else 0.0
+    lines += ["", f"cells: {len(plan.cells)}"]
+    if plan.clamped:
+        lengths = ", ".join(f"{n:,}" for n in sorted({p.cell.length for p in plan.clamped}))
+        lines.append(
+            f"CLAMPED: {len(plan.clamped)} cell(s) (lengths {lengths}) do not fit length + {plan.answer_budget} "
+            "answer tokens in what their launch serves; `niah run` would send them nothing"
+        )
     lines += [
-        "",
-        f"cells: {len(plan.cells)}",
         f"prefill tokens: {plan.compute_tokens:,} computed of {plan.naive_tokens:,} naive ({ratio:.3f})",
         f"prefill time: {hms(plan.prefill_s)} (naive, no reuse: {hms(plan.naive_prefill_s)})",
         f"decode time: {hms(plan.decode_s)} at most",
@@ -439,18 +473,20 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "cells": [
             {
                 "launch": p.launch, "length": p.cell.length, "depth": p.cell.depth, "trial": p.cell.trial,
-                "compute_tokens": p.compute_tokens, "cached_tokens": p.cell.length - p.compute_tokens,
+                "clamped": p.clamped,
+                "compute_tokens": p.compute_tokens, "cached_tokens": 0 if p.clamped else p.cell.length - p.compute_tokens,
                 "prefill_s": p.prefill_s, "decode_s": p.decode_s, "seconds": p.seconds, "cumulative_s": p.cumulative_s,
             }
             for p in plan.cells
         ],
         "launches": [
-            {"name": launch.name, "lengths": list(launch.lengths), "seconds": launch.seconds,
+            {"name": launch.name, "lengths": list(launch.lengths), "seconds": launch.seconds, "served": launch.served,
              "memory": memory_json(launch.memory), "memory_note": launch.memory_note or None}
             for launch in plan.launches
         ],
         "totals": {
             "cells": len(plan.cells),
+            "clamped_cells": len(plan.clamped),
             "compute_tokens": plan.compute_tokens,
             "naive_tokens": plan.naive_tokens,
             "prefill_s": plan.prefill_s,

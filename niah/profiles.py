@@ -1,4 +1,9 @@
-"""Launch profiles: TOML files naming a per-slot context, and the llama-server flags that deliver it.
+"""Launch profiles: TOML files naming the longest prompt a launch tests, and the llama-server flags
+that deliver it with room for the answer.
+
+The one rule for what fits: a launch for a profile of context C serves, per slot, C plus the answer
+budget of the run (32 tokens; 4,096 with thinking on; or --answer-budget), so a prompt of C tokens and
+its whole answer fit. `niah launch`, `check`, `plan` and `run` all size the launch with `plan_launch`.
 
 Beyond the model's native context a profile launches YaRN with a rope scale S chosen so that
 llama-server's own arithmetic (it recomputes the training context as native ÷ (1/S) in float32
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
+from niah.cells import ANSWER_BUDGET
 from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
@@ -37,7 +43,7 @@ class LaunchProfile:
     name: str
     """Profile name (the TOML file's stem unless the file says otherwise)."""
     context: int
-    """Target per-slot context in tokens."""
+    """The longest prompt (in tokens) the launch tests; each slot gets this plus the answer budget."""
     parallel: int = 1
     """Server slots (`--parallel`)."""
     cache_type_k: str = "f16"
@@ -100,6 +106,8 @@ class LaunchPlan:
     arch: str | None
     native_context: int | None
     args: tuple[str, ...]
+    slot_context: int
+    """Per-slot target: the profile's context plus the answer budget."""
     ctx_size: int
     """The `-c` value: all slots' cells unless the KV cache is unified."""
     rope_scale: str | None
@@ -143,12 +151,12 @@ def pad(n: int) -> int:
     return -(-n // KV_PAD) * KV_PAD
 
 
-def _uses_yarn(profile: LaunchProfile, native: int | None) -> bool:
+def _uses_yarn(profile: LaunchProfile, native: int | None, slot_context: int) -> bool:
     if profile.rope_scaling == "none":
         return False
     if profile.rope_scaling == "yarn" or profile.rope_scale:
         return True
-    return native is not None and profile.context > native
+    return native is not None and slot_context > native
 
 
 def plan_launch(
@@ -156,8 +164,10 @@ def plan_launch(
     facts: GGUFFacts | None,
     native_context: int | None = None,
     arch: str | None = None,
+    answer_budget: int = ANSWER_BUDGET,
 ) -> LaunchPlan:
-    """Resolve `profile` for a model (its GGUF facts, or `native_context` + `arch` standing in)."""
+    """Resolve `profile` for a model (its GGUF facts, or `native_context` + `arch` standing in), each
+    slot holding the profile's context plus `answer_budget` tokens."""
     model_native = (facts.context_length if facts else None) or native_context
     native = profile.native_context or model_native
     arch = (facts.arch if facts else None) or arch
@@ -167,22 +177,23 @@ def plan_launch(
             f"profile {profile.name} is made for a native context of {profile.native_context:,}, "
             f"but {where} says {model_native:,}: copy the profile and set native_context"
         )
-    ctx_size = profile.context if profile.kv_unified else profile.context * profile.parallel
+    slot_context = profile.context + answer_budget
+    ctx_size = slot_context if profile.kv_unified else slot_context * profile.parallel
     args = ["-c", str(ctx_size), "--parallel", str(profile.parallel)]
     if profile.kv_unified:
         args.append("--kv-unified")
     args += ["--cache-type-k", profile.cache_type_k, "--cache-type-v", profile.cache_type_v]
     rope_scale = None
     served_train = native
-    if _uses_yarn(profile, native):
+    if _uses_yarn(profile, native, slot_context):
         if native is None or arch is None:
             raise NiahError(
                 f"profile {profile.name} needs YaRN: give --model GGUF, or --native-context and --arch"
             )
-        rope_scale = profile.rope_scale or choose_rope_scale(profile.context, native)
+        rope_scale = profile.rope_scale or choose_rope_scale(slot_context, native)
         served_train = yarn_n_ctx_train(native, rope_scale)
         args += [
-            "--override-kv", f"{arch}.context_length=int:{profile.context}",
+            "--override-kv", f"{arch}.context_length=int:{slot_context}",
             "--rope-scaling", "yarn", "--rope-scale", rope_scale, "--yarn-orig-ctx", str(native),
         ]
     # --swa-full makes a sliding-window model's prefix reusable (niah.reuse); on by default for one
@@ -198,6 +209,7 @@ def plan_launch(
         arch=arch,
         native_context=native,
         args=tuple(args),
+        slot_context=slot_context,
         ctx_size=ctx_size,
         rope_scale=rope_scale,
         predicted_slot_context=predicted,
@@ -210,9 +222,10 @@ def server_args(
     facts: GGUFFacts | None,
     native_context: int | None = None,
     arch: str | None = None,
+    answer_budget: int = ANSWER_BUDGET,
 ) -> list[str]:
     """llama-server flags for `profile` (no binary, -m, --host or --port): for start_server()."""
-    return list(plan_launch(profile, facts, native_context, arch).args)
+    return list(plan_launch(profile, facts, native_context, arch, answer_budget).args)
 
 
 def _option_args(profile: LaunchProfile) -> list[str]:

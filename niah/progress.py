@@ -74,8 +74,9 @@ class RunProgress:
         self._started[cell.key] = (time.monotonic(), endpoint)
         self._bar.set_description(self._label(cell, endpoint))
 
-    def prefill(self, event: dict[str, object]) -> None:
-        """A `prompt_progress` event: {total, cache, processed, time_ms}."""
+    def prefill(self, event: dict[str, object], phase: str = "prefill") -> None:
+        """A `prompt_progress` event: {total, cache, processed, time_ms}; `phase` is `prime` while a
+        primer computes the prompt up to its needle."""
         total = int(event.get("total", 0) or 0)  # type: ignore[call-overload]
         cache = int(event.get("cache", 0) or 0)  # type: ignore[call-overload]
         processed = int(event.get("processed", 0) or 0)  # type: ignore[call-overload]
@@ -83,7 +84,7 @@ class RunProgress:
         computed = max(0, processed - cache)
         rate = computed / (time_ms / 1000) if time_ms > 0 else 0.0
         self._bar.set_postfix_str(
-            f"prefill {processed:,}/{total:,} tok, {rate:,.0f} t/s, ETA {self._eta(rate, total - processed)}",
+            f"{phase} {processed:,}/{total:,} tok, {rate:,.0f} t/s, ETA {self._eta(rate, total - processed)}",
             refresh=True,
         )
 

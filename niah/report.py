@@ -46,9 +46,10 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
     }
     computed = _total(df["prompt_n"]) + _total(df["prime_n"])  # checkpoint primers compute too
     cached = _total(df["cache_n"])
+    sent = _total(df["prompt_tokens_served"])
     reusable = _total(df["cache_expected"])
     predicted_ms = float(df["predicted_ms"].fillna(0).sum())
-    prompt_ms = float(df["prompt_ms"].fillna(0).sum())
+    prompt_ms = float(df["prompt_ms"].fillna(0).sum()) + float(df["prime_ms"].fillna(0).sum())
     return {
         "cells": len(df),
         "outcomes": {o: int(counts.get(o, 0)) for o in OUTCOMES},
@@ -57,7 +58,7 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
             "prompt_tokens_served": _total(df["prompt_tokens_served"]),
             "prompt_tokens_computed": computed,
             "cache_tokens_reused": cached,
-            "cache_saved_fraction": round(cached / (cached + computed), 4) if cached + computed else 0.0,
+            "cache_saved_fraction": round((sent - computed) / sent, 4) if sent else 0.0,  # against cold cells
             "prompt_ms": round(prompt_ms, 1),
             "prefill_tokens_per_s": round(computed / prompt_ms * 1000, 1) if prompt_ms else None,
             "cache_tokens_reusable": reusable,

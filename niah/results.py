@@ -104,6 +104,10 @@ class CellResult:
     """Prompt tokens shared with the previous prompt on the same server: what cache_n could be."""
     prime_n: int | None = None
     """Tokens the server computed for the checkpoint primer before the cell (hybrid models)."""
+    prime_cache_n: int | None = None
+    """Tokens the primer took from the server's cache (what the previous cell left)."""
+    prime_ms: float | None = None
+    """Milliseconds the server spent computing the primer."""
     draft_n: int | None = None
     """Tokens a draft proposed (speculative decoding, e.g. --spec-type draft-mtp)."""
     draft_n_accepted: int | None = None
@@ -136,6 +140,7 @@ _COUNT_COLUMNS = (
     "server_n_ctx",
     "cache_expected",
     "prime_n",
+    "prime_cache_n",
     "draft_n",
     "draft_n_accepted",
 )

@@ -15,17 +15,77 @@ Facts of the bundled llama.cpp (11434, tools/server/server-context.cpp) behind t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from niah.gguf_meta import GGUFFacts
     from niah.haystack import Prompt
+    from niah.session import ServerSession
 
 FULL, SLIDING_WINDOW, RECURRENT = "full attention", "sliding window", "recurrent"
 SHORTFALL = 0.5
 """A cell that reused less than this share of what it could is reported."""
 MIN_REPORTED = 256
 """Reusable prefixes shorter than this many tokens are not worth a warning."""
+
+
+RECURRENT_ARCHS = frozenset((
+    # llama.cpp 11434, src/llama-arch.cpp: llm_arch_is_recurrent and llm_arch_is_hybrid
+    "mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7",
+    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe",
+    "qwen3next", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp",
+    "deepseek4", "minimax-01",
+))
+PROBE_SHARED = 256
+"""Tokens the two prompts of a reuse probe share."""
+PROBE_TAIL = 4096 + 128
+"""Tokens after the shared part: more than a hybrid server's checkpoint offset (4 + ubatch, for
+ubatch up to 4,096), so no checkpoint of the first prompt lies inside the shared part."""
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """What niah knows of the model a server runs, and where it learned it."""
+
+    kind: str | None
+    """FULL, SLIDING_WINDOW or RECURRENT; None when nothing told."""
+    source: str
+    """Where the facts came from, in words: `the server's GGUF PATH`, `--model PATH`, `--arch A`, a probe."""
+    native_context: int | None = None
+    facts: GGUFFacts | None = None
+
+    @property
+    def primes(self) -> bool:
+        """True when niah must prime a checkpoint before each cell for the prefix to be reused."""
+        return self.kind == RECURRENT
+
+    def line(self) -> str:
+        """One line for the run's output."""
+        native = f", native context {self.native_context:,}" if self.native_context else ""
+        prime = "; niah primes a checkpoint at each needle" if self.primes else ""
+        return f"{self.kind or 'unknown'} model{native} (from {self.source}){prime}"
+
+
+def kind_of_arch(arch: str) -> str:
+    """RECURRENT for llama.cpp's recurrent and hybrid architectures, else FULL (sliding windows need
+    the GGUF's `sliding_window` key, which `--arch` does not give)."""
+    return RECURRENT if arch in RECURRENT_ARCHS else FULL
+
+
+def probe_reuse(session: ServerSession, text: str, served: int) -> tuple[str | None, str]:
+    """Ask the server itself: compute a prompt, then one that shares only its first PROBE_SHARED
+    tokens, and see whether it reused them. A server that can roll its cache back (full attention,
+    or sliding windows with --swa-full) reuses them; one that goes back only to a checkpoint
+    (hybrid, recurrent) reuses nothing and needs primers. (kind, source in words)."""
+    tail = max(64, min(PROBE_TAIL, (served - 64) // 2 - PROBE_SHARED))
+    ids = session.tokenize(text)[: PROBE_SHARED + 2 * tail]
+    first = session.prime(ids[: PROBE_SHARED + tail])
+    second = session.prime(ids[:PROBE_SHARED] + ids[PROBE_SHARED + tail:])
+    if first.status != "ok" or second.status != "ok" or second.cache_n is None:
+        return None, f"a reuse probe that failed ({first.error or second.error or 'no timings'})"
+    kind = FULL if second.cache_n >= PROBE_SHARED // 2 else RECURRENT
+    return kind, f"a reuse probe of the server: {second.cache_n} of {PROBE_SHARED} shared tokens reused"
 
 
 def reuse_kind(facts: GGUFFacts | None) -> str | None:
@@ -37,11 +97,6 @@ def reuse_kind(facts: GGUFFacts | None) -> str | None:
     if facts.sliding_window:
         return SLIDING_WINDOW
     return FULL
-
-
-def needs_priming(facts: GGUFFacts | None) -> bool:
-    """True for models whose prefix reuse needs a checkpoint niah makes by priming (module doc)."""
-    return reuse_kind(facts) == RECURRENT
 
 
 def first_plant(prompt: Prompt) -> int:

@@ -18,13 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from niah import __version__
-from niah.cells import (
-    ANSWER_BUDGET,
-    BUDGET_PER_EXTRA_ANSWER,
-    THINKING_ANSWER_BUDGET,
-    Cell,
-    plan_cells,
-)
+from niah.cells import BUDGET_PER_EXTRA_ANSWER, Cell, answer_budget, plan_cells
 from niah.client import ChatResult
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import check_endpoints, dispatch, keep_serving, record, start_endpoints
@@ -42,7 +36,7 @@ from niah.needles import NeedleSpec, load_needle_spec, score_needle
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
-from niah.reuse import needs_priming, priming_prefix, reusable_tokens
+from niah.reuse import priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
 from niah.session import ServerSpec, ServerUnreachable
 from niah.tasks import SINGLE, Task
@@ -69,6 +63,9 @@ class RunConfig:
     servers: int = 1
     """Managed launches per launch group, run at once (each on its profile's next `devices` entry)."""
     model: Path | None = None
+    """The GGUF of managed launches; beside `url`, a local copy of the served model for its facts."""
+    arch: str | None = None
+    """The served model's GGUF architecture (beside `url`, when niah cannot read its GGUF)."""
     profiles: tuple[tuple[int, str], ...] = ()
     """(length, profile name or TOML path) pairs: which launch serves each length."""
     tokenizer: str = "auto"
@@ -82,6 +79,8 @@ class RunConfig:
     cache_reuse: bool = True
     stall_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    start_timeout_s: float = 1800.0
+    """Seconds a managed launch may take to load its model and allocate its cache."""
     api_key: str | None = field(default=None, repr=False)
     server_bin: str | None = None
     host: str = "127.0.0.1"
@@ -92,8 +91,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.answer_budget is not None and self.answer_budget < 1:
             raise NiahError("--answer-budget must be at least 1 token")
-        if self.stall_timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise NiahError("--stall-timeout and --connect-timeout must be positive seconds")
+        if min(self.stall_timeout_s, self.connect_timeout_s, self.start_timeout_s) <= 0:
+            raise NiahError("--stall-timeout, --connect-timeout and --start-timeout must be positive seconds")
         if self.temperature < 0:
             raise NiahError("--temperature must not be negative")
         if self.servers < 1:
@@ -108,9 +107,12 @@ class RunConfig:
 
     @property
     def budget(self) -> int:
-        if self.answer_budget is not None:
-            return self.answer_budget
-        return THINKING_ANSWER_BUDGET if self.thinking == "on" else ANSWER_BUDGET
+        return answer_budget(self.answer_budget, self.thinking)
+
+    @property
+    def launch_budget(self) -> int:
+        """Room a launch leaves past its longest prompt: the largest answer budget of the run's tasks."""
+        return max(self.task_budget(t.name) for t in self.tasks)
 
     def task_budget(self, name: str) -> int:
         """The answer budget of a task's cells: `budget`, plus BUDGET_PER_EXTRA_ANSWER per expected
@@ -136,7 +138,9 @@ class RunSummary:
     report_dir: Path
     outcomes: dict[str, int]
     prefill_tokens_computed: int
-    prefill_tokens_cached: int
+    """Prompt tokens the servers computed for this run's cells, primers included."""
+    prefill_tokens_sent: int
+    """Prompt tokens of the cells the servers processed: what sending each cell cold computes."""
     prefill_tokens_reusable: int
     """Tokens the cells shared with the previous prompt on their server: the most the cache could give."""
     grid_markdown: str
@@ -241,6 +245,7 @@ def server_spec(
         "server_bin": config.server_bin,
         "connect_timeout_s": config.connect_timeout_s,
         "stall_timeout_s": config.stall_timeout_s,
+        "start_timeout_s": config.start_timeout_s,
         "thinking": config.thinking,
     }
     if launch is None:
@@ -273,7 +278,9 @@ class RunState:
     results: ResultsFile
     progress: RunProgress
     computed: int = 0
-    cached: int = 0
+    """Prompt tokens computed (chats and primers) for the cells the servers processed."""
+    sent: int = 0
+    """Prompt tokens of those cells: what sending each one cold would compute."""
     reusable: int = 0
     """Prompt tokens the cells shared with the previous prompt on their server (what could be cached)."""
     reuse_warned: bool = False
@@ -293,7 +300,7 @@ def run(config: RunConfig) -> RunSummary:
             raise NiahError("a managed launch needs --model GGUF")
         for name in sorted({p for _, p in config.profiles}):
             profile = load_profile(name)
-            launches[name] = (profile, server_args(profile, facts))
+            launches[name] = (profile, server_args(profile, facts, answer_budget=config.launch_budget))
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
@@ -303,7 +310,7 @@ def run(config: RunConfig) -> RunSummary:
         for profile_name, lengths in launch_groups(config):
             group = [c for c in cells if c.length in lengths]
             launch = launches[profile_name] if profile_name else None
-            run_group(state, group, launch, facts.context_length if facts else None)
+            run_group(state, group, launch, facts)
     finally:
         state.progress.close()
     results.write_header()  # also for a grid with no row to run
@@ -316,7 +323,7 @@ def run(config: RunConfig) -> RunSummary:
         report_dir=config.out_dir,
         outcomes=dict(outcomes),
         prefill_tokens_computed=state.computed,
-        prefill_tokens_cached=state.cached,
+        prefill_tokens_sent=state.sent,
         prefill_tokens_reusable=state.reusable,
         grid_markdown=report.grid_markdown,
         exit_code=exit_code(outcomes),
@@ -328,7 +335,7 @@ def run_group(
     state: RunState,
     group: list[Cell],
     launch: tuple[LaunchProfile, list[str]] | None,
-    native_context: int | None,
+    facts: GGUFFacts | None,
 ) -> None:
     """Run one launch group's unfinished cells on its servers (started only when cells are left).
 
@@ -346,7 +353,7 @@ def run_group(
     needed = max(c.length + config.task_budget(c.task) for c in group)
     profile = launch[0] if launch else None
     starters = [
-        (name, partial(start_endpoint, spec, needed, profile, native_context, name))
+        (name, partial(start_endpoint, spec, needed, profile, facts, name, config.arch))
         for name, spec in server_specs(config, launch)
     ]
     with ExitStack() as stack:
@@ -376,66 +383,92 @@ def run_group(
 
 
 def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:
-    """Build one cell's prompt, send it when the server counts exactly L tokens, decide the outcome.
+    """One cell in its stages: build and count the prompt, prime the server's cache (hybrid models),
+    send it, score the answer.
 
     Never sent: CLAMPED (the served context cannot hold it), TOKEN_MISMATCH (no prompt of exactly L
-    server tokens), CRASH (the server died while the prompt was being counted).
+    server tokens), CRASH (the server died while the prompt was counted or primed), and a primer
+    that stalled or failed (TIMEOUT, HTTP_ERROR).
     """
     config = state.config
     budget = config.task_budget(cell.task)
     needle = config.task(cell.task).needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
     state.progress.start_cell(cell)
-    base = {
+    base: dict[str, Any] = {
         "task": cell.task, "length": cell.length, "depth": cell.depth, "trial": cell.trial,
         "needle_value": ",".join(needle.expected),
         "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
         "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
     }
     if cell.length + budget > endpoint.served_n_ctx:
-        return CellResult(**base, outcome="CLAMPED", error=(  # type: ignore[arg-type]
+        return CellResult(**base, outcome="CLAMPED", error=(
             f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {budget}"
         ))
     started, waited = time.monotonic(), endpoint.session.wait_s
     try:
         prompt, counted, built_with = build(cell, needle)
-        if counted == cell.length and config.cache_reuse and needs_priming(endpoint.report.model_facts):
-            ids = endpoint.session.tokenize(prompt.text, parse_special=True, add_special=True)
-            base["prime_n"] = endpoint.session.prime(ids[: priming_prefix(prompt)])
-            endpoint.last_prompt = prompt  # the server's cache now holds this prompt up to its needle
     except LengthUnreachable as exc:
-        return CellResult(**base, outcome="TOKEN_MISMATCH", error=str(exc))  # type: ignore[arg-type]
+        return CellResult(**base, outcome="TOKEN_MISMATCH", error=str(exc))
     except ServerUnreachable as exc:
-        if not endpoint.died():
-            raise
-        return CellResult(**base, outcome="CRASH", error=f"llama-server died while the prompt was counted ({exc})")  # type: ignore[arg-type]
+        return unreachable(endpoint, base, exc, "the prompt was counted")
     base.update(
         depth_actual=prompt.depth_actual, needle_offset=prompt.needle_token_offset,
         prompt_tokens_planned=prompt.prompt_tokens, tokenizer=built_with,
         planted=tuple(p.to_dict() for p in prompt.planted),
     )
     if counted != cell.length:
-        return CellResult(**base, outcome="TOKEN_MISMATCH", error=(  # type: ignore[arg-type]
-            f"server counts {counted} tokens, cell length is {cell.length}"
-        ))
-    chat = endpoint.session.chat(
-        list(prompt.messages),
-        max_tokens=budget,
-        temperature=config.temperature,
-        seed=config.seed,
-        cache_prompt=config.cache_reuse,
-        on_progress=state.progress.prefill,
-    )
+        return CellResult(**base, outcome="TOKEN_MISMATCH", error=f"server counts {counted} tokens, cell length is {cell.length}")
     if config.cache_reuse:
-        base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)
+        base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)  # what the previous cell left
+        if endpoint.model.primes:
+            try:
+                failed = prime(state, endpoint, prompt, base)
+            except ServerUnreachable as exc:
+                return unreachable(endpoint, base, exc, "the primer was sent")
+            if failed:
+                return failed
+    chat = endpoint.session.chat(
+        list(prompt.messages), max_tokens=budget, temperature=config.temperature, seed=config.seed,
+        cache_prompt=config.cache_reuse, on_progress=state.progress.prefill,
+    )
     if chat.prompt_n is not None:  # the server processed it: its cache now holds this prompt
         endpoint.last_prompt = prompt
+    return scored(chat, prompt, endpoint, base, started, waited)
+
+
+def prime(state: RunState, endpoint: Endpoint, prompt: Prompt, base: dict[str, Any]) -> CellResult | None:
+    """Have a hybrid model's server compute the prompt up to its first planted sentence, so it
+    checkpoints there for the next cell (niah.reuse); streamed with the chat's stall timeout and
+    progress. Records prime_n, prime_cache_n and prime_ms in `base`; a failed primer is the cell's
+    outcome (returned)."""
+    ids = endpoint.session.tokenize(prompt.text, parse_special=True, add_special=True)
+    primer = endpoint.session.prime(ids[: priming_prefix(prompt)], partial(state.progress.prefill, phase="prime"))
+    base.update(prime_n=primer.prompt_n, prime_cache_n=primer.cache_n, prime_ms=primer.prompt_ms)
+    if primer.status == "ok":
+        endpoint.last_prompt = prompt  # the server's cache now holds this prompt up to its needle
+        return None
+    outcome, error, _ = decide_outcome(primer, prompt, endpoint)
+    return CellResult(**base, outcome=outcome, error=f"primer: {error}")
+
+
+def unreachable(endpoint: Endpoint, base: dict[str, Any], exc: ServerUnreachable, when: str) -> CellResult:
+    """CRASH when the server died while `when`; a server that is alive but unreachable is a run error."""
+    if not endpoint.died():
+        raise exc
+    return CellResult(**base, outcome="CRASH", error=f"llama-server died while {when} ({exc})")
+
+
+def scored(
+    chat: ChatResult, prompt: Prompt, endpoint: Endpoint, base: dict[str, Any], started: float, waited: float
+) -> CellResult:
+    """The cell's record from its chat: outcome, score, the server's timings, niah's overhead."""
     outcome, error, score = decide_outcome(chat, prompt, endpoint)
     wall = time.monotonic() - started
-    server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0)) / 1000
+    server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0) + (base.get("prime_ms") or 0)) / 1000
     overhead = wall - (endpoint.session.wait_s - waited) - server_s
-    base["wall_s"] = round(chat.wall_s, 3)
+    base["wall_s"] = round(wall, 3)
     return CellResult(
-        **base,  # type: ignore[arg-type]
+        **base,
         outcome=outcome,
         score=score,
         answer=chat.answer,

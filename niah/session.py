@@ -17,7 +17,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from niah.client import THINKING_MODES, ChatResult, ProgressCallback, chat_body, stream_chat
+from niah.client import (
+    COMPLETION_PATH,
+    THINKING_MODES,
+    ChatResult,
+    ProgressCallback,
+    chat_body,
+    prime_body,
+    stream_chat,
+)
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.server import ManagedServer, WaitProgress, find_server_binary, free_port
 
@@ -25,6 +33,9 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+SECONDS_PER_MB = 60.0
+"""Extra seconds a JSON request gets per MB of text it carries (a 1M-token prompt is ~4 MB: the
+server tokenizes or renders it in seconds, but a busy or remote one may take minutes)."""
 
 
 class ServerUnreachable(NiahError):
@@ -74,7 +85,8 @@ class ServerSpec:
     stall_timeout_s: float = 600.0
     """Seconds of silence on a streamed chat that count as a stall (never a whole-request limit)."""
     request_timeout_s: float = 120.0
-    """Seconds for one JSON request (props, tokenize, apply-template)."""
+    """Seconds for one JSON request (props, tokenize, apply-template), plus SECONDS_PER_MB per MB of
+    text it carries."""
     start_timeout_s: float = 600.0
     """Seconds a managed launch may take to load the model."""
     thinking: str = "off"
@@ -196,10 +208,10 @@ class ServerSession:
 
     # --- JSON endpoints ----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None, size: int = 0) -> httpx.Response:
         started = time.monotonic()
         try:
-            return self._http.request(method, self.url + path, json=payload, timeout=self._json_timeout())
+            return self._http.request(method, self.url + path, json=payload, timeout=self._json_timeout(size))
         except httpx.InvalidURL as exc:
             raise NiahError(f"bad server URL {self.url!r}: {exc}") from None
         except httpx.HTTPError as exc:
@@ -207,9 +219,10 @@ class ServerSession:
         finally:
             self.wait_s += time.monotonic() - started
 
-    def _json_timeout(self) -> httpx.Timeout:
+    def _json_timeout(self, size: int = 0) -> httpx.Timeout:
+        """The request timeout, grown by SECONDS_PER_MB for each MB (`size` characters) of text sent."""
         spec = self.spec
-        return httpx.Timeout(spec.request_timeout_s, connect=spec.connect_timeout_s)
+        return httpx.Timeout(spec.request_timeout_s + SECONDS_PER_MB * size / 1e6, connect=spec.connect_timeout_s)
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         try:
@@ -237,9 +250,9 @@ class ServerSession:
             raise NiahError(f"llama-server at {self.url} is still loading the model (HTTP 503)", EXIT_LAUNCH_INVALID)
         raise NiahError(f"llama-server at {self.url}: GET {path} answered HTTP {response.status_code}", EXIT_LAUNCH_INVALID)
 
-    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON and return the JSON object the server answers."""
-        response = self._request("POST", path, payload)
+    def post(self, path: str, payload: dict[str, Any], size: int = 0) -> dict[str, Any]:
+        """POST JSON (carrying `size` characters of text) and return the JSON object the server answers."""
+        response = self._request("POST", path, payload, size)
         if response.status_code != 200:
             raise NiahError(
                 f"{self.url}{path} answered HTTP {response.status_code}: {response.text[:200]}", EXIT_LAUNCH_INVALID
@@ -257,28 +270,30 @@ class ServerSession:
 
     def tokenize(self, text: str, *, parse_special: bool = False, add_special: bool = False) -> list[int]:
         """Token ids of `text`; `parse_special=True` counts a rendered chat prompt as the server will."""
-        body = self.post("/tokenize", {"content": text, "parse_special": parse_special, "add_special": add_special})
+        body = self.post(
+            "/tokenize", {"content": text, "parse_special": parse_special, "add_special": add_special}, len(text)
+        )
         return [int(t) for t in body["tokens"]]
 
     def tokenize_pieces(self, text: str, **options: bool) -> list[dict[str, Any]]:
         """Tokens of `text` with their pieces ({id, piece}), options as /tokenize takes them."""
-        return list(self.post("/tokenize", {"content": text, "with_pieces": True, **options})["tokens"])
+        return list(self.post("/tokenize", {"content": text, "with_pieces": True, **options}, len(text))["tokens"])
 
     def detokenize(self, ids: list[int]) -> str:
-        return str(self.post("/detokenize", {"tokens": list(ids)})["content"])
+        return str(self.post("/detokenize", {"tokens": list(ids)}, 4 * len(ids))["content"])
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text /v1/chat/completions renders for `messages` (same thinking setting)."""
         payload = {"messages": messages, "chat_template_kwargs": {"enable_thinking": self.spec.thinking == "on"}}
-        return str(self.post("/apply-template", payload)["prompt"])
+        size = sum(len(str(m.get("content", ""))) for m in messages)
+        return str(self.post("/apply-template", payload, size)["prompt"])
 
-    def prime(self, tokens: list[int]) -> int | None:
+    def prime(self, tokens: list[int], on_progress: ProgressCallback | None = None) -> ChatResult:
         """Have the server compute `tokens` (a prompt prefix) into its cache and stop there, so it
-        checkpoints a hybrid model's state at that point; returns the tokens it computed."""
-        body = self.post("/completion", {"prompt": tokens, "n_predict": 0, "cache_prompt": True})
-        timings = body.get("timings")
-        computed = timings.get("prompt_n") if isinstance(timings, dict) else None
-        return int(computed) if isinstance(computed, int) else None
+        checkpoints a hybrid model's state at that point. Streamed like a chat, with its progress
+        and the same stall timeout (a primer is a prefill as long as the cell's up to its needle)."""
+        return stream_chat(self._http, self.url, prime_body(tokens), self.spec.stall_timeout_s, on_progress,
+                           path=COMPLETION_PATH)
 
     # --- the chat ----------------------------------------------------------------------
 

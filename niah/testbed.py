@@ -74,6 +74,24 @@ def check_shape(shape: Qwen35Shape) -> None:
         )
     if shape.layers > 64:
         raise NiahError(f"--layers {shape.layers} is not a test bed (64 at most)")
+    if shape.context_length < 256:
+        raise NiahError(f"--context must be at least 256 tokens, not {shape.context_length}")
+    if shape.heads < 1 or shape.kv_heads < 1 or shape.heads % shape.kv_heads:
+        raise NiahError(f"--heads ({shape.heads}) must be a positive multiple of --kv-heads ({shape.kv_heads})")
+    if shape.head_dim < 32 or shape.head_dim % 32:
+        raise NiahError(f"--head-dim must be a multiple of 32 (at least 32), not {shape.head_dim}")
+
+
+def attention_shape(context: int = 4096, heads: int = 8, kv_heads: int = 4, head_dim: int = 256, **rest: object) -> Qwen35Shape:
+    """A test-bed shape with the given native context and attention heads; a quarter of each head is
+    rotated, in IM-RoPE sections in Qwen3.6's proportions (11, 11, 10 of 32 pairs)."""
+    half = head_dim // 8  # rotated pairs: rope_dims / 2
+    text = round(half * 11 / 32)
+    sections = (text, text, half - 2 * text, 0)
+    return Qwen35Shape(
+        context_length=context, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+        rope_dims=head_dim // 4, rope_sections=sections, **rest,  # type: ignore[arg-type]
+    )
 
 
 def _metadata(shape: Qwen35Shape) -> dict[str, object]:
@@ -214,10 +232,11 @@ def build_qwen35(path: Path, shape: Qwen35Shape | None = None) -> Path:
     return path
 
 
-def build_testbed(arch: str, path: Path, layers: int = 8, mtp: bool = False) -> tuple[Path, float]:
-    """Build the test bed for `arch`; returns the file and the seconds it took."""
+def build_testbed(arch: str, path: Path, layers: int = 8, mtp: bool = False, **attention: int) -> tuple[Path, float]:
+    """Build the test bed for `arch` (`attention`: context, heads, kv_heads, head_dim as in
+    `attention_shape`); returns the file and the seconds it took."""
     if arch not in ARCHITECTURES:
         raise NiahError(f"unknown test-bed architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     started = time.monotonic()
-    out = build_qwen35(path, Qwen35Shape(layers=layers, mtp=mtp))
+    out = build_qwen35(path, attention_shape(layers=layers, mtp=mtp, **attention))
     return out, time.monotonic() - started

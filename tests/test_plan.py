@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -117,13 +118,18 @@ def test_schedule_costs_each_cell_from_its_reused_prefix() -> None:
     assert naive.compute_tokens == naive.naive_tokens and naive.decode_source == "ASSUMED"
 
 
-def test_json_shape_for_the_seed_grid() -> None:
-    result = niah(
-        "plan", "--lengths", "131072,262144,393216,524288,1010000", "--arch", "qwen35", "--json",
-        "--profile-for-length",
-        "131072=native-131k,262144=native-262k,393216=yarn-393k,524288=yarn-512k,1010000=yarn-1m",
-        "--rates", "12k=2590,262k=1090,1m=390",
-    )
+def readme_seed_plan() -> list[str]:
+    """The README's `niah plan` command for the seed grid, as arguments (without `niah`)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("niah plan --arch qwen35")
+    command = readme[start:readme.index("```", start)].split("#")[0].replace("\\\n", " ")
+    return shlex.split(command)[1:]
+
+
+def test_json_shape_for_the_readme_seed_grid() -> None:
+    args = readme_seed_plan()
+    assert "--rates" in args and "yarn-1m" in " ".join(args)
+    result = niah(*args, "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {"curve", "decode", "cache_reuse", "cells", "launches", "totals"}
@@ -132,18 +138,36 @@ def test_json_shape_for_the_seed_grid() -> None:
     assert data["decode"]["source"] == "ASSUMED"
     assert len(data["cells"]) == 25
     assert set(data["cells"][0]) == {
-        "launch", "length", "depth", "trial", "compute_tokens", "cached_tokens",
+        "launch", "length", "depth", "trial", "clamped", "compute_tokens", "cached_tokens",
         "prefill_s", "decode_s", "seconds", "cumulative_s",
     }
+    assert not any(c["clamped"] for c in data["cells"]) and data["totals"]["clamped_cells"] == 0
     cumulative = [c["cumulative_s"] for c in data["cells"]]
     assert cumulative == sorted(cumulative) and cumulative[-1] == pytest.approx(data["totals"]["seconds"])
     assert [launch["name"] for launch in data["launches"]] == [
         "native-131k", "native-262k", "yarn-393k", "yarn-512k", "yarn-1m"
     ]
     assert all(launch["memory"]["kv_bytes"] > 0 for launch in data["launches"])
+    assert all(launch["served"] >= max(launch["lengths"]) + 32 for launch in data["launches"])
     totals = data["totals"]
-    assert totals["cells"] == 25 and totals["naive_tokens"] == 5 * (131072 + 262144 + 393216 + 524288 + 1010000)
+    assert totals["cells"] == 25 and totals["naive_tokens"] == 5 * (131072 + 262112 + 393216 + 524288 + 1010000)
     assert totals["compute_tokens"] < totals["naive_tokens"]
+
+
+def test_cells_a_launch_cannot_hold_are_marked_clamped_and_exit_3() -> None:
+    # A native launch cannot hold 262,144 + the answer; with thinking on, not even 262,112 + 4,096.
+    for lengths, thinking in (("131072,262144", "off"), ("131072,262112", "on")):
+        result = niah(
+            "plan", "--lengths", lengths, "--depths", "0,50", "--arch", "qwen35", "--thinking", thinking,
+            "--profile-for-length", lengths.replace(",", "=native-131k,", 1).split(",")[0] + ","
+            + lengths.split(",")[1] + "=native-262k", "--rates", "12k=2590,262k=1090",
+        )
+        assert result.returncode == 3, result.stderr
+        lines = result.stdout.splitlines()
+        clamped_rows = [line for line in lines if "CLAMPED" in line and line.startswith("native-262k")]
+        assert len(clamped_rows) == 2, result.stdout
+        assert any(line.startswith("CLAMPED: 2 cell(s)") for line in lines)
+        assert not any("CLAMPED" in line for line in lines if line.startswith("native-131k "))
 
 
 def write_results(path: Path, cells: list[tuple[int, int, int, float, int, float]]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.cli import main
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
@@ -58,23 +59,48 @@ def test_flag_arithmetic(name: str) -> None:
     native = profile.native_context
     assert native is not None
     args = server_args(profile, None, arch=arch_for(profile))
-    assert flag(args, "-c") == str(profile.context * profile.parallel)
+    slot = profile.context + ANSWER_BUDGET  # the longest prompt plus its answer
+    assert flag(args, "-c") == str(slot * profile.parallel)
     assert flag(args, "--parallel") == str(profile.parallel)
     assert flag(args, "--cache-type-k") == profile.cache_type_k
     assert flag(args, "--cache-type-v") == profile.cache_type_v
-    if profile.context <= native:
+    if slot <= native:
         assert "--rope-scale" not in args and "--override-kv" not in args
         return
     scale = flag(args, "--rope-scale")
     assert scale is not None
     assert flag(args, "--rope-scaling") == "yarn"
     assert flag(args, "--yarn-orig-ctx") == str(native)
-    assert flag(args, "--override-kv") == f"{arch_for(profile)}.context_length=int:{profile.context}"
+    assert flag(args, "--override-kv") == f"{arch_for(profile)}.context_length=int:{slot}"
     # llama-server's arithmetic reaches the target; one step (0.0001) less would not.
-    assert f32_train(native, scale) >= profile.context
+    assert f32_train(native, scale) >= slot
     smaller = str(Decimal(scale) - Decimal("0.0001"))
-    assert f32_train(native, smaller) < profile.context
+    assert f32_train(native, smaller) < slot
     assert Decimal(scale).as_tuple().exponent >= -4
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+@pytest.mark.parametrize("budget", [ANSWER_BUDGET, THINKING_ANSWER_BUDGET, 100])
+def test_every_shipped_profile_fits_its_longest_prompt_and_answer(name: str, budget: int) -> None:
+    """The one rule: a launch serves context + answer budget per slot, by llama-server's own
+    arithmetic (float32, padding), unless the profile refuses to scale past native."""
+    profile = load_profile(name)
+    plan = plan_launch(profile, None, arch=arch_for(profile), answer_budget=budget)
+    assert plan.slot_context == profile.context + budget
+    native = profile.native_context
+    assert native is not None
+    served = min(-(-plan.ctx_size // 256) * 256, f32_train(native, plan.rope_scale) if plan.rope_scale else native)
+    assert plan.predicted_slot_context == served
+    if profile.rope_scaling == "none" and plan.slot_context > native:
+        assert served < plan.slot_context  # CLAMPED, said as such (native-262k with thinking on)
+    else:
+        assert served >= plan.slot_context
+
+
+def test_native_profiles_fill_the_native_context_exactly() -> None:
+    for name, native in (("native-262k", 262144), ("tiny-native-8k", 8192)):
+        plan = plan_launch(load_profile(name), None, arch="qwen35")
+        assert plan.slot_context == native and plan.rope_scale is None and plan.predicted_slot_context == native
 
 
 def test_the_seeds_scale_comes_up_short() -> None:
@@ -110,16 +136,16 @@ def test_profile_factor_label_uses_its_native_context() -> None:
 
 
 def test_parallel_slots_multiply_c_unless_unified() -> None:
-    split = plan_launch(LaunchProfile(name="p", context=16384, parallel=2, native_context=8192), None, arch="llama")
+    split = plan_launch(LaunchProfile(name="p", context=16352, parallel=2, native_context=8192), None, arch="llama")
     assert flag(list(split.args), "-c") == "32768" and split.predicted_slot_context == 16384
     unified = plan_launch(
-        LaunchProfile(name="u", context=8192, parallel=4, kv_unified=True, native_context=8192), None, arch="llama"
+        LaunchProfile(name="u", context=8160, parallel=4, kv_unified=True, native_context=8192), None, arch="llama"
     )
     assert flag(list(unified.args), "-c") == "8192" and "--kv-unified" in unified.args
 
 
 def test_explicit_rope_scale_that_falls_short_is_predicted_clamped() -> None:
-    plan = plan_launch(LaunchProfile(name="s", context=31540, rope_scale="3.85"), None, 8192, "llama")
+    plan = plan_launch(LaunchProfile(name="s", context=31508, rope_scale="3.85"), None, 8192, "llama")
     assert plan.predicted_slot_context == 31539
     no_yarn = plan_launch(LaunchProfile(name="n", context=16384, rope_scaling="none"), None, 8192, "llama")
     assert "--rope-scale" not in no_yarn.args and no_yarn.predicted_slot_context == 8192
@@ -132,7 +158,7 @@ def test_memory_estimate_of_the_1m_launch() -> None:
     # q8_0 = 34 bytes per 32 values, q4_0 = 18 per 32; 24 layers × 4 KV heads × 256.
     per_token = 24 * 4 * 256 * (34 / 32) + 24 * 4 * 256 * (18 / 32)
     assert memory.kv_bytes_per_token == per_token == 39936
-    assert memory.kv_cells == 1010176  # -c 1,010,000 padded to a multiple of 256
+    assert memory.kv_cells == 1010176  # -c 1,010,032 padded to a multiple of 256
     assert memory.kv_bytes == 39936 * 1010176
     assert 40e9 < memory.kv_bytes < 41e9
     assert memory.weights_bytes is None
@@ -204,7 +230,7 @@ def test_profile_from_a_toml_file(tmp_path: Path) -> None:
     profile = load_profile(str(path))
     assert profile.name == "mine" and profile.source == str(path)
     args = server_args(profile, None, arch="llama")
-    assert args[-1] == "--no-warmup" and flag(args, "--rope-scale") == choose_rope_scale(20000, 8192)
+    assert args[-1] == "--no-warmup" and flag(args, "--rope-scale") == choose_rope_scale(20000 + ANSWER_BUDGET, 8192)
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -218,12 +244,20 @@ def test_cli_profile_show_yarn_1m(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(line.startswith("#") for line in lines[:-1])  # the whole output pastes into a shell
     argv = shlex.split(command)
     assert argv[0].endswith("llama-server")
-    for pair in (["-c", "1010000"], ["--rope-scale", "3.8529"], ["--yarn-orig-ctx", "262144"],
+    for pair in (["-c", "1010032"], ["--rope-scale", "3.853"], ["--yarn-orig-ctx", "262144"],
                  ["--cache-type-k", "q8_0"], ["--cache-type-v", "q4_0"],
-                 ["--override-kv", "qwen35.context_length=int:1010000"]):
+                 ["--override-kv", "qwen35.context_length=int:1010032"]):
         assert command.count(" ".join(pair)) == 1
     assert "40.3 GB" in out and "24 attention layers × 4 KV heads" in out
-    assert "1,010,014 per slot" in out
+    assert "prompts up to 1,010,000 tokens + 32 answer tokens = per-slot target 1,010,032" in out
+    assert "should serve 1,010,040 per slot" in out and ": OK;" in out
+
+
+def test_cli_profile_show_with_thinking_sizes_the_launch_for_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "show", "yarn-1m", "--native-context", "262144", "--arch", "qwen35", "--thinking", "on"]) == 0
+    assert "--override-kv qwen35.context_length=int:1014096" in capsys.readouterr().out
+    assert main(["profile", "show", "native-262k", "--arch", "qwen35", "--thinking", "on"]) == 0
+    assert "should serve 262,144 per slot: CLAMPED" in capsys.readouterr().out
 
 
 def test_cli_profile_show_json_with_model(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.cells import ANSWER_BUDGET, parse_length
-from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+from niah.cells import answer_budget, parse_length
+from niah.cli.run import add_answer_options
+from niah.errors import EXIT_LAUNCH_INVALID
 
 if TYPE_CHECKING:
     from niah.preflight import PreflightReport
@@ -25,9 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     parser.add_argument("--url", required=True, help="the llama-server base URL")
     parser.add_argument("--context", required=True, help="prompt length to test, e.g. 1010000 or 131k")
-    parser.add_argument(
-        "--answer-budget", type=int, default=ANSWER_BUDGET, help="answer tokens on top (default 32)"
-    )
+    add_answer_options(parser)
     parser.add_argument("--log", type=Path, help="the server's log file, for the cause of a clamp")
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY)")
     parser.set_defaults(func=check_command)
@@ -44,9 +43,7 @@ def check_command(args: argparse.Namespace) -> int:
     from niah.preflight import preflight
     from niah.session import ServerSession, ServerSpec
 
-    if args.answer_budget < 0:
-        raise NiahError("--answer-budget must not be negative")
-    needed = parse_length(args.context) + args.answer_budget
+    needed = parse_length(args.context) + answer_budget(args.answer_budget, args.thinking)
     with ServerSession(ServerSpec(url=args.url, api_key=args.api_key or os.environ.get("NIAH_API_KEY"))) as session:
         report = preflight(session, needed, args.log)
     print_report(report)

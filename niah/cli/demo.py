@@ -1,8 +1,8 @@
 """`niah demo`: a miniature of the seed's experiment on the bundled CPU llama-server and SmolLM2-135M.
 
 The seed validated a Qwen3.6 model (native 262,144) at native, 1.5x, 2x and 3.85x YaRN. The demo
-keeps those factors on SmolLM2's native 8,192: each row runs on its own launch profile, and the
-lengths leave room for the answer budget inside the served per-slot context.
+keeps those factors on SmolLM2's native 8,192: each row runs on its own launch profile, whose
+longest prompt is the row's length (the launch adds the answer budget per slot).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from niah.cells import ANSWER_BUDGET
 from niah.cli.run import add_common_options, common_config, print_summary
 from niah.server import find_tiny_model
 
@@ -18,10 +17,10 @@ ALL_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 # (length, launch profile, depths of the default demo); --full runs ALL_DEPTHS on every row.
 DEMO_ROWS = (
     (4096, "tiny-native-8k", ALL_DEPTHS),
-    (8192 - ANSWER_BUDGET, "tiny-native-8k", (50.0,)),
-    (12288 - ANSWER_BUDGET, "tiny-yarn-12k", (50.0,)),
-    (16384 - ANSWER_BUDGET, "tiny-yarn-16k", (50.0,)),
-    (31540 - ANSWER_BUDGET, "tiny-yarn-32k", ()),
+    (8160, "tiny-native-8k", (50.0,)),
+    (12256, "tiny-yarn-12k", (50.0,)),
+    (16352, "tiny-yarn-16k", (50.0,)),
+    (31508, "tiny-yarn-32k", ()),
 )
 
 

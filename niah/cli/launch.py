@@ -6,7 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
+from niah.cells import answer_budget
 from niah.cli.check import print_report
+from niah.cli.run import add_answer_options
 from niah.errors import EXIT_LAUNCH_INVALID
 
 
@@ -15,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "launch",
         help="start llama-server from a profile and prove its per-slot context",
         description="Start llama-server for MODEL with a launch profile, wait for it, check that every "
-        "slot has the profile's context, print the verdict and stop it (--keep leaves it serving "
+        "slot holds the profile's context plus the answer budget, print the verdict and stop it (--keep leaves it serving "
         "until Ctrl-C). Exit 0 OK, 3 clamped or failed. Example: niah launch tiny-yarn-32k --model m.gguf",
     )
     parser.add_argument("profile", help="a shipped profile name or a .toml file")
@@ -27,6 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--log-dir", type=Path, help="folder for the server log, PROFILE.N.log (default runs/launch)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the model to load")
     parser.add_argument("--keep", action="store_true", help="keep the server running until Ctrl-C")
+    add_answer_options(parser)
     parser.set_defaults(func=launch_command)
 
 
@@ -37,7 +40,8 @@ def launch_command(args: argparse.Namespace) -> int:
     from niah.session import ServerSession, ServerSpec
 
     profile = load_profile(args.profile)
-    argv = server_args(profile, read_gguf_facts(args.model))
+    budget = answer_budget(args.answer_budget, args.thinking)
+    argv = server_args(profile, read_gguf_facts(args.model), answer_budget=budget)
     log_dir = args.log_dir or Path("runs") / "launch"
     spec = ServerSpec(
         model=args.model,
@@ -58,7 +62,7 @@ def launch_command(args: argparse.Namespace) -> int:
     with ServerSession(spec) as session:
         print(f"niah: command: {session.command}", flush=True)
         print(f"niah: log: {session.log_path}", flush=True)
-        report = preflight(session, profile.context)
+        report = preflight(session, profile.context + budget)
         print_report(report)
         if report.verdict != "OK":
             return EXIT_LAUNCH_INVALID

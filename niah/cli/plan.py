@@ -10,15 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.cells import (
-    ANSWER_BUDGET,
-    THINKING_ANSWER_BUDGET,
-    parse_depths,
-    parse_lengths,
-    plan_cells,
-)
-from niah.cli.run import add_grid_options, add_target_options, profile_mapping
-from niah.errors import NiahError
+from niah.cells import answer_budget, parse_depths, parse_lengths, plan_cells
+from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 
 if TYPE_CHECKING:
     from niah.gguf_meta import GGUFFacts
@@ -51,8 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     curve.add_argument("--from", dest="from_run", type=Path, help="an earlier run folder (its results.jsonl)")
     parser.add_argument("--probe-lengths", help="token counts to probe (default 1/8, 1/4, 1/2 of the smallest length)")
     parser.add_argument("--decode-rate", type=float, help="decode tokens/s (default: measured, else assumed 20)")
-    parser.add_argument("--answer-budget", type=int, help="max answer tokens (default 32; 4096 with thinking on)")
-    parser.add_argument("--thinking", choices=("off", "on"), default="off")
+    add_answer_options(parser)
     parser.add_argument("--no-cache-reuse", action="store_true", help="plan without prompt-cache reuse")
     parser.add_argument("--arch", help="GGUF architecture for the memory estimate without --model (e.g. qwen35)")
     parser.add_argument("--api-key", help="server API key for --probe (default $NIAH_API_KEY)")
@@ -77,8 +70,7 @@ def plan_command(args: argparse.Namespace) -> int:
     managed = bool(args.profile or args.profile_for_length)
     if args.url and managed:
         raise NiahError("give either --url, or launch profiles (--profile / --profile-for-length), not both")
-    if args.answer_budget is not None and args.answer_budget < 1:
-        raise NiahError("--answer-budget must be at least 1 token")
+    budget = answer_budget(args.answer_budget, args.thinking)
     if args.decode_rate is not None and not args.decode_rate > 0:
         raise NiahError("--decode-rate must be a positive number of tokens/s")
     sources = [name for name, given in (("--rates", args.rates), ("--probe", args.probe), ("--from", args.from_run)) if given]
@@ -96,17 +88,17 @@ def plan_command(args: argparse.Namespace) -> int:
         facts = read_gguf_facts(args.model)
 
     decode_rate: float | None = None
+    served: int | None = None
     if args.rates:
         points, source = parse_rates(args.rates), f"--rates {args.rates}"
     elif args.from_run:
         points, decode_rate = points_from_results(args.from_run)
         source = f"results of {args.from_run} ({len(points)} prefills)"
     else:
-        points, decode_rate, source = probe(args, lengths, launch_of, facts)
+        points, decode_rate, source, served = probe(args, lengths, launch_of, facts, budget)
     decode_source = "measured"
     if args.decode_rate:
         decode_rate, decode_source = args.decode_rate, "given (--decode-rate)"
-    budget = args.answer_budget or (THINKING_ANSWER_BUDGET if args.thinking == "on" else ANSWER_BUDGET)
     plan = make_plan(
         cells,
         fit_curve(points, source),
@@ -116,18 +108,21 @@ def plan_command(args: argparse.Namespace) -> int:
         decode_source=decode_source,
         cache_reuse=not args.no_cache_reuse,
         memory={
-            name: launch_memory(name, facts, args.arch, args.model, args.server_bin)
+            name: launch_memory(name, facts, args.arch, args.model, args.server_bin, budget)
             for name in sorted(set(launch_of.values()))
         },
+        served=served if args.url else None,
     )
     print(json.dumps(plan_json(plan), indent=2) if args.json else plan_text(plan))
-    return 0
+    return EXIT_LAUNCH_INVALID if plan.clamped else 0
 
 
 def probe(
-    args: argparse.Namespace, lengths: tuple[int, ...], launch_of: dict[int, str], facts: GGUFFacts | None
-) -> tuple[list[PrefillPoint], float | None, str]:
-    """A few prefills at growing lengths on `--url`, or on a managed launch of the first launch group."""
+    args: argparse.Namespace, lengths: tuple[int, ...], launch_of: dict[int, str], facts: GGUFFacts | None,
+    budget: int,
+) -> tuple[list[PrefillPoint], float | None, str, int | None]:
+    """A few prefills at growing lengths on `--url`, or on a managed launch of the first launch group;
+    also the per-slot context the server serves."""
     from niah.corpus import get_corpus
     from niah.plan import probe_lengths, probe_points
     from niah.profiles import load_profile, server_args
@@ -140,7 +135,7 @@ def probe(
     elif launch_of and args.model:
         profile = load_profile(launch_of[min(lengths)])
         spec = ServerSpec(
-            model=args.model, args=tuple(server_args(profile, facts)), name=f"plan-probe-{profile.name}",
+            model=args.model, args=tuple(server_args(profile, facts, answer_budget=budget)), name=f"plan-probe-{profile.name}",
             log_dir=Path(tempfile.gettempdir()) / "niah-plan", api_key=api_key, server_bin=args.server_bin,
         )
         where = f"a launch of {profile.name}"
@@ -159,4 +154,4 @@ def probe(
 
         points, decode_rate = probe_points(session, sorted(wanted), text, log)
     listed = ", ".join(f"{n:,}" for n in sorted({p.length - p.cached for p in points}))
-    return points, decode_rate, f"a probe of {where} ({listed} tokens, {len(points)} prefills, prompt cache off)"
+    return points, decode_rate, f"a probe of {where} ({listed} tokens, {len(points)} prefills, prompt cache off)", served

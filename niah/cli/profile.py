@@ -8,6 +8,8 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
+from niah.cells import answer_budget
+from niah.cli.run import add_answer_options
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.memory import MemoryEstimate, project
@@ -23,7 +25,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser = commands.add_parser(
         "profile",
         help="list launch profiles, or show one as a llama-server command line",
-        description=f"Launch profiles name a per-slot context and the flags that deliver it. Example: {SHOW_EXAMPLE}",
+        description=f"Launch profiles name the longest prompt a launch tests; the flags give every slot that plus "
+        f"the answer budget. Example: {SHOW_EXAMPLE}",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
@@ -41,11 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     shower.add_argument("--server-bin", help="llama-server binary to put first (default: the one niah finds)")
     shower.add_argument("--port", type=int, default=8080, help="port in the printed command (default 8080)")
     shower.add_argument("--json", action="store_true", help="argv, plan and estimate as JSON")
+    add_answer_options(shower)
     shower.set_defaults(func=show_command)
 
 
 def list_command(args: argparse.Namespace) -> int:
-    rows = [("NAME", "PER-SLOT", "FACTOR", "SLOTS", "KV K/V", "DESCRIPTION")]
+    rows = [("NAME", "LONGEST PROMPT", "FACTOR", "SLOTS", "KV K/V", "DESCRIPTION")]
     for p in list_profiles():
         factor = factor_label(p.context, p.native_context) if p.native_context else "-"
         rows.append((p.name, f"{p.context:,}", factor, str(p.parallel), f"{p.cache_type_k}/{p.cache_type_v}", p.description))
@@ -83,7 +87,7 @@ def show_command(args: argparse.Namespace) -> int:
     facts = read_gguf_facts(args.model) if args.model else None
     if args.native_context is not None and args.native_context <= 0:
         raise NiahError("--native-context must be a positive number of tokens")
-    plan = plan_launch(profile, facts, args.native_context, args.arch)
+    plan = plan_launch(profile, facts, args.native_context, args.arch, answer_budget(args.answer_budget, args.thinking))
     binary = _binary(args.server_bin)
     memory = _memory(plan, args.model, binary)
     if args.json:
@@ -102,14 +106,18 @@ def show_command(args: argparse.Namespace) -> int:
 def plan_lines(plan: LaunchPlan, memory: MemoryEstimate | None, facts: GGUFFacts | None = None) -> list[str]:
     """What the launch should serve and what it costs, as comment lines."""
     profile = plan.profile
-    lines = [f"target per-slot context {profile.context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"]
+    budget = plan.slot_context - profile.context
+    lines = [
+        f"prompts up to {profile.context:,} tokens + {budget:,} answer tokens = per-slot target "
+        f"{plan.slot_context:,} × {profile.parallel} slot(s); -c {plan.ctx_size:,}"
+    ]
     if plan.predicted_slot_context is not None and plan.native_context:
         detail = (
             f" (YaRN: {plan.rope_scale} × {plan.native_context:,}, truncated, caps each slot)"
             if plan.rope_scale
             else ""
         )
-        verdict = "OK" if plan.predicted_slot_context >= profile.context else "CLAMPED"
+        verdict = "OK" if plan.predicted_slot_context >= plan.slot_context else "CLAMPED"
         lines.append(
             f"llama-server should serve {plan.predicted_slot_context:,} per slot{detail}: {verdict}; "
             f"factor {factor_label(plan.predicted_slot_context, plan.native_context)}"
@@ -134,6 +142,7 @@ def plan_json(
         "profile": plan.profile.name,
         "argv": argv,
         "context": plan.profile.context,
+        "slot_context": plan.slot_context,
         "parallel": plan.profile.parallel,
         "native_context": plan.native_context,
         "arch": plan.arch,

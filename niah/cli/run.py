@@ -65,11 +65,27 @@ def add_target_options(parser: argparse.ArgumentParser, title: str = "server (on
         target.add_argument("--url", action="append", help="an already running llama-server; repeat for several")
     else:
         target.add_argument("--url", help="an already running llama-server")
-    target.add_argument("--model", type=Path, help="GGUF for managed launches")
+    target.add_argument(
+        "--model", type=Path,
+        help="GGUF for managed launches; beside --url, a copy of the served model niah reads facts from",
+    )
     target.add_argument("--profile", help="launch profile for every length (with --model)")
     target.add_argument("--profile-for-length", help="LENGTH=PROFILE,... one launch per group of lengths")
     if several:
         target.add_argument("--servers", type=int, help="managed launches at once (each on the profile's next `devices`)")
+        target.add_argument(
+            "--arch", help="beside --url: the served model's GGUF architecture (e.g. qwen35), when niah cannot read its "
+            "GGUF; without it or --model niah asks the server itself (a short reuse probe)",
+        )
+
+
+def add_answer_options(parser: argparse.ArgumentParser) -> None:
+    """--answer-budget and --thinking: how much room past the prompt a launch and a cell leave."""
+    parser.add_argument(
+        "--answer-budget", type=int,
+        help="max answer tokens, also reserved in every slot past the longest prompt (default 32; 4096 with thinking on)",
+    )
+    parser.add_argument("--thinking", choices=("off", "on"), default="off", help="let the model reason first (default off)")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -78,12 +94,15 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", default="builtin", help="builtin, files:GLOB or noise")
     parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
     parser.add_argument("--seed", type=int, default=0, help="needle values and sampling seed")
-    parser.add_argument("--answer-budget", type=int, help="max answer tokens (default 32; 4096 with thinking on)")
-    parser.add_argument("--thinking", choices=("off", "on"), default="off")
+    add_answer_options(parser)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--no-cache-reuse", action="store_true", help="strict: no prompt-cache reuse")
     parser.add_argument("--stall-timeout", type=float, default=600.0, help="seconds of stream silence = TIMEOUT")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to open each cell's connection")
+    parser.add_argument(
+        "--start-timeout", type=float, default=1800.0,
+        help="seconds a managed launch may take to load the model and allocate its KV cache (default 1800)",
+    )
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY); never written anywhere")
     parser.add_argument("--server-bin", help="llama-server binary for managed launches")
     parser.add_argument("--host", default="127.0.0.1", help="bind address of managed servers")
@@ -103,6 +122,7 @@ def common_config(args: argparse.Namespace) -> dict[str, object]:
         "cache_reuse": not args.no_cache_reuse,
         "stall_timeout_s": args.stall_timeout,
         "connect_timeout_s": args.connect_timeout,
+        "start_timeout_s": args.start_timeout,
         "api_key": args.api_key or os.environ.get("NIAH_API_KEY"),
         "server_bin": args.server_bin,
         "host": args.host,
@@ -154,6 +174,7 @@ def run_command(args: argparse.Namespace) -> int:
         urls=tuple(urls[1:]),
         servers=args.servers or 1,
         model=args.model,
+        arch=args.arch,
         profiles=profile_mapping(args, lengths) if managed else (),
         retry=args.retry,
         **common_config(args),  # type: ignore[arg-type]
@@ -173,12 +194,12 @@ def print_summary(summary: RunSummary) -> int:
                 rate = f"{row['passes']}/{row['answered']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
                 score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
                 print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
-    total = summary.prefill_tokens_computed + summary.prefill_tokens_cached
-    if total:
+    sent, computed = summary.prefill_tokens_sent, summary.prefill_tokens_computed
+    if sent:
         print(
-            f"prefill this run: {summary.prefill_tokens_computed:,} tokens computed, "
-            f"{summary.prefill_tokens_cached:,} reused from the prompt cache ({summary.prefill_tokens_cached / total:.0%}; "
-            f"{summary.prefill_tokens_reusable:,} could have been)"
+            f"prefill this run: {computed:,} tokens computed (primers included) for {sent:,} prompt tokens sent; "
+            f"prefix reuse saved {(sent - computed) / sent:.0%} against sending each cell cold "
+            f"(the previous prompts left {summary.prefill_tokens_reusable:,} tokens to reuse)"
         )
     print(f"results: {summary.results_path}\nreport:  {summary.report_dir}")
     return summary.exit_code
