@@ -58,7 +58,8 @@ class Comparison:
     a: Run
     b: Run
     cells: pd.DataFrame
-    """One row per common (task, length, depth): pair counts, `a_label`/`b_label`, `p`, `change`."""
+    """One row per common (task, length, depth): pair counts, `a_label`/`b_label`, `p_worse`/`p_better`
+    (the sign test each way) and `change`."""
     lengths: pd.DataFrame
     """One row per common (task, length): the same counts pooled over depths."""
     tasks: pd.DataFrame
