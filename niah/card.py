@@ -13,13 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from niah.cells import ANSWER_BUDGET, BUDGET_PER_EXTRA_ANSWER, THINKING_ANSWER_BUDGET
+from niah.card_tasks import task_budgets, task_example
+from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.grid import grid_markdown
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
-from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
-from niah.stats import wilson_interval
+from niah.runs import SINGLE_TASK, joined, length_table, load_run, tasks_of, with_tasks
+from niah.stats import ANSWERED_OUTCOMES
 
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
@@ -78,14 +79,15 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
 
 
 def _intro(fp: dict[str, Any], tasks: bool = False) -> str:
-    planted = (
-        "one grid per task (one planted fact, or several: see Tasks below), the target placed"
-        if tasks else "one planted fact per prompt"
+    what = (
+        "one grid per task, each prompt planting one fact or several in a haystack of filler text and "
+        "asking for one or all of them (see Tasks below)"
+        if tasks else "each prompt plants one fact in a haystack of filler text and asks for it back"
     )
     return (
-        f"Needle retrieval measured with niah {fp.get('niah', '?')}: {planted}, at each "
-        "prompt length (tokens as llama-server counts the whole chat request) and needle depth "
-        "(% of the haystack).\n"
+        f"Needle retrieval measured with niah {fp.get('niah', '?')}: {what}. Each grid has one row per "
+        "prompt length (tokens as llama-server counts the whole chat request) and one column per needle "
+        "depth (where the asked fact sits, in % of the haystack).\n"
     )
 
 
@@ -100,8 +102,10 @@ def _grids(df: pd.DataFrame) -> list[str]:
 
 def _legend(df: pd.DataFrame) -> str:
     present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
-    lines = ["`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of n trials passed; `-`: not tested."]
-    lines += [f"`{o}`: {OUTCOME_MEANING[o]} (not a retrieval result)." for o in present]
+    lines = [("`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
+              "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested.")]
+    lines += [f"`{o}`: {OUTCOME_MEANING[o]} ({'counted as not retrieved' if o in ANSWERED_OUTCOMES else 'not a retrieval result'})."
+              for o in present]
     return " ".join(lines) + "\n"
 
 
@@ -110,20 +114,23 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
     exact = int((sent["prompt_tokens_served"] == sent["length"]).sum())
     trials = df.groupby(["task", "length", "depth"])["trial"].count()
     trial_text = f"{trials.min()}" if trials.min() == trials.max() else f"{trials.min()}–{trials.max()}"
-    tokenizer = f"`{file_names(str(fp.get('tokenizer', NOT_RECORDED)))}`"
+    tokenizer = _tokenizer_name(str(fp.get("tokenizer", NOT_RECORDED)))
     if fp.get("tokenizer") == "auto":
         tokenizer += " (Qwen3.6's own when the server's vocabulary is Qwen3.6's, else the server's /tokenize)"
     if fp.get("tokenizer_resolved"):
-        tokenizer += f", resolved to `{file_names(str(fp['tokenizer_resolved']))}`"
+        tokenizer += f", resolved to {_tokenizer_name(str(fp['tokenizer_resolved']))}"
     corpus = f"`{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
     if fp.get("corpus_sha256"):
         corpus += f", sha256 `{fp['corpus_sha256']}`"
     generation = (
         f"temperature {fp.get('temperature', NOT_RECORDED)}, thinking {fp.get('thinking', NOT_RECORDED)}, "
-        f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens, "
+        f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens"
+        f"{' (--answer-budget, every task)' if fp.get('answer_budget_explicit') else ''}, "
         f"prompt-cache reuse {_on_off(fp.get('cache_reuse'))}"
     )
     requests = _duration(_sum(df["wall_s"]))
+    tasks = tasks_of(df)
+    only_single = tasks == [SINGLE_TASK]
     return [
         f"- **Model file:** {_model_line(fp)}",
         f"- **llama-server:** {_server_version(fp)}",
@@ -131,7 +138,8 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         f"{exact} of {len(sent)} sent prompts were served at exactly the cell's length (usage.prompt_tokens)."),
         f"- **Chat template:** {_template(fp)}",
         f"- **Haystack:** corpus {corpus}.",
-        f"- **Needle:** {_needle(fp)}",
+        *([f"- **{'Needle' if only_single else 'Needle (task `single`)'}:** {_needle(fp)}"]
+          if SINGLE_TASK in tasks else []),
         *_tasks_line(df, fp),
         f"- **Generation:** {generation}.",
         (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
@@ -139,6 +147,14 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
         "last cell (server starts included)."),
     ]
+
+
+def _tokenizer_name(spec: str) -> str:
+    """A tokenizer spec as the card names it: a file name, or the server's own for `server:URL` (a
+    launch's address is gone once the run ends)."""
+    if spec == "server" or spec.startswith("server:"):
+        return "the server's own tokenizer (llama-server's /tokenize)"
+    return f"`{file_names(spec)}`"
 
 
 def _model_name(fp: dict[str, Any]) -> str:
@@ -208,34 +224,37 @@ TASK_MEANING = {
 
 
 def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
-    """A method line for the tasks beyond `single` (none when the run holds only `single`)."""
-    tasks = [t for t in tasks_of(df) if t != SINGLE_TASK]
-    if not tasks:
+    """The tasks' method lines, one per task: what it plants and asks, its answer budget, its first
+    cell as an example (none when the run holds only `single`)."""
+    tasks = tasks_of(df)
+    if tasks == [SINGLE_TASK]:
         return []
     files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
-    parts = []
+    budgets = task_budgets(df, fp)
+    lines = [(f"- **Tasks:** values from seed {fp.get('needle_seed', NOT_RECORDED)}, different per cell and trial; "
+              "every planted sentence's token offset is recorded; the score is the fraction of expected values "
+              "the answer contains. Per task:")]
     for task in tasks:
         kind, _, count = task.partition(":")
-        if kind in TASK_MEANING and count.isdigit():
+        if task == SINGLE_TASK:
+            meaning = "one planted fact (the Needle above); PASS = its number"
+        elif kind in TASK_MEANING and count.isdigit():
             n = int(count) + (1 if kind == "chain" else 0)
-            parts.append(f"`{task}`: {TASK_MEANING[kind].format(n=n, m=n - 1)}")
+            meaning = TASK_MEANING[kind].format(n=n, m=n - 1)
         elif task in files:
-            parts.append(f"`{task}`: custom, from `{file_names(str(files[task].get('file')))}`, sha256 `{files[task].get('sha256')}`")
-    all_of = [t for t in tasks if t.partition(":")[0] in ("multivalue", "multiquery", "chain")]
-    budget = ""
-    if all_of and fp.get("answer_budget") in (ANSWER_BUDGET, THINKING_ANSWER_BUDGET):
-        budget = (f" The all-of tasks ({', '.join(f'`{t}`' for t in all_of)}) were given "
-                  f"{BUDGET_PER_EXTRA_ANSWER} answer tokens more per expected value past the first.")
-    return [
-        "- **Tasks:** " + "; ".join(parts) + ". Every planted sentence's token offset is recorded; "
-        "the score is the fraction of expected values the answer contains." + budget
-    ]
+            meaning = f"custom, from `{file_names(str(files[task].get('file')))}`, sha256 `{files[task].get('sha256')}`"
+        else:
+            meaning = "custom; its file is " + NOT_RECORDED
+        budget = f"; answer budget {budgets[task]} tokens" if task in budgets else ""
+        example = task_example(df, fp, task)
+        lines.append(f"  - `{task}`: {meaning}{budget}." + (f" Example {example}." if example else ""))
+    return lines
 
 
 def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
     launches = fp.get("launches") if isinstance(fp.get("launches"), dict) else {}
     model = _model_name(fp)
-    budget = fp.get("answer_budget")
+    budgets = task_budgets(df, fp)
     lines = ["| lengths | profile | factor | command | per-slot context served |", "|---|---|---|---|---|"]
     for profile, group in df.groupby(df["profile"].fillna("-"), sort=False):
         lengths = sorted(group["length"].unique())
@@ -249,47 +268,53 @@ def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
             command = "started outside niah (--url); " + NOT_RECORDED
             name = "external server" if str(profile).startswith("url:") else f"`{file_names(str(profile))}`"
         lines.append(
-            f"| {', '.join(map(str, lengths))} | {name} | {_joined(group['factor'])} | `{command}` | "
-            f"{_served(group, max(lengths), budget)} |"
+            f"| {', '.join(map(str, lengths))} | {name} | {joined(group['factor'])} | `{command}` | "
+            f"{_served(group, budgets)} |"
         )
     note = "\nniah adds `--host 127.0.0.1 --port <free port>` to each command; argv as recorded in the results header.\n"
     return "\n".join(lines) + "\n" + (note if launches else "")
 
 
-def _served(group: pd.DataFrame, longest: int, budget: Any) -> str:
+def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:
+    """The served per-slot context against what the launch's cells need: the longest prompt plus its
+    task's answer budget, for the task that needs most (named when the launch ran several)."""
     served = sorted({int(v) for v in group["server_n_ctx"].dropna()})
     if not served:
         return NOT_RECORDED
     text = "/".join(f"{v:,}" for v in served)
-    if not isinstance(budget, int):
-        return f"{text} (longest prompt {longest:,})"
-    needed = longest + budget
+    longest = group.groupby("task")["length"].max()
+    if not budgets:
+        return f"{text} (longest prompt {longest.max():,})"
+    task = max(longest.index, key=lambda t: (longest[t] + budgets.get(t, 0), t == SINGLE_TASK))
+    needed = longest[task] + budgets.get(task, 0)
     verdict = "not clamped" if min(served) >= needed else "CLAMPED"
-    return f"{text} {'≥' if verdict == 'not clamped' else '<'} {longest:,} + {budget} ({verdict})"
+    whose = f" (`{task}`'s answer budget; {verdict})" if len(longest) > 1 else f" ({verdict})"
+    return f"{text} {'≥' if verdict == 'not clamped' else '<'} {longest[task]:,} + {budgets.get(task, 0)}{whose}"
 
 
 def _per_length(df: pd.DataFrame) -> str:
     several = len(tasks_of(df)) > 1
     head = ["task"] if several else []
-    head += ["length", "factor", "cells", "PASS/retrieved", "pass rate (95% Wilson)", "other outcomes",
+    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", "other outcomes",
              "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rates = length_table(df).set_index(["task", "length"])
     for (task, length), group in df.groupby(["task", "length"], sort=True):
-        outcomes = list(group["outcome"])
-        passes = outcomes.count("PASS")
-        retrieval = sum(o in RETRIEVAL_OUTCOMES for o in outcomes)
-        others = ", ".join(f"{o} {outcomes.count(o)}" for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES)
-        low, high = wilson_interval(passes, retrieval)
-        rate = f"{passes / retrieval:.0%} ({low:.0%}–{high:.0%})" if retrieval else "-"
+        r = rates.loc[(task, length)]
+        rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
+        others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
         row = [task] if several else []
-        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{passes}/{retrieval}", rate, others or "-",
+        row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
+                others or "-",
                 _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 _duration(_sum(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
-    note = ("\nretrieved = cells answered PASS or FAIL; the pass rate is over those. prefill tok/s = prompt tokens computed ÷ prefill time (tokens reused from the prompt cache "
-            "excluded); decode tok/s = tokens generated ÷ generation time; both as llama-server timed them.\n")
+    note = ("\nanswered = cells the model answered: PASS, FAIL, or TRUNCATED (the answer budget ran out before "
+            "the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
+            "computed ÷ prefill time (tokens reused from the prompt cache excluded); decode tok/s = tokens "
+            "generated ÷ generation time; both as llama-server timed them.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -335,8 +360,8 @@ def _option_flags(fp: dict[str, Any]) -> list[str]:
     spec = fp.get("needle_spec")
     if spec not in (None, "default"):
         flags.append(f"--needle {file_names(str(spec.get('file') if isinstance(spec, dict) else spec))}")
-    default_budget = 4096 if fp.get("thinking") == "on" else 32
-    if isinstance(fp.get("answer_budget"), int) and fp["answer_budget"] != default_budget:
+    default_budget = THINKING_ANSWER_BUDGET if fp.get("thinking") == "on" else ANSWER_BUDGET
+    if isinstance(fp.get("answer_budget"), int) and (fp.get("answer_budget_explicit") or fp["answer_budget"] != default_budget):
         flags.append(f"--answer-budget {fp['answer_budget']}")
     if fp.get("cache_reuse") is False:
         flags.append("--no-cache-reuse")
@@ -372,8 +397,3 @@ def _sum(column: pd.Series) -> float:
 
 def _on_off(value: Any) -> str:
     return NOT_RECORDED if value is None else ("on" if value else "off")
-
-
-def _joined(values: pd.Series) -> str:
-    present = sorted({str(v) for v in values if isinstance(v, str) and v})
-    return "/".join(present) if present else "-"

@@ -1,21 +1,26 @@
-"""Cell-by-cell comparison of two runs (A = before, B = after), with the regression rule a CI gate uses.
+"""Paired comparison of two runs (A = before, B = after) made with the same settings, with the rule a
+CI gate uses.
 
-Cells are matched on (task, length, depth); cells only one run has are listed, never judged.
-Each common cell gets one `change`, decided in this order:
+Same needle seed → same prompts, so trial t of a cell in A and trial t of the same (task, length,
+depth) in B saw the same prompt: they are compared as a pair. Each pair is one of
+- both answered (PASS, FAIL, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
+- A answered, B not: `broken`, hard (CLAMPED, CONTEXT_ERROR, CRASH, TOKEN_MISMATCH) or transient
+  (TIMEOUT, HTTP_ERROR); the reverse is `repaired`.
+The pairs are pooled per cell (task, length, depth), per (task, length) and per task, and each pool
+gets one `change`, decided in this order:
 
-- `broke`: B has a larger share of non-retrieval trials (CLAMPED, CRASH, TIMEOUT, ...) than A.
-  The launch got worse, so this counts as a regression even though no retrieval was scored
-  (e.g. PASS in A, CLAMPED in B). Non-retrieval outcomes are never folded into FAIL.
-- `regression`: B's pass rate (over its PASS/FAIL trials) is below A's, and either both
-  cells hold a single retrieval trial (PASS -> FAIL), or their 95% Wilson score intervals
-  do not overlap (B's upper bound below A's lower bound).
-- `fixed`: B has a smaller share of non-retrieval trials than A.
-- `improved`: the mirror of `regression`.
-- `down` / `up`: the pass rate moved, within the trials' confidence bounds (not judged).
-- `same`: otherwise.
+- `broke`: a hard broken pair, or more than one transient one (a single TIMEOUT is `transient`).
+- `regression`: more lost than gained, and the exact one-sided sign test (McNemar on the discordant
+  pairs, `stats.sign_test`) gives p ≤ 0.05, or B passes none of the answered pairs (a collapse:
+  PASS → FAIL, 3/3 → 0/3).
+- `fixed`: repaired pairs and no regression; `improved`: the mirror of `regression`.
+- `transient`: one TIMEOUT / HTTP_ERROR where A answered (rerun B with `niah run --retry`).
+- `down` / `up`: more lost (gained) than gained (lost), not significant; `same`: otherwise.
 
-`niah compare` exits 1 when any cell is `broke` or `regression`, 0 otherwise, and 2 on
-bad input (a missing or malformed run, or no cell in common).
+Two runs that measured different things (`MEASURED` fingerprint keys, or different needle values in
+a pair) are refused (exit 2) unless forced; A's trials missing from B make the comparison
+incomplete (exit 1) unless missing trials are allowed. `niah compare` exits 1 on any `broke` or
+`regression` at any level, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -28,143 +33,249 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError
-from niah.results import fingerprint_differences, redact
-from niah.runs import Run, cell_table, load_run, tasks_of
+from niah.grid import cell_label
+from niah.results import fingerprint_differences, redact, short
+from niah.runs import Run, joined, load_run, tasks_of
+from niah.stats import ANSWERED_OUTCOMES, sign_test
 
 REGRESSIONS = ("broke", "regression")
-CHANGES = ("broke", "regression", "fixed", "improved", "down", "up", "same")
-KEYS = ["task", "length", "depth"]
-_SIDE_COLUMNS = ["label", "trials", "passes", "retrieval", "non_retrieval", "wilson_low", "wilson_high", "other", "factor"]
+CHANGES = ("broke", "regression", "fixed", "improved", "transient", "down", "up", "same")
+TRANSIENT = ("TIMEOUT", "HTTP_ERROR")
+ALPHA = 0.05
+"""One-sided level of the sign test."""
+MEASURED = ("needle_seed", "corpus", "corpus_sha256", "needle_spec", "task_files", "answer_budget",
+            "answer_budget_explicit", "thinking", "temperature", "mode")
+"""Fingerprint keys that decide what a cell measures: runs differing in one are not paired."""
+TRIAL_KEYS = ["task", "length", "depth", "trial"]
+LEVELS = {"cells": ["task", "length", "depth"], "lengths": ["task", "length"], "tasks": ["task"]}
+_COUNTS = ["pairs", "a_passes", "a_answered", "b_passes", "b_answered", "lost", "gained", "hard", "transient", "repaired"]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two runs matched cell by cell."""
+    """Two runs paired trial by trial, pooled per cell, per length and per task."""
 
     a: Run
     b: Run
     cells: pd.DataFrame
-    """One row per common (task, length, depth): `a_*` and `b_*` columns and `change`."""
-    only_a: pd.DataFrame
-    """(task, length, depth) of cells only A has."""
+    """One row per common (task, length, depth): pair counts, `a_label`/`b_label`, `p_worse`/`p_better`
+    (the sign test each way) and `change`."""
+    lengths: pd.DataFrame
+    """One row per common (task, length): the same counts pooled over depths."""
+    tasks: pd.DataFrame
+    """One row per common task: pooled over lengths and depths."""
+    missing: pd.DataFrame
+    """(task, length, depth, trial) of A's trials that B lacks."""
     only_b: pd.DataFrame
-    """(task, length, depth) of cells only B has."""
+    """(task, length, depth, trial) of B's trials that A lacks (not judged)."""
     fingerprint_changes: list[str]
     """Dotted header keys that differ between the runs (what was changed on purpose, or not)."""
+    allow_missing: bool = False
 
     @property
     def regressions(self) -> pd.DataFrame:
-        return self.cells[self.cells["change"].isin(REGRESSIONS)]
+        """Every pool (cell, length, task) judged `broke` or `regression`, with its `level`."""
+        frames = [frame.assign(level=level) for level, frame in self.levels().items()]
+        found = pd.concat(frames, ignore_index=True)
+        return found[found["change"].isin(REGRESSIONS)]
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(len(self.missing)) and not self.allow_missing
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAIL_CELLS if len(self.regressions) else EXIT_OK
+        return EXIT_FAIL_CELLS if len(self.regressions) or self.incomplete else EXIT_OK
 
-    def counts(self) -> dict[str, int]:
-        found = self.cells["change"].value_counts()
+    def levels(self) -> dict[str, pd.DataFrame]:
+        return {"cells": self.cells, "lengths": self.lengths, "tasks": self.tasks}
+
+    def counts(self, level: str = "cells") -> dict[str, int]:
+        found = self.levels()[level]["change"].value_counts()
         return {c: int(found.get(c, 0)) for c in CHANGES}
 
 
-def compare_runs(target_a: Path, target_b: Path) -> Comparison:
-    """Load two run folders (or results files) and compare them; NiahError when nothing is in common."""
-    return compare(load_run(Path(target_a)), load_run(Path(target_b)))
+def compare_runs(target_a: Path, target_b: Path, force: bool = False, allow_missing: bool = False) -> Comparison:
+    """Load two run folders (or results files) and compare them (`compare`)."""
+    return compare(load_run(Path(target_a)), load_run(Path(target_b)), force, allow_missing)
 
 
-def compare(a: Run, b: Run) -> Comparison:
-    """Match two loaded runs cell by cell; NiahError when they have no cell in common."""
-    table_a, table_b = cell_table(a.cells), cell_table(b.cells)
-    merged = table_a.merge(table_b, on=KEYS, how="outer", suffixes=("_a", "_b"), indicator=True)
-    common = merged[merged["_merge"] == "both"]
-    if common.empty:
+def compare(a: Run, b: Run, force: bool = False, allow_missing: bool = False) -> Comparison:
+    """Pair two loaded runs trial by trial and judge every pool; NiahError (exit 2) when they have no
+    trial in common, or measured different things and `force` is not given."""
+    merged = a.cells.merge(b.cells, on=TRIAL_KEYS, how="outer", suffixes=("_a", "_b"), indicator=True)
+    pairs = merged[merged["_merge"] == "both"].copy()
+    if pairs.empty:
         raise NiahError(
-            f"{a.name} and {b.name} have no cell in common (same task, length and depth): nothing to compare"
+            f"{a.name} and {b.name} have no trial in common (same task, length, depth and trial): nothing to compare"
         )
-    cells = pd.DataFrame({k: common[k] for k in KEYS})
-    for side in ("a", "b"):
-        for column in _SIDE_COLUMNS:
-            cells[f"{side}_{column}"] = common[f"{column}_{side}"]
-    cells["change"] = [classify(row) for row in cells.to_dict("records")]
-    cells = cells.sort_values(KEYS, key=_task_order).reset_index(drop=True)
-    only = {side: merged.loc[merged["_merge"] == f"{side}_only", KEYS].reset_index(drop=True) for side in ("left", "right")}
-    differences = fingerprint_differences(redact(a.fingerprint), redact(b.fingerprint))
-    return Comparison(a, b, cells, only["left"], only["right"], differences)
+    differences = measured_differences(a, b, pairs)
+    if differences and not force:
+        raise NiahError(
+            f"{a.name} and {b.name} measured different things ({'; '.join(differences)}): their trials are not "
+            "paired; rerun B with A's settings, or --force to compare anyway"
+        )
+    pairs = pairs.assign(**_pair_columns(pairs["outcome_a"], pairs["outcome_b"]))
+    pools = {level: _pool(pairs, keys) for level, keys in LEVELS.items()}
+    only = {side: merged.loc[merged["_merge"] == f"{side}_only", TRIAL_KEYS].reset_index(drop=True)
+            for side in ("left", "right")}
+    changes = fingerprint_differences(redact(a.fingerprint), redact(b.fingerprint))
+    return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"], only["left"], only["right"],
+                      changes, allow_missing)
+
+
+def measured_differences(a: Run, b: Run, pairs: pd.DataFrame) -> list[str]:
+    """What makes A's and B's trials measure different things: a MEASURED fingerprint key that differs
+    (`key: A → B`), or paired trials whose needle values differ (different prompts)."""
+    found = []
+    for key in MEASURED:
+        if key in a.fingerprint or key in b.fingerprint:
+            old, new = a.fingerprint.get(key, "not recorded"), b.fingerprint.get(key, "not recorded")
+            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+                found.append(f"{key}: {short(old)} → {short(new)}")
+    values = pairs[["needle_value_a", "needle_value_b"]].fillna("")
+    recorded = (values["needle_value_a"] != "") & (values["needle_value_b"] != "")
+    differ = int((recorded & (values["needle_value_a"] != values["needle_value_b"])).sum())
+    if differ:
+        found.append(f"needle values differ in {differ} paired trial(s)")
+    return found
+
+
+def _pair_columns(a: pd.Series, b: pd.Series) -> dict[str, pd.Series]:
+    """Per pair: 0/1 columns for the counts `_pool` sums (rule in the module doc)."""
+    a_answered, b_answered = a.isin(ANSWERED_OUTCOMES), b.isin(ANSWERED_OUTCOMES)
+    both = a_answered & b_answered
+    broken = a_answered & ~b_answered
+    columns = {
+        "pairs": pd.Series(1, index=a.index),
+        "a_passes": both & (a == "PASS"), "a_answered": both,
+        "b_passes": both & (b == "PASS"), "b_answered": both,
+        "lost": both & (a == "PASS") & (b != "PASS"),
+        "gained": both & (a != "PASS") & (b == "PASS"),
+        "hard": broken & ~b.isin(TRANSIENT),
+        "transient": broken & b.isin(TRANSIENT),
+        "repaired": ~a_answered & b_answered,
+    }
+    return {name: column.astype(int) for name, column in columns.items()}
+
+
+def _pool(pairs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Sum the pair counts per `keys`, add labels (cells), the sign test's p and the change."""
+    pooled = pairs.groupby(keys, sort=True)[_COUNTS].sum().reset_index()
+    if "depth" in keys:
+        labels = pairs.groupby(keys, sort=True).agg(a_label=("outcome_a", list), b_label=("outcome_b", list))
+        labels = labels.map(cell_label).reset_index()
+        factors = pairs.groupby(keys, sort=True).agg(a_factor=("factor_a", joined), b_factor=("factor_b", joined))
+        pooled = pooled.merge(labels, on=keys).merge(factors.reset_index(), on=keys)
+    pooled["p_worse"] = [sign_test(r["lost"], r["gained"]) for r in pooled.to_dict("records")]
+    pooled["p_better"] = [sign_test(r["gained"], r["lost"]) for r in pooled.to_dict("records")]
+    pooled["change"] = [classify(r) for r in pooled.to_dict("records")]
+    return pooled.sort_values(keys, key=_task_order).reset_index(drop=True)
 
 
 def classify(row: dict[str, Any]) -> str:
-    """The `change` of one common cell from its `a_*`/`b_*` counts (rule in the module doc)."""
-    share_a = row["a_non_retrieval"] / row["a_trials"]
-    share_b = row["b_non_retrieval"] / row["b_trials"]
-    if share_b > share_a:
+    """The `change` of one pool from its pair counts (rule in the module doc)."""
+    if row["hard"] or row["transient"] > 1:
         return "broke"
-    retrieval = _retrieval_change(row)
-    if retrieval == "regression":
-        return retrieval
-    if share_b < share_a:
+    lost, gained = row["lost"], row["gained"]
+    if lost > gained and (row["p_worse"] <= ALPHA or not row["b_passes"]):
+        return "regression"
+    if row["repaired"]:
         return "fixed"
-    return retrieval
-
-
-def _retrieval_change(row: dict[str, Any]) -> str:
-    n_a, n_b = int(row["a_retrieval"]), int(row["b_retrieval"])
-    if not n_a or not n_b:
-        return "same"
-    rate_a, rate_b = row["a_passes"] / n_a, row["b_passes"] / n_b
-    if rate_a == rate_b:
-        return "same"
-    single = n_a == 1 and n_b == 1
-    if rate_b < rate_a:
-        return "regression" if single or row["b_wilson_high"] < row["a_wilson_low"] else "down"
-    return "improved" if single or row["a_wilson_high"] < row["b_wilson_low"] else "up"
+    if gained > lost and (row["p_better"] <= ALPHA or not row["a_passes"]):
+        return "improved"
+    if row["transient"]:
+        return "transient"
+    return "down" if lost > gained else "up" if gained > lost else "same"
 
 
 def to_json(comparison: Comparison) -> dict[str, Any]:
-    """The comparison for machines: both runs, counts, every common cell, cells only one run has."""
-    cells = comparison.cells.astype(object).where(comparison.cells.notna(), None)
-    return {
-        "a": {"run": comparison.a.name, "cells": len(comparison.a.cells)},
-        "b": {"run": comparison.b.name, "cells": len(comparison.b.cells)},
-        "common_cells": len(comparison.cells),
-        "changes": comparison.counts(),
-        "regressions": len(comparison.regressions),
-        "exit_code": comparison.exit_code,
-        "fingerprint_changes": comparison.fingerprint_changes,
-        "cells": cells.to_dict("records"),
-        "only_a": comparison.only_a.to_dict("records"),
-        "only_b": comparison.only_b.to_dict("records"),
+    """The comparison for machines: both runs, the verdict, every pool at every level, missing trials."""
+    c = comparison
+    out: dict[str, Any] = {
+        "a": {"run": c.a.name, "trials": len(c.a.cells)},
+        "b": {"run": c.b.name, "trials": len(c.b.cells)},
+        "paired_trials": int(c.cells["pairs"].sum()),
+        "changes": {level: c.counts(level) for level in LEVELS},
+        "regressions": len(c.regressions),
+        "missing": len(c.missing),
+        "incomplete": c.incomplete,
+        "exit_code": c.exit_code,
+        "fingerprint_changes": c.fingerprint_changes,
     }
+    for level, frame in c.levels().items():
+        out[level] = json.loads(frame.to_json(orient="records"))
+    out["missing_trials"] = c.missing.to_dict("records")
+    out["only_b"] = c.only_b.to_dict("records")
+    return out
 
 
 def to_markdown(comparison: Comparison) -> str:
-    """A summary line, the table of every common cell, and what only one run has."""
+    """The verdict, then one table per level (cells, lengths pooled over depths, tasks), then what
+    only one run has."""
     c = comparison
-    counts = ", ".join(f"{name} {n}" for name, n in c.counts().items() if n)
-    verdict = f"{len(c.regressions)} regression(s)" if len(c.regressions) else "no regression"
+    pairs = int(c.cells["pairs"].sum())
     lines = [
-        f"niah compare: A = {c.a.name} ({len(c.a.cells)} cells), B = {c.b.name} ({len(c.b.cells)} cells)",
-        f"{len(c.cells)} cells in common: {counts}; {verdict}.",
+        f"niah compare: A = {c.a.name} ({len(c.a.cells)} trials), B = {c.b.name} ({len(c.b.cells)} trials)",
+        f"{pairs} paired trials in {len(c.cells)} cells; "
+        + "; ".join(f"{level}: {_counts_text(c.counts(level))}" for level in LEVELS) + ".",
+        f"verdict: {verdict(c)}",
     ]
     if c.fingerprint_changes:
         lines.append(f"runs differ in: {', '.join(c.fingerprint_changes)}")
     several = len(tasks_of(c.cells)) > 1
-    bounds = bool((c.cells["a_retrieval"] > 1).any() or (c.cells["b_retrieval"] > 1).any())
-    head = (["task"] if several else []) + ["length", "depth", "A", "B", "factor A", "factor B"]
-    head += (["A 95% Wilson", "B 95% Wilson"] if bounds else []) + ["change"]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in c.cells.to_dict("records"):
-        mark = f"**{row['change']}**" if row["change"] in REGRESSIONS else row["change"]
-        values = [row["task"]] if several else []
-        values += [str(row["length"]), f"{row['depth']:g}%", row["a_label"], row["b_label"], row["a_factor"], row["b_factor"]]
-        values += ([_bounds(row, "a"), _bounds(row, "b")] if bounds else []) + [mark]
-        lines.append("| " + " | ".join(values) + " |")
-    for side, frame in (("A", c.only_a), ("B", c.only_b)):
+    for level, frame in c.levels().items():
+        if level == "tasks" and not several:
+            continue
+        keys = [k for k in LEVELS[level] if k != "task" or several]
+        head = keys + (["A", "B", "factor A", "factor B"] if level == "cells" else ["A pass/answered", "B pass/answered"])
+        head += ["lost", "gained", "p (sign test)", "other", "change"]
+        title = {"cells": "per cell", "lengths": "per length (depths pooled)", "tasks": "per task (all pooled)"}[level]
+        lines += ["", f"{title}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in frame.to_dict("records"):
+            values = [f"{row[k]:g}%" if k == "depth" else str(row[k]) for k in keys]
+            if level == "cells":
+                values += [row["a_label"], row["b_label"], row["a_factor"], row["b_factor"]]
+            else:
+                values += [f"{row['a_passes']}/{row['a_answered']}", f"{row['b_passes']}/{row['b_answered']}"]
+            p = row["p_worse"] if row["lost"] >= row["gained"] else row["p_better"]
+            mark = f"**{row['change']}**" if row["change"] in REGRESSIONS else row["change"]
+            values += [str(row["lost"]), str(row["gained"]), f"{p:.3g}" if row["lost"] + row["gained"] else "-",
+                       _other_text(row), mark]
+            lines.append("| " + " | ".join(values) + " |")
+    for side, frame in (("A", c.missing), ("B", c.only_b)):
         if len(frame):
-            listed = ", ".join(f"{r['length']}@{r['depth']:g}%" for r in frame.to_dict("records"))
+            listed = ", ".join(f"{r['task']} {r['length']}@{r['depth']:g}%#{r['trial']}" for r in frame.to_dict("records"))
             lines.append(f"\nonly in {side} (not compared): {listed}")
     return "\n".join(lines) + "\n"
 
 
+def verdict(comparison: Comparison) -> str:
+    """One line: regressions by level, and whether B is missing trials A has."""
+    c = comparison
+    found = c.regressions
+    parts = []
+    if len(found):
+        per_level = ", ".join(f"{n} {level}" for level, n in found["level"].value_counts().reindex(list(LEVELS)).dropna().astype(int).items())
+        parts.append(f"REGRESSION ({per_level} broke or regressed)")
+    if len(c.missing):
+        parts.append(f"incomplete: {len(c.missing)} cells of A missing from B"
+                     + (" (allowed)" if c.allow_missing else "; rerun B to finish it, or --allow-missing"))
+    return "; ".join(parts) if parts else "no regression"
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+
+
+def _other_text(row: dict[str, Any]) -> str:
+    parts = [f"{name} {row[name]}" for name in ("hard", "transient", "repaired") if row[name]]
+    return ", ".join(parts) or "-"
+
+
 CHANGE_COLOURS = {
     "broke": "#212121",
+    "transient": "#8d6e63",
     "regression": "#c62828",
     "down": "#f9a825",
     "same": "#bdbdbd",
@@ -228,12 +339,6 @@ def write_outputs(comparison: Comparison, out_dir: Path) -> list[Path]:
     paths[1].write_text(json.dumps(to_json(comparison), indent=2, default=str) + "\n", encoding="utf-8")
     paths[2].write_bytes(render_heatmap(comparison))
     return paths
-
-
-def _bounds(row: dict[str, Any], side: str) -> str:
-    if not row[f"{side}_retrieval"]:
-        return "-"
-    return f"{row[f'{side}_wilson_low']:.0%}–{row[f'{side}_wilson_high']:.0%}"
 
 
 def _task_order(column: pd.Series) -> pd.Series:

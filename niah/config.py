@@ -11,6 +11,8 @@ from niah.errors import NiahError
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
+RETRYABLE = ("CRASH", "TIMEOUT", "HTTP_ERROR")
+"""Outcomes a second try may change: `niah run --retry` reruns recorded ones on resume."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class RunConfig:
     server_bin: str | None = None
     host: str = "127.0.0.1"
     show_progress: bool = True
+    retry: bool = False
+    """Resume reruns the recorded RETRYABLE cells too (otherwise every recorded cell is skipped)."""
 
     def __post_init__(self) -> None:
         if self.answer_budget is not None and self.answer_budget < 1:

@@ -4,8 +4,9 @@ Grid cell rule (`cell_label`), over the trials recorded for one (length, depth):
 - no record: `-`
 - every trial the same outcome: that outcome's name (`PASS`, `FAIL`, `CLAMPED`, ...)
 - PASS and FAIL only: `k/n` (k passes of n trials)
-- otherwise: `k/n` followed by each non-retrieval outcome present, comma-joined, in
-  OUTCOMES order, e.g. `2/3,TIMEOUT` or `0/2,CLAMPED,CRASH`.
+- otherwise: `k/n` (k passes of the n answered trials: PASS, FAIL or TRUNCATED, `stats.pass_tally`)
+  followed by each outcome present beyond PASS and FAIL, comma-joined, in OUTCOMES order, e.g.
+  `1/3,TRUNCATED` (a truncated answer counts in n), `2/2,TIMEOUT` or `0/0,CLAMPED,CRASH`.
 Labels never contain spaces, so every grid line splits into exactly its columns.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES
+from niah.stats import pass_tally
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,9 +35,9 @@ def cell_label(outcomes: list[str]) -> str:
         return UNTESTED
     if len(set(outcomes)) == 1:
         return outcomes[0]
-    passes = sum(o == "PASS" for o in outcomes)
+    passes, answered = pass_tally(outcomes)
     others = [o for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES]
-    return ",".join([f"{passes}/{len(outcomes)}", *others])
+    return ",".join([f"{passes}/{answered}", *others])
 
 
 def cell_category(label: str) -> str:
@@ -57,7 +59,7 @@ def grid_frame(df: pd.DataFrame) -> pd.DataFrame:
         .fillna(UNTESTED)
     )
     labels.columns = [depth_label(d) for d in depths]
-    factors = df.groupby("length")["factor"].agg(_factor_text)
+    factors = df.groupby("length")["factor"].agg(joined)
     labels["factor"] = factors.reindex(labels.index)
     labels.index.name = "length"
     return labels
@@ -72,6 +74,7 @@ def grid_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _factor_text(values: pd.Series) -> str:
+def joined(values: pd.Series) -> str:
+    """The distinct non-empty texts of a column, sorted and `/`-joined (`-` when none)."""
     present = sorted({str(v) for v in values if isinstance(v, str) and v})
     return "/".join(present) if present else UNTESTED

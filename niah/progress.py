@@ -100,7 +100,7 @@ class RunProgress:
         again: bool = False,
     ) -> None:
         """The current cell (or `cell`, when several are in flight) ended with `outcome`; `again`:
-        it goes back to the queue (a CRASH another server retries), so it is not counted done."""
+        it is run again (a CRASH retried after a restart or on another server), so it is not counted done."""
         cell = cell or self._cell
         started, endpoint = self._started.pop(cell.key, (time.monotonic(), None)) if cell else (time.monotonic(), None)
         if cell is not None and not again:
@@ -111,7 +111,7 @@ class RunProgress:
         self._bar.set_postfix_str(f"ETA {self._eta(0.0, 0)}", refresh=False)
         self._bar.update(0 if again else 1)
         label = self._label(cell, endpoint) if cell else "cell"
-        retry = ", retried on another server" if again else ""
+        retry = ", to be retried" if again else ""
         self._bar.write(f"{label}: {outcome} ({time.monotonic() - started:.1f} s{retry})", file=self._lines)
 
     @staticmethod

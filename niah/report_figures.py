@@ -163,8 +163,8 @@ Prefill: {{ summary.prefill.prompt_tokens_computed }} tokens computed,
 {% endfor %}</table>{% endif %}
 <h2>Pass rate per length (Wilson 95% bounds)</h2>
 <table>
-<tr><th>task</th><th>length</th><th>PASS/retrieved</th><th>pass rate</th><th>Wilson 95% lower</th><th>upper</th><th>mean score</th></tr>
-{% for task, t in summary.tasks.items() %}{% for r in t.per_length %}<tr><td>{{ task }}</td><td>{{ r.length }}</td><td>{{ r.passes }}/{{ r.retrieval }}</td><td>{{ r.pass_rate }}</td><td>{{ r.wilson_low }}</td><td>{{ r.wilson_high }}</td><td>{{ r.mean_score }}</td></tr>
+<tr><th>task</th><th>length</th><th>PASS/answered</th><th>pass rate</th><th>Wilson 95% lower</th><th>upper</th><th>other outcomes</th><th>mean score</th></tr>
+{% for task, t in summary.tasks.items() %}{% for r in t.per_length %}<tr><td>{{ task }}</td><td>{{ r.length }}</td><td>{{ r.passes }}/{{ r.answered }}</td><td>{{ r.pass_rate }}</td><td>{{ r.wilson_low }}</td><td>{{ r.wilson_high }}</td><td>{{ r.other }}</td><td>{{ r.mean_score }}</td></tr>
 {% endfor %}{% endfor %}</table>
 <h2>Cells</h2>
 <table>

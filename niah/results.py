@@ -248,8 +248,8 @@ class ResultsFile:
         for key, value in facts.items():
             if key in self._facts and canonical({key: self._facts[key]}) != canonical({key: value}):
                 raise NiahError(
-                    f"{self.path} belongs to a different run: {key} was {_short(self._facts[key])}, "
-                    f"now {_short(value)}; use a new --out directory, or rerun with the original server"
+                    f"{self.path} belongs to a different run: {key} was {short(self._facts[key])}, "
+                    f"now {short(value)}; use a new --out directory, or rerun with the original server"
                 )
         new = {k: v for k, v in facts.items() if k not in self._facts}
         if new:
@@ -260,9 +260,10 @@ class ResultsFile:
         """The value recorded for the server fact `key` (None when none is)."""
         return self._facts.get(key)
 
-    def done_keys(self) -> set[tuple[str, int, float, int]]:
-        """(task, length, depth, trial) of every cell already in the file."""
-        return set(self._outcomes)
+    def done_keys(self, redo: tuple[str, ...] = ()) -> set[tuple[str, int, float, int]]:
+        """(task, length, depth, trial) of every cell already in the file, but those whose latest
+        outcome is in `redo` (cells to run again)."""
+        return {key for key, outcome in self._outcomes.items() if outcome not in redo}
 
     def outcomes(self, keys: set[tuple[str, int, float, int]] | None = None) -> list[str]:
         """The outcome of every cell in the file (the latest record per cell), or of those in `keys`."""
@@ -290,7 +291,8 @@ def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """`value` as JSON, cut to 160 characters (for one-line messages)."""
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 160 else text[:157] + "..."
 

@@ -20,7 +20,7 @@ from typing import Any
 from niah import __version__
 from niah.cells import Cell, plan_cells
 from niah.client import ChatResult
-from niah.config import RunConfig
+from niah.config import RETRYABLE, RunConfig
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import RunState, check_endpoints, dispatch, keep_serving, start_endpoints
 from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
@@ -59,7 +59,7 @@ class RunSummary:
     grid_markdown: str
     exit_code: int
     per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per task, one row per length: passes, retrieval trials, pass rate, Wilson 95% bounds, mean score."""
+    """Per task, one row per length: passes, answered trials, pass rate, Wilson 95% bounds, mean score."""
 
 
 def launch_groups(config: RunConfig) -> list[tuple[str | None, list[int]]]:
@@ -109,6 +109,8 @@ def run_fingerprint(
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    if config.answer_budget is not None:  # every task gets exactly this; the default grows per answer
+        fingerprint["answer_budget_explicit"] = True
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
     if custom:
         fingerprint["task_files"] = custom
@@ -233,7 +235,7 @@ def run_group(
     """Run one launch group's unfinished cells on its servers (started only when cells are left),
     one server or several, by niah.dispatch's one set of rules."""
     config = state.config
-    done = state.results.done_keys()
+    done = state.results.done_keys(redo=RETRYABLE if config.retry else ())
     state.progress.skip([c for c in group if c.key in done])
     todo = [c for c in group if c.key not in done]
     if not todo:

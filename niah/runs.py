@@ -12,9 +12,16 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
-from niah.grid import cell_label, grid_markdown
-from niah.results import RETRIEVAL_OUTCOMES, SINGLE_TASK, load_cells, read_facts, read_header
-from niah.stats import wilson_interval
+from niah.grid import cell_label, grid_markdown, joined
+from niah.results import (
+    OUTCOMES,
+    RETRIEVAL_OUTCOMES,
+    SINGLE_TASK,
+    load_cells,
+    read_facts,
+    read_header,
+)
+from niah.stats import ANSWERED_OUTCOMES, pass_tally, wilson_interval
 
 RESULTS_NAME = "results.jsonl"
 
@@ -81,64 +88,45 @@ def tasks_grid_markdown(df: pd.DataFrame) -> str:
 
 
 def length_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, length), depths pooled: trials, passes, retrieval trials, pass rate, Wilson
-    bounds and the mean score (fraction of expected values answered) over retrieval trials."""
+    """One row per (task, length), depths pooled: trials, passes, answered trials (`stats.pass_tally`),
+    pass rate, Wilson bounds, the other outcomes and the mean score (fraction of expected values
+    answered) over answered trials."""
     rows = []
     for (task, length), group in with_tasks(df).groupby(["task", "length"], sort=True):
-        outcomes = list(group["outcome"])
-        passes = outcomes.count("PASS")
-        retrieved = group[group["outcome"].isin(RETRIEVAL_OUTCOMES)]
-        low, high = wilson_interval(passes, len(retrieved))
-        scores = pd.to_numeric(retrieved["score"], errors="coerce") if "score" in retrieved else pd.Series(dtype=float)
+        answered = group[group["outcome"].isin(ANSWERED_OUTCOMES)]
+        scores = pd.to_numeric(answered["score"], errors="coerce") if "score" in answered else pd.Series(dtype=float)
         rows.append(
-            {
-                "task": task,
-                "length": int(length),
-                "trials": len(outcomes),
-                "passes": passes,
-                "retrieval": len(retrieved),
-                "pass_rate": round(passes / len(retrieved), 4) if len(retrieved) else None,
-                "wilson_low": round(low, 4),
-                "wilson_high": round(high, 4),
-                "mean_score": round(float(scores.mean()), 4) if scores.notna().any() else None,
-            }
+            {"task": task, "length": int(length), **_rates(list(group["outcome"])),
+             "mean_score": round(float(scores.mean()), 4) if scores.notna().any() else None}
         )
     return pd.DataFrame(rows)
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, length, depth): trials, passes, retrieval trials, Wilson bounds, label.
-
-    `retrieval` counts PASS and FAIL trials only; `other` names the non-retrieval outcomes
-    (CLAMPED, CRASH, ...) with their counts, e.g. `CLAMPED:2`; `label` is the grid text.
-    """
+    """One row per (task, length, depth): trials, passes, answered trials, Wilson bounds, other
+    outcomes, label, factor and profile (`_rates`)."""
     rows = []
     for (task, length, depth), group in df.groupby(["task", "length", "depth"], sort=True):
         outcomes = list(group["outcome"])
-        passes = outcomes.count("PASS")
-        retrieval = sum(o in RETRIEVAL_OUTCOMES for o in outcomes)
-        low, high = wilson_interval(passes, retrieval)
-        others = pd.Series([o for o in outcomes if o not in RETRIEVAL_OUTCOMES], dtype="object")
         rows.append(
-            {
-                "task": task,
-                "length": int(length),
-                "depth": float(depth),
-                "trials": len(outcomes),
-                "passes": passes,
-                "retrieval": retrieval,
-                "non_retrieval": len(outcomes) - retrieval,
-                "wilson_low": round(low, 4),
-                "wilson_high": round(high, 4),
-                "other": ",".join(f"{o}:{n}" for o, n in others.value_counts().sort_index().items()),
-                "label": cell_label(outcomes),
-                "factor": _joined(group["factor"]),
-                "profile": _joined(group["profile"]),
-            }
+            {"task": task, "length": int(length), "depth": float(depth), **_rates(outcomes),
+             "label": cell_label(outcomes), "factor": joined(group["factor"]), "profile": joined(group["profile"])}
         )
     return pd.DataFrame(rows)
 
 
-def _joined(values: pd.Series) -> str:
-    present = sorted({str(v) for v in values if isinstance(v, str) and v})
-    return "/".join(present) if present else "-"
+def _rates(outcomes: list[str]) -> dict[str, Any]:
+    """The pass-rate columns of a group of trials: `answered` is the denominator (PASS, FAIL and
+    TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g. `TRUNCATED:2`."""
+    passes, answered = pass_tally(outcomes)
+    low, high = wilson_interval(passes, answered)
+    others = [o for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES]
+    return {
+        "trials": len(outcomes),
+        "passes": passes,
+        "answered": answered,
+        "pass_rate": round(passes / answered, 4) if answered else None,
+        "wilson_low": round(low, 4),
+        "wilson_high": round(high, 4),
+        "other": ",".join(f"{o}:{outcomes.count(o)}" for o in others),
+    }

@@ -1,8 +1,16 @@
-"""Small statistics shared by reports: pass rates and their Wilson score intervals."""
+"""Small statistics shared by reports and compare: pass rates over answered cells, Wilson score
+intervals, and the exact paired test compare uses."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+
+from niah.results import RETRIEVAL_OUTCOMES
+
+ANSWERED_OUTCOMES = (*RETRIEVAL_OUTCOMES, "TRUNCATED")
+"""Cells the model answered: the pass rate's denominator. A TRUNCATED answer ran out of tokens
+without the needle, so it did not retrieve it (shown by name beside the rate, never dropped)."""
 
 Z_95 = 1.959963984540054
 """The two-sided 95% normal quantile."""
@@ -32,6 +40,17 @@ def wilson_lower(passes: int, trials: int, z: float = Z_95) -> float:
     return wilson_interval(passes, trials, z)[0]
 
 
-def pass_rate(passes: int, trials: int) -> float | None:
-    """passes / trials, or None with no trials."""
-    return passes / trials if trials else None
+def pass_tally(outcomes: Iterable[str]) -> tuple[int, int]:
+    """(passes, answered) over some trials' outcomes: the one numerator and denominator of every
+    pass rate (grid `k/n`, per-length table, summary.json, card)."""
+    outcomes = list(outcomes)
+    return outcomes.count("PASS"), sum(o in ANSWERED_OUTCOMES for o in outcomes)
+
+
+def sign_test(worse: int, better: int) -> float:
+    """One-sided exact sign test (exact McNemar) on discordant pairs: the chance of at least `worse`
+    of the `worse + better` pairs going the worse way if either way were equally likely. 1.0 with none."""
+    if worse < 0 or better < 0:
+        raise ValueError(f"need non-negative counts, got {worse} and {better}")
+    n = worse + better
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n

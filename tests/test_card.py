@@ -17,6 +17,7 @@ from niah.runs import load_run
 from niah.stats import wilson_interval, wilson_lower
 
 DEMO = Path(__file__).parent.parent / "reports" / "demo"
+TASKS = Path(__file__).parent.parent / "reports" / "tasks-smollm2"
 FINGERPRINT = {
     "niah": "0.1.0",
     "model": {"file": "m.gguf", "bytes": 1234567, "head_sha256": "ab" * 32},
@@ -110,9 +111,7 @@ def test_file_names_drop_folders(text: str, shown: str) -> None:
 
 
 def test_committed_demo_card_is_what_niah_card_writes(tmp_path: Path) -> None:
-    written = write_card(DEMO, tmp_path)
-    committed = (DEMO / "card.md").read_text(encoding="utf-8")
-    assert written.read_text(encoding="utf-8") == committed
+    committed = write_card(DEMO, tmp_path).read_text(encoding="utf-8")  # == the file: test_committed_reports
     assert (DEMO / "grid.md").read_text(encoding="utf-8") in committed
     header = read_header(DEMO / "results.jsonl")["fingerprint"]
     for profile, argv in header["launches"].items():
@@ -132,7 +131,7 @@ def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:
     assert "`TRUNCATED`: the answer budget ran out" in card and "`CLAMPED`" not in card
     low, high = wilson_interval(5, 6)
     assert f"| 2,048 | native | 6 | 5/6 | 83% ({low:.0%}–{high:.0%}) | - |" in card
-    assert "| 6,144 | 2x YaRN | 6 | 3/5 | 60% " in card and "| TRUNCATED 1 |" in card
+    assert "| 6,144 | 2x YaRN | 6 | 3/6 | 50% " in card and "| TRUNCATED 1 |" in card
     # prefill: length/2 tokens in length/2 * 10 ms = 100 tok/s; decode: 10 tokens in 500 ms = 20 tok/s
     assert "| 100.0 | 20.0 | 50% | 3 min 00 s |" in card
     assert "3 per cell, 12 cells in all" in card
@@ -171,6 +170,7 @@ def test_card_names_files_only_and_never_a_key(tmp_path: Path, monkeypatch: pyte
     assert "custom needles from `custom.toml`, sha256 `" + "12" * 32 in card
     assert "corpus `files:*.txt`" in card and "--corpus files:*.txt" in card and "--needle custom.toml" in card
     assert "**llama-server:** `version: 11434 (616baba9)`." in card
+    assert "resolved to the server's own tokenizer (llama-server's /tokenize)" in card and "127.0.0.1:1" not in card
     assert not re.search(r"(?<![\w.:])/\w+/", card)  # no absolute folder anywhere
 
 
@@ -222,3 +222,32 @@ def test_niah_card_bad_input_is_one_line_exit_2(
     assert main(["card", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
+
+
+def test_card_says_what_each_task_planted_and_asked() -> None:
+    """The committed multi-task run: each task's own sentences and question (not the single needle's),
+    its answer budget, the served context checked against the task that needs most, a readable intro."""
+    run = load_run(TASKS)
+    card = render_card(run.cells, run.header, run.fingerprint)
+    intro = card.split("\n\n")[1]
+    assert "the target placed" not in intro and "one row per prompt length" in intro
+    tasks = {line.split("`")[1]: line for line in card.splitlines() if line.startswith("  - `")}
+    assert list(tasks) == ["single", "chain:2", "multikey:4"]
+    assert 'planted "The special magic number is 4264513." (target, 50%); asked "What is the special magic number' in tasks["single"]
+    assert "answer budget 96 tokens" in tasks["chain:2"] and '"VAR ' in tasks["chain:2"]
+    assert 'asked "Which variables in the text above are assigned the value 4264513' in tasks["chain:2"]
+    assert "(distractor, " in tasks["multikey:4"] and "answer budget 32 tokens" in tasks["multikey:4"]
+    assert 'asked "What is the special magic number for ' in tasks["multikey:4"]
+    assert "**Needle (task `single`):**" in card
+    assert "8,192 ≥ 8,000 + 96 (`chain:2`'s answer budget; not clamped)" in card
+    explicit = render_card(run.cells, run.header, {**run.fingerprint, "answer_budget_explicit": True})
+    assert "8,192 ≥ 8,000 + 32 (" in explicit and "answer budget 96" not in explicit
+    assert "--answer-budget 32" in explicit and "--answer-budget" not in card
+
+
+def test_a_question_is_shown_only_when_the_recorded_sentences_regenerate(tmp_path: Path) -> None:
+    run = load_run(TASKS)
+    cells = run.cells.copy()
+    cells["planted"] = [[{**p, "text": p["text"] + " (edited)"} for p in planted] for planted in cells["planted"]]
+    card = render_card(cells, run.header, run.fingerprint)
+    assert "(edited)" in card and card.count("its question is not recorded") == 3

@@ -1,8 +1,10 @@
-"""`niah compare`: crafted runs for every kind of change, the regression rule and the exit codes."""
+"""`niah compare`: crafted and real runs for every kind of change, pooling, missing trials, runs that
+measured different things, and the exit codes."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,18 +15,21 @@ from niah.cli import main
 from niah.compare import compare, compare_runs, to_markdown
 from niah.results import CellResult, ResultsFile
 from niah.runs import load_run
+from niah.stats import sign_test
 
 FINGERPRINT = {"model": {"file": "m.gguf"}, "launches": {"p": ["-c", "8192"]}, "needle_seed": 0}
+NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED"}
+REAL = Path(__file__).parent.parent / "reports" / "tasks-smollm2" / "results.jsonl"
 
 
 def write_run(path: Path, plan: dict[tuple[int, float], str], fingerprint: dict[str, object] = FINGERPRINT) -> Path:
-    """A run whose cell (length, depth) has one trial per letter: P PASS, F FAIL, C CLAMPED, X CRASH, T TIMEOUT."""
-    names = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT"}
+    """A run whose cell (length, depth) has one trial per letter of NAMES (P PASS, F FAIL, N TRUNCATED, ...)."""
     results = ResultsFile(path / "results.jsonl", fingerprint)
     for (length, depth), letters in plan.items():
         for trial, letter in enumerate(letters):
             results.append(
-                CellResult(length=length, depth=depth, trial=trial, outcome=names[letter], factor="native", profile="p")
+                CellResult(length=length, depth=depth, trial=trial, outcome=NAMES[letter], factor="native", profile="p",
+                           needle_value=f"{length}{depth:g}{trial}")
             )
     return path
 
@@ -32,13 +37,13 @@ def write_run(path: Path, plan: dict[tuple[int, float], str], fingerprint: dict[
 def changes(tmp_path: Path, before: str, after: str) -> str:
     a = write_run(tmp_path / "a", {(1024, 50.0): before})
     b = write_run(tmp_path / "b", {(1024, 50.0): after})
-    return str(compare_runs(a, b).cells.loc[0, "change"])
+    return str(compare_runs(a, b, allow_missing=True).cells.loc[0, "change"])
 
 
 @pytest.mark.parametrize(
     ("before", "after", "change"),
     [
-        ("P", "F", "regression"),  # single trials: PASS -> FAIL
+        ("P", "F", "regression"),  # single trials: PASS -> FAIL, B passes none
         ("F", "P", "improved"),
         ("P", "P", "same"),
         ("F", "F", "same"),
@@ -46,13 +51,19 @@ def changes(tmp_path: Path, before: str, after: str) -> str:
         ("F", "X", "broke"),
         ("C", "P", "fixed"),
         ("C", "C", "same"),
-        ("PPPPPPPPPP", "PPFFFFFFFF", "regression"),  # 10/10 -> 2/10: Wilson intervals apart
+        ("PPP", "FFF", "regression"),  # 3/3 -> 0/3: a collapse, though p = 0.125
+        ("PPP", "NNN", "regression"),  # truncated answers did not retrieve either
+        ("PPP", "PFF", "down"),  # 3/3 -> 1/3: 2 lost, p = 0.25, B still passes
+        ("PPPPPPPPPP", "PPFFFFFFFF", "regression"),  # 8 lost: p = 0.004
         ("PPFFFFFFFF", "PPPPPPPPPP", "improved"),
-        ("PPPPP", "PPPFF", "down"),  # 5/5 -> 3/5: intervals overlap, not judged
+        ("PPPPP", "PPPFF", "down"),
         ("PPPFF", "PPPPP", "up"),
-        ("P", "PPPPF", "down"),  # one trial against five: intervals overlap
+        ("PFPFP", "FPFPP", "same"),  # 2 lost, 2 gained: no direction
+        ("P", "PPPPF", "same"),  # only trial 0 pairs; B's other trials are not judged
         ("PPPPT", "PPPPP", "fixed"),
-        ("PPPPP", "PPPPT", "broke"),
+        ("PPPPP", "PPPPT", "transient"),  # one TIMEOUT: not enough to call the launch broken
+        ("PPPPP", "PPPHT", "broke"),  # two transient failures are
+        ("PPPPP", "PPPPX", "broke"),  # one CRASH is
         ("PPPPT", "FFFFF", "regression"),  # fewer non-retrieval trials, yet retrieval fell apart
     ],
 )
@@ -60,21 +71,174 @@ def test_change_rule(tmp_path: Path, before: str, after: str, change: str) -> No
     assert changes(tmp_path, before, after) == change
 
 
+def test_sign_test_is_the_exact_binomial_tail() -> None:
+    assert sign_test(3, 0) == 0.125 and sign_test(0, 0) == 1.0 and sign_test(10, 0) == 1 / 1024
+    assert sign_test(2, 1) == 0.5 and sign_test(1, 2) == 0.875
+
+
+def test_drops_spread_over_depths_are_a_regression_of_the_length(tmp_path: Path) -> None:
+    """Five depths each 3/3 -> 1/3: no cell is significant alone, the length (15/15 -> 5/15) is."""
+    depths = (0.0, 25.0, 50.0, 75.0, 100.0)
+    a = write_run(tmp_path / "a", {(2048, d): "PPP" for d in depths} | {(4096, 0.0): "PPP"})
+    b = write_run(tmp_path / "b", {(2048, d): "PFF" for d in depths} | {(4096, 0.0): "PPP"})
+    comparison = compare_runs(a, b)
+    assert set(comparison.cells["change"]) == {"down", "same"}
+    row = comparison.lengths.set_index("length").loc[2048]
+    assert (row["a_passes"], row["b_passes"], row["lost"], row["gained"]) == (15, 5, 10, 0)
+    assert row["change"] == "regression" and row["p_worse"] == 1 / 1024
+    assert comparison.lengths.set_index("length").loc[4096, "change"] == "same"
+    assert comparison.tasks["change"].tolist() == ["regression"]
+    assert comparison.exit_code == 1
+    text = to_markdown(comparison)
+    assert "per length (depths pooled):" in text and "| 2048 | 15/15 | 5/15 | 10 | 0 | 0.000977 | - | **regression** |" in text
+    assert "verdict: REGRESSION (1 lengths, 1 tasks broke or regressed)" in text
+
+
+def test_transient_failures_pool_into_broke(tmp_path: Path) -> None:
+    """One TIMEOUT in each of two depths: each cell is `transient`, their length is `broke`."""
+    a = write_run(tmp_path / "a", {(1024, 0.0): "PP", (1024, 100.0): "PP"})
+    b = write_run(tmp_path / "b", {(1024, 0.0): "PT", (1024, 100.0): "PP"})
+    c = write_run(tmp_path / "c", {(1024, 0.0): "PT", (1024, 100.0): "HP"})
+    assert compare_runs(a, b).exit_code == 0
+    assert compare_runs(a, b).cells["change"].tolist() == ["transient", "same"]
+    both = compare_runs(a, c)
+    assert both.cells["change"].tolist() == ["transient", "transient"]
+    assert both.lengths["change"].tolist() == ["broke"] and both.exit_code == 1
+
+
+def test_a_partial_b_is_incomplete_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_run(tmp_path / "a", {(1024, 0.0): "PPP", (1024, 50.0): "PPP", (2048, 0.0): "PPP"})
+    b = write_run(tmp_path / "b", {(1024, 0.0): "P"})
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "verdict: incomplete: 8 cells of A missing from B; rerun B to finish it, or --allow-missing" in out
+    assert "only in A (not compared): single 1024@0%#1" in out
+    assert main(["compare", str(a), str(b), "--allow-missing"]) == 0
+    assert "incomplete: 8 cells of A missing from B (allowed)" in capsys.readouterr().out
+    assert main(["compare", str(b), str(a)]) == 0  # B may hold more than A
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("needle_seed", 1, "needle_seed: 0 → 1"),
+        ("corpus_sha256", "ab", 'corpus_sha256: "not recorded" → "ab"'),
+        ("needle_spec", {"file": "n.toml", "sha256": "cd"}, "needle_spec: "),
+        ("task_files", {"t": {"file": "t.toml", "sha256": "ef"}}, "task_files: "),
+        ("answer_budget", 64, "answer_budget: "),
+        ("answer_budget_explicit", True, "answer_budget_explicit: "),
+        ("thinking", "on", 'thinking: "not recorded" → "on"'),
+        ("mode", "shared", "mode: "),
+    ],
+)
+def test_runs_that_measured_different_things_are_refused_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, named: str
+) -> None:
+    a = write_run(tmp_path / "a", {(1024, 0.0): "P"})
+    b = write_run(tmp_path / "b", {(1024, 0.0): "F"}, {**FINGERPRINT, key: value})
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "measured different things (" in err and named in err and "--force" in err
+    assert main(["compare", str(a), str(b), "--force"]) == 1
+    assert "**regression**" in capsys.readouterr().out
+
+
+def test_paired_trials_with_different_needle_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_run(tmp_path / "a", {(1024, 0.0): "PP"})
+    b = tmp_path / "b"
+    results = ResultsFile(b / "results.jsonl", FINGERPRINT)
+    for trial in range(2):
+        results.append(CellResult(1024, 0.0, trial, "PASS", factor="native", needle_value=f"999{trial}"))
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "needle values differ in 2 paired trial(s)" in capsys.readouterr().err
+
+
+def real_copy(tmp_path: Path, name: str, edit=None, keep=None) -> Path:
+    """reports/tasks-smollm2 copied: `edit(record)` changes cell records, `keep(record)` filters them."""
+    lines = REAL.read_text(encoding="utf-8").splitlines()
+    out = []
+    for line in lines:
+        record = json.loads(line)
+        if record.get("record") == "cell":
+            if keep and not keep(record):
+                continue
+            if edit:
+                edit(record)
+        out.append(json.dumps(record))
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("\n".join(out) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_real_run_against_itself_is_no_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "a"
+    copy.mkdir()
+    shutil.copy(REAL, copy / "results.jsonl")
+    assert main(["compare", str(REAL.parent), str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "27 paired trials in 9 cells; cells: same 9; lengths: same 9; tasks: same 3." in out
+    assert "verdict: no regression" in out
+
+
+def test_real_run_single_2048_collapse_is_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's case: the three `single` 2,048 trials set to FAIL (3/3 -> 0/3)."""
+    def fail(record: dict) -> None:
+        if record["task"] == "single" and record["length"] == 2048:
+            record["outcome"] = "FAIL"
+
+    b = real_copy(tmp_path, "b", edit=fail)
+    assert main(["compare", str(REAL.parent), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "| single | 2048 | 50% | PASS | FAIL | native | native | 3 | 0 | 0.125 | - | **regression** |" in out
+    assert "verdict: REGRESSION (1 cells, 1 lengths broke or regressed)" in out
+
+
+def test_real_run_partial_b_is_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's case: a B holding one of A's 27 trials."""
+    b = real_copy(tmp_path, "b", keep=lambda r: (r["task"], r["length"], r["trial"]) == ("single", 2048, 0))
+    assert main(["compare", str(REAL.parent), str(b)]) == 1
+    assert "incomplete: 26 cells of A missing from B" in capsys.readouterr().out
+    assert main(["compare", str(REAL.parent), str(b), "--allow-missing"]) == 0
+
+
+def test_real_run_with_another_seed_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    b = real_copy(tmp_path, "b")
+    text = (b / "results.jsonl").read_text(encoding="utf-8").replace('"needle_seed": 0', '"needle_seed": 7', 1)
+    (b / "results.jsonl").write_text(text, encoding="utf-8")
+    assert main(["compare", str(REAL.parent), str(b)]) == 2
+    assert "measured different things (needle_seed: 0 → 7)" in capsys.readouterr().err
+
+
+def test_real_run_one_timeout_is_transient_two_are_broke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def timeouts(count: int):
+        def edit(record: dict) -> None:
+            if record["task"] == "single" and record["length"] == 4096 and record["trial"] < count:
+                record["outcome"] = "TIMEOUT"
+        return edit
+
+    one, two = real_copy(tmp_path, "one", edit=timeouts(1)), real_copy(tmp_path, "two", edit=timeouts(2))
+    assert main(["compare", str(REAL.parent), str(one)]) == 0
+    assert "| single | 4096 | 50% | PASS | 2/2,TIMEOUT | native | native | 0 | 0 | - | transient 1 | transient |" in capsys.readouterr().out
+    assert main(["compare", str(REAL.parent), str(two)]) == 1
+    assert "**broke**" in capsys.readouterr().out
+
+
 def test_cells_are_matched_on_length_and_depth_and_the_rest_is_listed(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", {(1024, 0.0): "P", (1024, 50.0): "P", (2048, 0.0): "P"})
     b = write_run(tmp_path / "b", {(1024, 0.0): "P", (1024, 50.0): "F", (4096, 0.0): "F"})
-    comparison = compare_runs(a, b)
+    comparison = compare_runs(a, b, allow_missing=True)
     assert comparison.cells[["length", "depth", "a_label", "b_label", "change"]].values.tolist() == [
         [1024, 0.0, "PASS", "PASS", "same"],
         [1024, 50.0, "PASS", "FAIL", "regression"],
     ]
-    assert comparison.only_a.to_dict("records") == [{"task": "single", "length": 2048, "depth": 0.0}]
-    assert comparison.only_b.to_dict("records") == [{"task": "single", "length": 4096, "depth": 0.0}]
+    assert comparison.missing.to_dict("records") == [{"task": "single", "length": 2048, "depth": 0.0, "trial": 0}]
+    assert comparison.only_b.to_dict("records") == [{"task": "single", "length": 4096, "depth": 0.0, "trial": 0}]
     assert comparison.exit_code == 1
     text = to_markdown(comparison)
-    assert "| 1024 | 50% | PASS | FAIL | native | native | **regression** |" in text
-    assert "2 cells in common: regression 1, same 1; 1 regression(s)." in text
-    assert "only in A (not compared): 2048@0%" in text and "only in B (not compared): 4096@0%" in text
+    assert "| 1024 | 50% | PASS | FAIL | native | native | 1 | 0 | 0.5 | - | **regression** |" in text
+    assert "2 paired trials in 2 cells; cells: regression 1, same 1; lengths: down 1; tasks: down 1." in text
+    assert "only in A (not compared): single 2048@0%#0" in text and "only in B (not compared): single 4096@0%#0" in text
 
 
 def test_tasks_are_compared_separately(tmp_path: Path) -> None:
@@ -84,6 +248,7 @@ def test_tasks_are_compared_separately(tmp_path: Path) -> None:
     a_cells = pd.concat([a.cells, a.cells.assign(task="multikey")], ignore_index=True)
     comparison = compare(replace(a, cells=a_cells), replace(b, cells=b_cells))
     assert comparison.cells[["task", "change"]].values.tolist() == [["single", "same"], ["multikey", "regression"]]
+    assert comparison.tasks[["task", "change"]].values.tolist() == [["single", "same"], ["multikey", "regression"]]
     assert "| multikey | 1024 | 0% | PASS | FAIL |" in to_markdown(comparison)
 
 
@@ -96,12 +261,13 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no regression" in capsys.readouterr().out
     assert main(["compare", str(base), str(worse), "--json", "--out", str(tmp_path / "diff")]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["exit_code"] == 1 and report["regressions"] == 1 and report["common_cells"] == 2
-    assert report["changes"]["broke"] == 1 and report["changes"]["same"] == 1
+    assert report["exit_code"] == 1 and report["paired_trials"] == 2 and not report["incomplete"]
+    assert report["changes"]["cells"]["broke"] == 1 and report["changes"]["cells"]["same"] == 1
+    assert report["regressions"] == 3  # the cell, its length, its task
     assert report["fingerprint_changes"] == ["launches.p"]
     first = report["cells"][0]
-    assert (first["length"], first["depth"], first["a_trials"]) == (1024, 0.0, 1)
-    assert (first["a_label"], first["b_label"], first["b_other"], first["change"]) == ("PASS", "CLAMPED", "CLAMPED:1", "broke")
+    assert (first["length"], first["depth"], first["pairs"]) == (1024, 0.0, 1)
+    assert (first["a_label"], first["b_label"], first["hard"], first["change"]) == ("PASS", "CLAMPED", 1, "broke")
     assert json.loads((tmp_path / "diff" / "compare.json").read_text()) == report
     assert (tmp_path / "diff" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "**broke**" in (tmp_path / "diff" / "compare.md").read_text()
@@ -114,7 +280,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ("no_results", "no results.jsonl in"),
         ("bad_json", "line 2 is not a niah results record (bad JSON)"),
         ("no_cells", "holds no finished cells"),
-        ("disjoint", "no cell in common"),
+        ("disjoint", "no trial in common"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(

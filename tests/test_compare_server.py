@@ -31,7 +31,7 @@ def test_compare_two_real_runs(two_runs: tuple[Path, Path], capsys: pytest.Captu
     capsys.readouterr()
     code = main(["compare", str(native), str(yarn), "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert report["common_cells"] == 3 and not report["only_a"] and not report["only_b"]
+    assert report["paired_trials"] == 3 and not report["missing_trials"] and not report["only_b"]
     assert code == report["exit_code"] == (1 if report["regressions"] else 0)
     assert {c["a_factor"] for c in report["cells"]} == {"native"}
     assert {c["b_factor"] for c in report["cells"]} == {"2x YaRN"}
@@ -44,7 +44,8 @@ def test_compare_two_real_runs(two_runs: tuple[Path, Path], capsys: pytest.Captu
         if (outcome_a, outcome_b) == ("PASS", "FAIL"):
             assert cell["change"] == "regression"
     assert main(["compare", str(native), str(native)]) == 0
-    assert "3 cells in common: same 3; no regression." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 paired trials in 3 cells; cells: same 3; lengths: same 1; tasks: same 1." in out and "verdict: no regression" in out
 
 
 def test_a_crafted_regression_in_a_real_run_exits_1(
@@ -58,13 +59,15 @@ def test_a_crafted_regression_in_a_real_run_exits_1(
     results = ResultsFile(copy / "results.jsonl", read_header(copy / "results.jsonl")["fingerprint"])
     first = cells.iloc[0]
     flipped = "FAIL" if first["outcome"] == "PASS" else "PASS"
-    results.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome=flipped, factor="native"))
+    results.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome=flipped, factor="native",
+                              needle_value=str(first["needle_value"])))
     before, after = (native, copy) if flipped == "FAIL" else (copy, native)
     assert main(["compare", str(before), str(after)]) == 1
     out = capsys.readouterr().out
-    assert f"| {LENGTH} | {first['depth']:g}% | PASS | FAIL | native | native | **regression** |" in out
+    assert f"| {LENGTH} | {first['depth']:g}% | PASS | FAIL | native | native | 1 | 0 | 0.5 | - | **regression** |" in out
     clamped = ResultsFile(copy / "results.jsonl", read_header(copy / "results.jsonl")["fingerprint"])
-    clamped.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome="CLAMPED", factor="native"))
+    clamped.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome="CLAMPED", factor="native",
+                              needle_value=str(first["needle_value"])))
     assert main(["compare", str(native), str(copy)]) == 1
     assert "**broke**" in capsys.readouterr().out
 

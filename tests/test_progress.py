@@ -49,6 +49,6 @@ def test_two_cells_in_flight_on_two_servers_and_a_crash_retried_elsewhere() -> N
     progress.end_cell("PASS", cell=cells[0])
     progress.close()
     text = screen.getvalue()
-    assert "L=1,000 D=50% t0 @ http://a:8080: CRASH (" in text and "retried on another server)" in text
+    assert "L=1,000 D=50% t0 @ http://a:8080: CRASH (" in text and "to be retried)" in text
     assert "L=2,000 D=50% t0 @ http://b:8080: PASS (" in text
     assert " 2/2 " in text.replace("\r", "\n").splitlines()[-1] and " 3/2 " not in text

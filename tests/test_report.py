@@ -58,7 +58,7 @@ def test_grid_is_the_seeds_format_exactly(tmp_path: Path) -> None:
     df = load_cells(write_run(tmp_path / "results.jsonl"))
     assert grid_markdown(df) == (
         "length 0% 25% 50% 75% 100% factor\n"
-        "4096 PASS 1/2 FAIL 1/2,TIMEOUT PASS native\n"
+        "4096 PASS 1/2 FAIL 1/1,TIMEOUT PASS native\n"
         "12288 PASS - CONTEXT_ERROR - CLAMPED 1.5x YaRN\n"
     )
 
@@ -71,7 +71,9 @@ def test_grid_is_the_seeds_format_exactly(tmp_path: Path) -> None:
         (["FAIL", "FAIL", "FAIL"], "FAIL"),
         (["PASS", "FAIL", "PASS"], "2/3"),
         (["TIMEOUT", "TIMEOUT"], "TIMEOUT"),
-        (["CRASH", "PASS", "CLAMPED"], "1/3,CLAMPED,CRASH"),
+        (["CRASH", "PASS", "CLAMPED"], "1/1,CLAMPED,CRASH"),  # never-answered trials are not in n
+        (["PASS", "FAIL", "TRUNCATED"], "1/3,TRUNCATED"),  # a truncated answer is in n, and named
+        (["TRUNCATED", "PASS", "TIMEOUT"], "1/2,TRUNCATED,TIMEOUT"),
     ],
 )
 def test_cell_label_rule(outcomes: list[str], label: str) -> None:
@@ -101,7 +103,7 @@ def test_render_writes_every_file_from_the_jsonl(tmp_path: Path) -> None:
     assert "<script>" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; 7391" in html
     assert "data:image/png;base64," in html and "src=\"http" not in html  # self-contained
-    assert "1/2,TIMEOUT" in html
+    assert "1/1,TIMEOUT" in html
 
 
 def test_committed_v1_file_renders(tmp_path: Path) -> None:
@@ -118,7 +120,7 @@ def test_niah_report_cli_rerenders_a_run_dir(tmp_path: Path, capsys: pytest.Capt
     write_run(tmp_path / "results.jsonl")
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("length 0% 25% 50% 75% 100% factor\n4096 PASS 1/2 FAIL 1/2,TIMEOUT PASS native\n")
+    assert out.startswith("length 0% 25% 50% 75% 100% factor\n4096 PASS 1/2 FAIL 1/1,TIMEOUT PASS native\n")
     for name in ("grid.md", "cells.csv", "summary.json", "heatmap.png", "report.html"):
         assert (tmp_path / name).is_file()
 
@@ -162,11 +164,33 @@ def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
     summary = json.loads(paths.summary_json.read_text())
     row = summary["tasks"]["multiquery:2"]["per_length"][0]
     low, high = wilson_interval(2, 3)
-    assert (row["passes"], row["retrieval"], row["wilson_low"], row["wilson_high"]) == (2, 3, round(low, 4), round(high, 4))
+    assert (row["passes"], row["answered"], row["wilson_low"], row["wilson_high"]) == (2, 3, round(low, 4), round(high, 4))
     assert row["mean_score"] == round(2.5 / 3, 4)
-    assert summary["tasks"]["multiquery:2"]["per_length"][1]["retrieval"] == 0  # CLAMPED is no retrieval trial
+    assert summary["tasks"]["multiquery:2"]["per_length"][1]["answered"] == 0  # CLAMPED was never answered
     assert summary["tasks"]["single"]["cells"][0]["label"] == "PASS"
     cells = pd.read_csv(paths.cells_csv)
     assert json.loads(cells["planted"].dropna().iloc[0])[0]["token_offset"] == 9
     assert paths.heatmap_png.read_bytes().startswith(b"\x89PNG")
     assert "multiquery:2" in paths.report_html.read_text()
+
+
+def test_truncated_answers_count_in_one_denominator_everywhere(tmp_path: Path) -> None:
+    """3/3 PASS at native and PASS, PASS, TRUNCATED beyond: the grid's k/n, summary.json's rows and the
+    card's per-length table all say 2 of 3 (not 2/2, better than native), TRUNCATED named beside it."""
+    from niah.card import CARD_NAME
+
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, {"needle_seed": 0})
+    for trial, outcome in enumerate(["PASS", "PASS", "PASS"]):
+        results.append(CellResult(4096, 50.0, trial, outcome, factor="native", profile="p"))
+    for trial, outcome in enumerate(["PASS", "TRUNCATED", "PASS"]):
+        results.append(CellResult(8192, 50.0, trial, outcome, factor="2x YaRN", profile="p"))
+    paths = render_report(path, tmp_path)
+    assert paths.grid_markdown == "length 50% factor\n4096 PASS native\n8192 2/3,TRUNCATED 2x YaRN\n"
+    rows = {r["length"]: r for r in paths.summary["tasks"]["single"]["per_length"]}
+    assert (rows[8192]["passes"], rows[8192]["answered"], rows[8192]["pass_rate"]) == (2, 3, 0.6667)
+    assert rows[8192]["other"] == "TRUNCATED:1" and rows[8192]["wilson_high"] < 1.0
+    cell = paths.summary["tasks"]["single"]["cells"][1]
+    assert (cell["passes"], cell["answered"], cell["label"]) == (2, 3, "2/3,TRUNCATED")
+    card = (tmp_path / CARD_NAME).read_text()
+    assert "| 8,192 | 2x YaRN | 3 | 2/3 | 67% (21%–94%) | TRUNCATED 1 |" in card

@@ -64,6 +64,19 @@ def test_reopening_with_same_fingerprint_resumes(tmp_path: Path) -> None:
     assert [r["record"] for r in lines(path)] == ["header", "cell", "cell"]
 
 
+def test_done_keys_can_leave_out_cells_to_run_again(tmp_path: Path) -> None:
+    """`niah run --retry`: the latest outcome decides; a retried cell that passed is done."""
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, FINGERPRINT)
+    for depth, outcome in ((0.0, "PASS"), (25.0, "CRASH"), (50.0, "TIMEOUT"), (75.0, "HTTP_ERROR"), (100.0, "TRUNCATED")):
+        results.append(cell(length=1024, depth=depth, outcome=outcome))
+    retry = ("CRASH", "TIMEOUT", "HTTP_ERROR")
+    assert len(results.done_keys()) == 5
+    assert {k[2] for k in ResultsFile(path, FINGERPRINT).done_keys(redo=retry)} == {0.0, 100.0}
+    results.append(cell(length=1024, depth=25.0, outcome="FAIL"))
+    assert {k[2] for k in ResultsFile(path, FINGERPRINT).done_keys(redo=retry)} == {0.0, 25.0, 100.0}
+
+
 def test_changed_fingerprint_is_refused_naming_the_keys(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     ResultsFile(path, FINGERPRINT).append(cell())

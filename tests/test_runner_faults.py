@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -175,6 +176,25 @@ def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_pa
     assert summary.exit_code == 4
     grid = (tmp_path / "grid.md").read_text()
     assert "CONTEXT_ERROR" in grid and "TIMEOUT" in grid
+
+
+def test_resume_with_retry_reruns_transient_cells_only(fault_proxy, tmp_path: Path) -> None:
+    """Two cells end HTTP_ERROR (a 500, a dropped stream); a plain resume sends nothing, `--retry` sends
+    exactly those two again, and their new outcomes are the cells'."""
+    fault_proxy.faults.extend(["500", "drop"])
+    config = RunConfig(grid=((1024, (0.0, 50.0, 100.0)),), out_dir=tmp_path, url=fault_proxy.url, show_progress=False)
+    first = run(config)
+    assert [r["outcome"] for r in cells(first.results_path)][:2] == ["HTTP_ERROR", "HTTP_ERROR"]
+    def chats() -> int:
+        return sum(path == "/v1/chat/completions" for path, _ in fault_proxy.bodies)
+
+    sent = chats()
+    assert run(config).exit_code == 4 and chats() == sent
+    again = run(replace(config, retry=True))
+    assert chats() == sent + 2
+    records = cells(again.results_path)
+    assert len(records) == 5 and {r["outcome"] for r in records[3:]} <= {"PASS", "FAIL"}
+    assert "HTTP_ERROR" not in again.outcomes and again.exit_code in (0, 1)
 
 
 def cells(summary_path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""`niah compare RUN_A RUN_B`: cell-by-cell comparison of two runs; exit 1 on a regression (a CI gate)."""
+"""`niah compare RUN_A RUN_B`: paired comparison of two runs; exit 1 on a regression (a CI gate)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,26 @@ import json
 from pathlib import Path
 
 EPILOG = """examples:
-  niah compare runs/llama-old runs/llama-new            # table; exit 1 if a cell regressed
+  niah compare runs/llama-old runs/llama-new            # tables; exit 1 if anything regressed
   niah compare runs/f16-kv runs/q8-kv --json            # the same as JSON
   niah compare runs/native runs/yarn --out runs/diff    # also compare.md/.json/.png in runs/diff
-regression: PASS -> FAIL (single trials), a pass-rate drop beyond the 95% Wilson bounds
-(several trials), or more non-retrieval outcomes in B (CLAMPED, CRASH, ...: the launch got worse).
-exit codes: 0 no regression, 1 regression, 2 bad input (missing run, malformed results, nothing in common)"""
+pairing: trial t of a cell in A and in B saw the same prompt (same needle seed), so each trial is a
+pair; pairs are pooled per cell, per length and per task.
+regression: more trials lost (A PASS, B FAIL/TRUNCATED) than gained with an exact one-sided sign test
+p <= 0.05, or B passing none of them (3/3 -> 0/3); broke: a CLAMPED, CONTEXT_ERROR, CRASH or
+TOKEN_MISMATCH where A answered, or more than one TIMEOUT/HTTP_ERROR.
+exit codes: 0 no regression, 1 regression or B missing trials A has (unless --allow-missing),
+            2 bad input (missing run, malformed results, nothing in common, or runs that measured
+            different things: needle seed, corpus, needle/task file, answer budget, thinking, ...;
+            unless --force)"""
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "compare",
-        help="compare two runs cell by cell; exit 1 on a regression",
-        description="Match the cells of RUN_A (before) and RUN_B (after) on task, length and depth, "
-        "and judge each change.",
+        help="compare two runs trial by trial; exit 1 on a regression",
+        description="Pair the trials of RUN_A (before) and RUN_B (after) on task, length, depth and trial, "
+        "and judge each cell, length and task.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -28,13 +34,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("run_b", type=Path, help="the run to judge against it")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.add_argument("--out", type=Path, help="also write compare.md, compare.json and compare.png here")
+    parser.add_argument("--allow-missing", action="store_true", help="judge the common trials of a B that lacks some of A's")
+    parser.add_argument("--force", action="store_true", help="compare runs that measured different things")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from niah.compare import compare_runs, to_json, to_markdown, write_outputs
 
-    comparison = compare_runs(args.run_a, args.run_b)
+    comparison = compare_runs(args.run_a, args.run_b, force=args.force, allow_missing=args.allow_missing)
     if args.json:
         print(json.dumps(to_json(comparison), indent=2, default=str))
     else:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
+  niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a --retry
+           (resume, rerunning the cells that ended CRASH, TIMEOUT or HTTP_ERROR)
   niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
@@ -41,6 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="comma-separated: single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file",
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
+    parser.add_argument("--retry", action="store_true",
+                        help="on resume, also rerun the cells recorded CRASH, TIMEOUT or HTTP_ERROR")
     add_target_options(parser, several=True)
     add_common_options(parser)
     parser.set_defaults(func=run_command)
@@ -172,6 +176,7 @@ def run_command(args: argparse.Namespace) -> int:
         model=args.model,
         arch=args.arch,
         profiles=profile_mapping(args, lengths) if managed else (),
+        retry=args.retry,
         **common_config(args),  # type: ignore[arg-type]
     )
     return print_summary(run(config))
@@ -185,8 +190,8 @@ def print_summary(summary: RunSummary) -> int:
     several = len(summary.per_length) > 1 or list(summary.per_length) != ["single"]
     for task, rows in summary.per_length.items():
         for row in rows:
-            if row["retrieval"] and (several or row["retrieval"] > 1):
-                rate = f"{row['passes']}/{row['retrieval']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
+            if row["answered"] and (several or row["answered"] > 1):
+                rate = f"{row['passes']}/{row['answered']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
                 score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
                 print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
     sent, computed = summary.prefill_tokens_sent, summary.prefill_tokens_computed
