@@ -14,11 +14,18 @@ from typing import Any
 import pandas as pd
 
 from niah.cells import ANSWER_BUDGET, BUDGET_PER_EXTRA_ANSWER, THINKING_ANSWER_BUDGET
-from niah.grid import grid_markdown
+from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
-from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
-from niah.runs import SINGLE_TASK, load_run, tasks_of, with_tasks
+from niah.runs import (
+    SINGLE_TASK,
+    draft_acceptance,
+    draft_markdown,
+    load_run,
+    tasks_of,
+    total,
+    with_tasks,
+)
 from niah.stats import wilson_interval
 
 CARD_NAME = "card.md"
@@ -123,7 +130,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         f"answer budget {fp.get('answer_budget', NOT_RECORDED)} tokens, "
         f"prompt-cache reuse {_on_off(fp.get('cache_reuse'))}"
     )
-    requests = _duration(_sum(df["wall_s"]))
+    requests = _duration(total(df["wall_s"]))
     return [
         f"- **Model file:** {_model_line(fp)}",
         f"- **llama-server:** {_server_version(fp)}",
@@ -249,7 +256,7 @@ def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
             command = "started outside niah (--url); " + NOT_RECORDED
             name = "external server" if str(profile).startswith("url:") else f"`{file_names(str(profile))}`"
         lines.append(
-            f"| {', '.join(map(str, lengths))} | {name} | {_joined(group['factor'])} | `{command}` | "
+            f"| {', '.join(map(str, lengths))} | {name} | {joined(group['factor'])} | `{command}` | "
             f"{_served(group, max(lengths), budget)} |"
         )
     note = "\nniah adds `--host 127.0.0.1 --port <free port>` to each command; argv as recorded in the results header.\n"
@@ -281,12 +288,12 @@ def _per_length(df: pd.DataFrame) -> str:
         others = ", ".join(f"{o} {outcomes.count(o)}" for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES)
         low, high = wilson_interval(passes, retrieval)
         rate = f"{passes / retrieval:.0%} ({low:.0%}–{high:.0%})" if retrieval else "-"
-        computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
+        computed, cached = total(group["prompt_n"]), total(group["cache_n"])
         row = [task] if several else []
-        row += [f"{length:,}", _joined(group["factor"]), str(len(group)), f"{passes}/{retrieval}", rate, others or "-",
-                _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
+        row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{passes}/{retrieval}", rate, others or "-",
+                _rate(computed, total(group["prompt_ms"])), _rate(total(group["predicted_n"]), total(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
-                _duration(_sum(group["wall_s"]))]
+                _duration(total(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
     note = ("\nretrieved = cells answered PASS or FAIL; the pass rate is over those. prefill tok/s = prompt tokens computed ÷ prefill time (tokens reused from the prompt cache "
             "excluded); decode tok/s = tokens generated ÷ generation time; both as llama-server timed them.\n")
@@ -366,14 +373,5 @@ def _rate(tokens: float, ms: float) -> str:
     return f"{tokens / ms * 1000:.1f}" if ms and tokens else "-"
 
 
-def _sum(column: pd.Series) -> float:
-    return float(pd.to_numeric(column).fillna(0).sum())
-
-
 def _on_off(value: Any) -> str:
     return NOT_RECORDED if value is None else ("on" if value else "off")
-
-
-def _joined(values: pd.Series) -> str:
-    present = sorted({str(v) for v in values if isinstance(v, str) and v})
-    return "/".join(present) if present else "-"

@@ -6,8 +6,7 @@ tokenizer, reports the facts that identify its server, and can tell whether its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from niah.cells import Cell
 from niah.corpus import Corpus
@@ -115,22 +114,6 @@ def start_endpoint(
     where = f" [{name}]" if name and spec.managed else ""
     print(f"niah: preflight{where} {endpoint.report.summary()}", flush=True)
     return endpoint
-
-
-@contextmanager
-def open_endpoint(
-    spec: ServerSpec,
-    needed: int,
-    profile: LaunchProfile | None = None,
-    native_context: int | None = None,
-    name: str | None = None,
-) -> Iterator[Endpoint]:
-    """Start (or reach) the server of `spec`, preflight it, and always stop what was started."""
-    endpoint = start_endpoint(spec, needed, profile, native_context, name)
-    try:
-        yield endpoint
-    finally:
-        endpoint.session.close()
 
 
 def resolve_tokenizer(spec: str, endpoint: Endpoint) -> Tokenizer:

@@ -57,7 +57,7 @@ def grid_frame(df: pd.DataFrame) -> pd.DataFrame:
         .fillna(UNTESTED)
     )
     labels.columns = [depth_label(d) for d in depths]
-    factors = df.groupby("length")["factor"].agg(_factor_text)
+    factors = df.groupby("length")["factor"].agg(joined)
     labels["factor"] = factors.reindex(labels.index)
     labels.index.name = "length"
     return labels
@@ -72,6 +72,7 @@ def grid_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _factor_text(values: pd.Series) -> str:
+def joined(values: pd.Series) -> str:
+    """The distinct non-empty strings among `values`, sorted and joined by `/` (`-` when none)."""
     present = sorted({str(v) for v in values if isinstance(v, str) and v})
     return "/".join(present) if present else UNTESTED

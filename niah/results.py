@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from niah.api_key import api_key
 from niah.errors import NiahError
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
     value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
-    secrets = tuple(s for s in (*secrets, os.environ.get("NIAH_API_KEY", "")) if s)
+    secrets = tuple(s for s in (*secrets, api_key()) if s)
     return _redact(value, secrets)
 
 

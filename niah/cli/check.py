@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import ANSWER_BUDGET, parse_length
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 
@@ -47,7 +47,7 @@ def check_command(args: argparse.Namespace) -> int:
     if args.answer_budget < 0:
         raise NiahError("--answer-budget must not be negative")
     needed = parse_length(args.context) + args.answer_budget
-    with ServerSession(ServerSpec(url=args.url, api_key=args.api_key or os.environ.get("NIAH_API_KEY"))) as session:
+    with ServerSession(ServerSpec(url=args.url, api_key=api_key(args.api_key))) as session:
         report = preflight(session, needed, args.log)
     print_report(report)
     return 0 if report.verdict == "OK" else EXIT_LAUNCH_INVALID

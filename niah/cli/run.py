@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import parse_depths, parse_length, parse_lengths
 from niah.errors import NiahError
 
@@ -99,7 +99,7 @@ def common_config(args: argparse.Namespace) -> dict[str, object]:
         "cache_reuse": not args.no_cache_reuse,
         "stall_timeout_s": args.stall_timeout,
         "connect_timeout_s": args.connect_timeout,
-        "api_key": args.api_key or os.environ.get("NIAH_API_KEY"),
+        "api_key": api_key(args.api_key),
         "server_bin": args.server_bin,
         "host": args.host,
         "show_progress": not args.no_progress,
