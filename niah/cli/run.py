@@ -125,7 +125,8 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from niah.runner import RunConfig, run
+    from niah.results import run_folder_lock
+    from niah.runner import RunConfig, check_out_dir, run
     from niah.tasks import parse_tasks
 
     tasks = parse_tasks(args.task)
@@ -153,7 +154,9 @@ def run_command(args: argparse.Namespace) -> int:
         profiles=profile_mapping(args, lengths) if managed else (),
         **common_config(args),  # type: ignore[arg-type]
     )
-    return print_summary(run(config))
+    check_out_dir(args.out)
+    with run_folder_lock(args.out):
+        return print_summary(run(config))
 
 
 def print_summary(summary: RunSummary) -> int:
