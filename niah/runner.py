@@ -44,7 +44,7 @@ from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
 from niah.reuse import needs_priming, priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
-from niah.session import ServerSpec, ServerUnreachable
+from niah.session import ServerSpec, ServerUnreachable, check_distinct_servers
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
@@ -96,9 +96,7 @@ class RunConfig:
             raise NiahError(f"--servers must be at least 1, not {self.servers}")
         if self.urls and not self.url:
             raise NiahError("further --url servers need a first --url")
-        urls = [u.strip().rstrip("/") for u in (self.url, *self.urls) if u]
-        if len(set(urls)) < len(urls):
-            raise NiahError("the same --url is given twice: give each server once")
+        check_distinct_servers([u for u in (self.url, *self.urls) if u])
         if self.servers > 1 and self.url:
             raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
 

@@ -7,6 +7,7 @@ says how to reach or launch it.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -45,6 +46,24 @@ def check_url(url: str) -> str:
         hint = f" (did you mean http://{url.strip()}?)" if "://" not in url else ""
         raise NiahError(f"bad server URL {url!r}: use http://HOST:PORT{hint}")
     return url.strip().rstrip("/")
+
+
+def check_distinct_servers(urls: list[str]) -> None:
+    """Bad input when two URLs reach one server: the same port and path, and a resolved address in
+    common (`localhost` and `127.0.0.1` name one server, which would get two workers on one slot)."""
+    seen: list[tuple[str, set[str], int, str]] = []
+    for url in urls:
+        parts = urlsplit(check_url(url))
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        except (socket.gaierror, UnicodeError):
+            addresses = {host.lower()}
+        for other, other_addresses, other_port, other_path in seen:
+            if port == other_port and parts.path == other_path and addresses & other_addresses:
+                raise NiahError(f"--url {other} and --url {url} are the same server: give each server once")
+        seen.append((url, addresses, port, parts.path))
 
 
 @dataclass(frozen=True)
