@@ -1,8 +1,10 @@
-"""Process lifecycle helpers under threads: ports handed out once, the live-server registry, IPv6."""
+"""Process lifecycle: ports handed out once, the live-server registry under threads, IPv6 hosts."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from niah import server
 from niah.errors import NiahError
 from niah.server import ManagedServer, free_port
+from niah.session import ServerSession, ServerSpec
 
 
 def test_ports_handed_out_at_once_are_all_different() -> None:
@@ -75,3 +78,19 @@ def test_the_live_registry_keeps_every_server_while_others_start_and_stop(
         for managed in kept:
             managed.stop(grace_s=5)
     assert list(server._LIVE) == []
+
+
+@pytest.mark.server
+def test_a_managed_server_on_ipv6_loopback_serves_check_and_run(tiny_model: Path, tmp_path: Path) -> None:
+    spec = ServerSpec(model=tiny_model, host="::1", args=("-c", "2048", "--parallel", "1"), log_dir=tmp_path,
+                      start_timeout_s=120)
+    with ServerSession(spec) as session:
+        assert session.url.startswith("http://[::1]:")
+        niah = [sys.executable, "-m", "niah"]
+        checked = subprocess.run([*niah, "check", "--url", session.url, "--context", "1024"],
+                                 capture_output=True, text=True, timeout=120, check=False)
+        assert checked.returncode == 0, checked.stderr
+        ran = subprocess.run([*niah, "run", "--url", session.url, "--lengths", "512", "--depths", "50",
+                              "--no-progress", "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True, timeout=600, check=False)
+        assert ran.returncode in (0, 1) and "Traceback" not in ran.stderr, ran.stderr
