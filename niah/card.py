@@ -15,11 +15,19 @@ import pandas as pd
 
 from niah.card_tasks import task_budgets, task_example
 from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
-from niah.grid import grid_markdown
+from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
-from niah.report import draft_acceptance, draft_markdown
 from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
-from niah.runs import SINGLE_TASK, joined, length_table, load_run, tasks_of, with_tasks
+from niah.runs import (
+    SINGLE_TASK,
+    draft_acceptance,
+    draft_markdown,
+    length_table,
+    load_run,
+    tasks_of,
+    total,
+    with_tasks,
+)
 from niah.stats import ANSWERED_OUTCOMES
 
 CARD_NAME = "card.md"
@@ -128,7 +136,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         f"{' (--answer-budget, every task)' if fp.get('answer_budget_explicit') else ''}, "
         f"prompt-cache reuse {_on_off(fp.get('cache_reuse'))}"
     )
-    requests = _duration(_sum(df["wall_s"]))
+    requests = _duration(total(df["wall_s"]))
     tasks = tasks_of(df)
     only_single = tasks == [SINGLE_TASK]
     return [
@@ -303,13 +311,13 @@ def _per_length(df: pd.DataFrame) -> str:
         r = rates.loc[(task, length)]
         rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
         others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
-        computed, cached = _sum(group["prompt_n"]), _sum(group["cache_n"])
+        computed, cached = total(group["prompt_n"]), total(group["cache_n"])
         row = [task] if several else []
         row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
                 others or "-",
-                _rate(computed, _sum(group["prompt_ms"])), _rate(_sum(group["predicted_n"]), _sum(group["predicted_ms"])),
+                _rate(computed, total(group["prompt_ms"])), _rate(total(group["predicted_n"]), total(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
-                _duration(_sum(group["wall_s"]))]
+                _duration(total(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
     note = ("\nanswered = cells the model answered: PASS, FAIL, or TRUNCATED (the answer budget ran out before "
             "the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
@@ -389,10 +397,6 @@ def _duration(seconds: float) -> str:
 
 def _rate(tokens: float, ms: float) -> str:
     return f"{tokens / ms * 1000:.1f}" if ms and tokens else "-"
-
-
-def _sum(column: pd.Series) -> float:
-    return float(pd.to_numeric(column).fillna(0).sum())
 
 
 def _on_off(value: Any) -> str:

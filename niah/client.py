@@ -115,6 +115,8 @@ def stream_chat(
     started = time.monotonic()
     state = _Stream()
     status, http_status, error = "ok", None, None
+    if http.is_closed:
+        return _result(state, "disconnected", None, f"the session with {url} was closed", 0.0)
     try:
         with http.stream("POST", url + path, json=body) as response:
             http_status = response.status_code
@@ -136,6 +138,8 @@ def stream_chat(
         status, error = "timeout", f"no data from the server for {stall_timeout_s:g} s (stalled)"
     except httpx.TransportError as exc:
         status, error = "disconnected", f"connection dropped: {exc.__class__.__name__}: {exc}"
+    except httpx.DecodingError as exc:
+        status, error = "http_error", f"the answer cannot be decoded: {exc}"[:300]
     return _result(state, status, http_status, error, time.monotonic() - started)
 
 
@@ -184,11 +188,14 @@ def _apply(event: dict[str, Any], state: _Stream, on_progress: ProgressCallback 
         state.usage = event["usage"]
     if event.get("stop") is True:  # /completion's final event
         state.finish_reason = str(event.get("stop_type") or "stop")
-    for choice in event.get("choices") or []:
-        delta = choice.get("delta") or {}
-        if delta.get("content"):
+    choices = event.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        if isinstance(delta.get("content"), str):
             state.answer.append(delta["content"])
-        if delta.get("reasoning_content"):
+        if isinstance(delta.get("reasoning_content"), str):
             state.reasoning.append(delta["reasoning_content"])
         if choice.get("finish_reason"):
             state.finish_reason = choice["finish_reason"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from niah.cells import BUDGET_PER_EXTRA_ANSWER, answer_budget
 from niah.errors import NiahError
+from niah.session import check_distinct_servers
 from niah.tasks import SINGLE, Task
 
 RESULTS_FILE = "results.jsonl"
@@ -68,9 +69,7 @@ class RunConfig:
             raise NiahError(f"--servers must be at least 1, not {self.servers}")
         if self.urls and not self.url:
             raise NiahError("further --url servers need a first --url")
-        urls = [u.strip().rstrip("/") for u in (self.url, *self.urls) if u]
-        if len(set(urls)) < len(urls):
-            raise NiahError("the same --url is given twice: give each server once")
+        check_distinct_servers([u for u in (self.url, *self.urls) if u])
         if self.servers > 1 and self.url:
             raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
 

@@ -23,7 +23,14 @@ from niah.cells import ANSWER_BUDGET
 from niah.data import data_dir
 from niah.errors import NiahError
 from niah.gguf_meta import GGUFFacts
-from niah.memory import CACHE_TYPES, DEFAULT_CTX_CHECKPOINTS, LaunchShape, MemoryEstimate, formula
+from niah.memory import (
+    CACHE_TYPES,
+    DEFAULT_CTX_CHECKPOINTS,
+    LaunchShape,
+    MemoryEstimate,
+    formula,
+    pad,
+)
 from niah.reuse import SLIDING_WINDOW, reuse_kind
 from niah.rpc import check_rpc_address, check_tensor_split
 
@@ -147,10 +154,6 @@ def choose_rope_scale(target: int, native: int) -> str:
     return format(scale.normalize(), "f")
 
 
-def pad(n: int) -> int:
-    return -(-n // KV_PAD) * KV_PAD
-
-
 def _uses_yarn(profile: LaunchProfile, native: int | None, slot_context: int) -> bool:
     if profile.rope_scaling == "none":
         return False
@@ -201,8 +204,8 @@ def plan_launch(
     if swa_full:
         args.append("--swa-full")
     args += _option_args(profile)
-    n_ctx = pad(ctx_size)
-    per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel)
+    n_ctx = pad(ctx_size, KV_PAD)
+    per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel, KV_PAD)
     predicted = min(per_slot, served_train) if served_train else None
     return LaunchPlan(
         profile=profile,

@@ -18,7 +18,14 @@ import pandas as pd
 from niah.errors import NiahError
 from niah.grid import grid_frame
 from niah.results import OUTCOMES, load_cells, read_header
-from niah.runs import cell_table, length_table, tasks_grid_markdown, tasks_of
+from niah.runs import (
+    cell_table,
+    draft_acceptance,
+    length_table,
+    tasks_grid_markdown,
+    tasks_of,
+    total,
+)
 
 
 @dataclass(frozen=True)
@@ -44,18 +51,18 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         str(length): {o: int(n) for o, n in group["outcome"].value_counts().items()}
         for length, group in df.groupby("length")
     }
-    computed = _total(df["prompt_n"]) + _total(df["prime_n"])  # checkpoint primers compute too
-    cached = _total(df["cache_n"])
-    sent = _total(df["prompt_tokens_served"])
-    reusable = _total(df["cache_expected"])
-    predicted_ms = float(df["predicted_ms"].fillna(0).sum())
-    prompt_ms = float(df["prompt_ms"].fillna(0).sum()) + float(df["prime_ms"].fillna(0).sum())
+    computed = total(df["prompt_n"]) + total(df["prime_n"])  # checkpoint primers compute too
+    cached = total(df["cache_n"])
+    sent = total(df["prompt_tokens_served"])
+    reusable = total(df["cache_expected"])
+    predicted_ms = total(df["predicted_ms"])
+    prompt_ms = total(df["prompt_ms"]) + total(df["prime_ms"])
     return {
         "cells": len(df),
         "outcomes": {o: int(counts.get(o, 0)) for o in OUTCOMES},
         "per_length": per_length,
         "prefill": {
-            "prompt_tokens_served": _total(df["prompt_tokens_served"]),
+            "prompt_tokens_served": total(df["prompt_tokens_served"]),
             "prompt_tokens_computed": computed,
             "cache_tokens_reused": cached,
             "cache_saved_fraction": round((sent - computed) / sent, 4) if sent else 0.0,  # against cold cells
@@ -64,10 +71,10 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
             "cache_tokens_reusable": reusable,
             "reuse_achieved_fraction": round(cached / reusable, 4) if reusable else None,
         },
-        "decode_tokens_per_s": round(_total(df["predicted_n"]) / predicted_ms * 1000, 2) if predicted_ms else None,
+        "decode_tokens_per_s": round(total(df["predicted_n"]) / predicted_ms * 1000, 2) if predicted_ms else None,
         "draft_acceptance": draft_acceptance(df),
-        "predicted_ms": round(float(df["predicted_ms"].fillna(0).sum()), 1),
-        "wall_s": round(float(df["wall_s"].fillna(0).sum()), 2),
+        "predicted_ms": round(predicted_ms, 1),
+        "wall_s": round(total(df["wall_s"]), 2),
         "grid": tasks_grid_markdown(df).splitlines(),
         "tasks": {
             task: {
@@ -78,28 +85,6 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         },
         "fingerprint": fingerprint,
     }
-
-
-def draft_acceptance(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per length: drafted and accepted tokens and the acceptance rate, for cells whose server drafted
-    (speculative decoding, e.g. --spec-type draft-mtp); empty when none did."""
-    drafted = df[pd.to_numeric(df["draft_n"]).fillna(0) > 0]
-    rows = []
-    for length, group in drafted.groupby("length"):
-        n, accepted = _total(group["draft_n"]), _total(group["draft_n_accepted"])
-        rows.append({"length": int(length), "cells": len(group), "draft_n": n, "draft_n_accepted": accepted,
-                     "acceptance": round(accepted / n, 4) if n else None})
-    return rows
-
-
-def draft_markdown(rows: list[dict[str, Any]]) -> str:
-    """The "MTP acceptance by context length" table (empty string without drafted cells)."""
-    if not rows:
-        return ""
-    lines = ["| length | cells | drafted | accepted | acceptance |", "|---|---|---|---|---|"]
-    lines += [f"| {r['length']:,} | {r['cells']} | {r['draft_n']:,} | {r['draft_n_accepted']:,} | "
-              f"{r['acceptance']:.0%} |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
@@ -143,7 +128,3 @@ def _json_cell(value: Any) -> str:
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))
-
-
-def _total(column: pd.Series) -> int:
-    return int(pd.to_numeric(column).fillna(0).sum())

@@ -7,14 +7,18 @@ resumes the run, a different fingerprint is refused.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from niah.api_key import api_key
 from niah.errors import NiahError
 
 if TYPE_CHECKING:
@@ -38,6 +42,8 @@ OUTCOMES = (
 RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
 FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
 """Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
+LOCK_NAME = ".niah-run.lock"
+"""The file a run holds locked in its folder while it runs."""
 _MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
 _SECRET_FLAG = re.compile(r"^(--api-key)=.*$")
 
@@ -150,7 +156,7 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
     value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
-    secrets = tuple(s for s in (*secrets, os.environ.get("NIAH_API_KEY", "")) if s)
+    secrets = tuple(s for s in (*secrets, api_key()) if s)
     return _redact(value, secrets)
 
 
@@ -281,6 +287,32 @@ class ResultsFile:
             fh.write(line.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` (which exists) for this process, so two runs never append to one results file;
+    a folder another run holds is bad input. The kernel releases the lock however the process ends."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run, closed below
+    except OSError as exc:
+        raise NiahError(f"cannot lock the run folder {folder}: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            raise NiahError(
+                f"the run folder {folder} is in use by another niah run{f' (pid {holder})' if holder else ''}: "
+                "wait for it to end, or give another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
 
 
 def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,14 +15,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from niah.errors import NiahError
 
 if TYPE_CHECKING:
     from niah.gguf_meta import GGUFFacts
     from niah.memory import MemoryEstimate
-    from niah.profiles import LaunchProfile
 
 RPC_WARNING = (
     "WARNING: rpc-server has no authentication and runs whatever it is sent: never expose it to an "
@@ -31,6 +30,16 @@ RPC_WARNING = (
 RPC_SERVER_NAMES = ("ggml-rpc-server", "rpc-server")
 """The binary's name: `ggml-rpc-server` in llama.cpp's tools/rpc now, `rpc-server` before."""
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+
+
+class SplitLaunch(Protocol):
+    """What the split needs of a launch (a LaunchProfile is one; rpc does not import profiles)."""
+
+    @property
+    def rpc(self) -> tuple[str, ...]: ...
+
+    @property
+    def tensor_split(self) -> tuple[float, ...]: ...
 
 
 def find_rpc_server(server_bin: str | None = None) -> Path | None:
@@ -72,7 +81,7 @@ def check_tensor_split(value: object, where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value)  # type: ignore[union-attr]
 
 
-def device_names(profile: LaunchProfile) -> list[str]:
+def device_names(profile: SplitLaunch) -> list[str]:
     """The launch's devices in llama.cpp's order: the RPC servers, then the local GPU(s) (one, or as
     many as `tensor_split` has entries beyond the RPC servers)."""
     local = max(1, len(profile.tensor_split) - len(profile.rpc))
@@ -104,7 +113,7 @@ class DeviceShare:
     """The file size in proportion to the layers (the token embeddings stay on the host)."""
 
 
-def split_memory(profile: LaunchProfile, memory: MemoryEstimate, facts: GGUFFacts | None) -> list[DeviceShare]:
+def split_memory(profile: SplitLaunch, memory: MemoryEstimate, facts: GGUFFacts | None) -> list[DeviceShare]:
     """The estimate split across the launch's devices as llama.cpp assigns layers.
 
     Without `tensor_split` llama.cpp splits by free memory at load time; the estimate then assumes
@@ -136,7 +145,7 @@ def split_memory(profile: LaunchProfile, memory: MemoryEstimate, facts: GGUFFact
     ]
 
 
-def split_lines(profile: LaunchProfile, memory: MemoryEstimate | None, facts: GGUFFacts | None) -> list[str]:
+def split_lines(profile: SplitLaunch, memory: MemoryEstimate | None, facts: GGUFFacts | None) -> list[str]:
     """Comment lines for `niah profile show`: the per-device split and the rpc-server warning."""
     from niah.memory import gb
 

@@ -1,4 +1,5 @@
-"""A finished (or partial) run read back for card and compare: its header and one tidy cell frame.
+"""A finished (or partial) run read back for report, card and compare: its header, one tidy cell
+frame and the tables built from it (per cell, per length, draft acceptance).
 
 Results without a `task` column (every run before tasks existed) are one task, `single`.
 """
@@ -130,3 +131,31 @@ def _rates(outcomes: list[str]) -> dict[str, Any]:
         "wilson_high": round(high, 4),
         "other": ",".join(f"{o}:{outcomes.count(o)}" for o in others),
     }
+
+
+def draft_acceptance(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per length: drafted and accepted tokens and the acceptance rate, for cells whose server drafted
+    (speculative decoding, e.g. --spec-type draft-mtp); empty when none did."""
+    drafted = df[pd.to_numeric(df["draft_n"]).fillna(0) > 0]
+    rows = []
+    for length, group in drafted.groupby("length"):
+        n, accepted = total(group["draft_n"]), total(group["draft_n_accepted"])
+        rows.append({"length": int(length), "cells": len(group), "draft_n": n, "draft_n_accepted": accepted,
+                     "acceptance": round(accepted / n, 4) if n else None})
+    return rows
+
+
+def draft_markdown(rows: list[dict[str, Any]]) -> str:
+    """The "MTP acceptance by context length" table (empty string without drafted cells)."""
+    if not rows:
+        return ""
+    lines = ["| length | cells | drafted | accepted | acceptance |", "|---|---|---|---|---|"]
+    lines += [f"| {r['length']:,} | {r['cells']} | {r['draft_n']:,} | {r['draft_n_accepted']:,} | "
+              f"{r['acceptance']:.0%} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def total(column: pd.Series) -> int | float:
+    """The column's sum, missing values as 0 (an int for whole numbers)."""
+    value = float(pd.to_numeric(column).fillna(0).sum())
+    return int(value) if value.is_integer() else value

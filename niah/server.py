@@ -58,10 +58,27 @@ def find_tiny_model() -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free on `host` (IPv4 or IPv6) a moment ago and that this process has not
+    handed out before, so launches started at once never get the same one."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise NiahError(f"cannot resolve the host {host!r} to bind llama-server to") from None
+    with _PORTS_LOCK:
+        while True:
+            try:
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.bind(address)
+                    port = int(sock.getsockname()[1])
+            except OSError as exc:
+                raise NiahError(f"cannot bind llama-server to {host}: {exc.strerror or exc}") from None
+            if port not in _PORTS_HANDED_OUT:
+                _PORTS_HANDED_OUT.add(port)
+                return port
+
+
+_PORTS_LOCK = threading.Lock()
+_PORTS_HANDED_OUT: set[int] = set()
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -108,7 +125,8 @@ class ManagedServer:
                 start_new_session=True,
                 env={**os.environ, **self.env},
             )
-        _LIVE.append(self)
+        with _LIVE_LOCK:
+            _LIVE.append(self)
         try:
             self._wait_healthy(healthy, timeout_s, on_wait)
         except BaseException:
@@ -159,7 +177,8 @@ class ManagedServer:
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `grace_s`."""
         proc = self.process
-        _LIVE[:] = [live for live in _LIVE if live is not self]
+        with _LIVE_LOCK:
+            _LIVE[:] = [live for live in _LIVE if live is not self]
         if proc is None or proc.poll() is not None:
             return
         try:
@@ -173,14 +192,20 @@ class ManagedServer:
 
 
 _LIVE: list[ManagedServer] = []
-"""Servers started and not yet stopped, stopped at interpreter exit if still running."""
+"""Servers started and not yet stopped, stopped at interpreter exit if still running; changed only
+under `_LIVE_LOCK` (servers start and stop in several threads)."""
+_LIVE_LOCK = threading.Lock()
 
 
 @atexit.register
 def stop_all() -> None:
     """Stop every server niah started and has not stopped (at exit, and when a start is abandoned)."""
-    while _LIVE:
-        _LIVE[-1].stop(grace_s=5.0)
+    while True:
+        with _LIVE_LOCK:
+            if not _LIVE:
+                return
+            last = _LIVE[-1]
+        last.stop(grace_s=5.0)
 
 
 def _raise_system_exit(signum: int, frame: object) -> None:

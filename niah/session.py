@@ -7,6 +7,7 @@ says how to reach or launch it.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -56,6 +57,24 @@ def check_url(url: str) -> str:
         hint = f" (did you mean http://{url.strip()}?)" if "://" not in url else ""
         raise NiahError(f"bad server URL {url!r}: use http://HOST:PORT{hint}")
     return url.strip().rstrip("/")
+
+
+def check_distinct_servers(urls: list[str]) -> None:
+    """Bad input when two URLs reach one server: the same port and path, and a resolved address in
+    common (`localhost` and `127.0.0.1` name one server, which would get two workers on one slot)."""
+    seen: list[tuple[str, set[str], int, str]] = []
+    for url in urls:
+        parts = urlsplit(check_url(url))
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        except (socket.gaierror, UnicodeError):
+            addresses = {host.lower()}
+        for other, other_addresses, other_port, other_path in seen:
+            if port == other_port and parts.path == other_path and addresses & other_addresses:
+                raise NiahError(f"--url {other} and --url {url} are the same server: give each server once")
+        seen.append((url, addresses, port, parts.path))
 
 
 @dataclass(frozen=True)
@@ -149,7 +168,7 @@ class ServerSession:
         argv = [str(find_server_binary(spec.server_bin)), "-m", str(spec.model),
                 "--host", host, "--port", str(port), *spec.args]
         env = {**dict(spec.env), **({"LLAMA_API_KEY": spec.api_key} if spec.api_key else {})}
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.process = ManagedServer(argv=argv, log_path=log_path, env=env)
         self.process.start(
             healthy=self.health,
@@ -214,6 +233,12 @@ class ServerSession:
             return self._http.request(method, self.url + path, json=payload, timeout=self._json_timeout(size))
         except httpx.InvalidURL as exc:
             raise NiahError(f"bad server URL {self.url!r}: {exc}") from None
+        except httpx.DecodingError:
+            raise ServerUnreachable(f"{self.url}: {method} {path} answered a body that cannot be decoded") from None
+        except RuntimeError:  # httpx: "Cannot send a request, as the client has been closed."
+            if not self._http.is_closed:
+                raise
+            raise ServerUnreachable(f"the session with {self.url} was closed before {method} {path}") from None
         except httpx.HTTPError as exc:
             raise ServerUnreachable(f"llama-server at {self.url} is unreachable ({exc.__class__.__name__})") from None
         finally:
@@ -232,6 +257,8 @@ class ServerSession:
 
     def health(self) -> bool:
         """True when GET /health answers 200."""
+        if self._http.is_closed:
+            return False
         try:
             return self._http.get(self.url + "/health", timeout=httpx.Timeout(5.0)).status_code == 200
         except httpx.HTTPError:
@@ -262,6 +289,13 @@ class ServerSession:
             raise ServerUnreachable(f"{self.url}: POST {path} answered {type(body).__name__}, not an object")
         return body
 
+    def _field(self, body: dict[str, Any], key: str, path: str, kind: type) -> Any:
+        """`body[key]` when it is a `kind`; otherwise the server does not speak llama-server's protocol."""
+        value = body.get(key)
+        if not isinstance(value, kind):
+            raise ServerUnreachable(f"{self.url}: POST {path} answered without `{key}`: is it llama-server?")
+        return value
+
     def props(self) -> dict[str, Any]:
         props = self.get("/props")
         if not isinstance(props, dict):
@@ -273,20 +307,25 @@ class ServerSession:
         body = self.post(
             "/tokenize", {"content": text, "parse_special": parse_special, "add_special": add_special}, len(text)
         )
-        return [int(t) for t in body["tokens"]]
+        tokens = self._field(body, "tokens", "/tokenize", list)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise ServerUnreachable(f"{self.url}: POST /tokenize answered `tokens` that are not token ids")
+        return list(tokens)
 
     def tokenize_pieces(self, text: str, **options: bool) -> list[dict[str, Any]]:
         """Tokens of `text` with their pieces ({id, piece}), options as /tokenize takes them."""
-        return list(self.post("/tokenize", {"content": text, "with_pieces": True, **options}, len(text))["tokens"])
+        body = self.post("/tokenize", {"content": text, "with_pieces": True, **options}, len(text))
+        return list(self._field(body, "tokens", "/tokenize", list))
 
     def detokenize(self, ids: list[int]) -> str:
-        return str(self.post("/detokenize", {"tokens": list(ids)}, 4 * len(ids))["content"])
+        body = self.post("/detokenize", {"tokens": list(ids)}, 4 * len(ids))
+        return str(self._field(body, "content", "/detokenize", str))
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """The prompt text /v1/chat/completions renders for `messages` (same thinking setting)."""
         payload = {"messages": messages, "chat_template_kwargs": {"enable_thinking": self.spec.thinking == "on"}}
         size = sum(len(str(m.get("content", ""))) for m in messages)
-        return str(self.post("/apply-template", payload, size)["prompt"])
+        return str(self._field(self.post("/apply-template", payload, size), "prompt", "/apply-template", str))
 
     def prime(self, tokens: list[int], on_progress: ProgressCallback | None = None) -> ChatResult:
         """Have the server compute `tokens` (a prompt prefix) into its cache and stop there, so it

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,6 +18,8 @@ from niah.server import HOW_TO_GET_SERVER, find_server_binary, find_tiny_model
 from niah.session import ServerSession, ServerSpec
 from niah.testbed import build_testbed
 from niah.tokenizers import Tokenizer, get_tokenizer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,18 @@ class LiveServer:
     session: ServerSession
 
 
+TESTBED_HINT = f"real llama-server tests need the CPU test bed; {HOW_TO_GET_SERVER}"
+
+
 def _testbed() -> tuple[Path, Path]:
     """The binary and model, or a skip (a failure when NIAH_REQUIRE_SERVER=1, as in CI)."""
-    hint = f"real llama-server tests need the CPU test bed; {HOW_TO_GET_SERVER}"
-    return need(find_server_binary, hint), need(find_tiny_model, hint)
+    return need(find_server_binary, TESTBED_HINT), need(find_tiny_model, TESTBED_HINT)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `server` needs the llama-server binary, whichever fixtures it asks for."""
+    if item.get_closest_marker("server"):
+        need(find_server_binary, TESTBED_HINT)
 
 
 def launch(model: Path, server_args: tuple[str, ...], log_dir: Path) -> ServerSession:
@@ -55,7 +66,8 @@ def builtin() -> Corpus:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    return _testbed()[1]
+    """SmolLM2-135M's GGUF (no server binary needed)."""
+    return need(find_tiny_model, TESTBED_HINT)
 
 
 @pytest.fixture
@@ -93,8 +105,10 @@ def gemma3() -> Path:
     return need(find_gemma3_270m)
 
 
-def need(find: Callable[[], Path], context: str = "") -> Path:
-    """What `find` returns, or a skip with its message (a failure when NIAH_REQUIRE_SERVER=1, as in CI)."""
+def need(find: Callable[[], T], context: str = "") -> T:
+    """What `find` returns, or a skip with its message (a failure when NIAH_REQUIRE_SERVER=1, as in CI).
+
+    Every environmental skip in the tests goes through here (tests/test_test_setup.py checks)."""
     try:
         return find()
     except NiahError as exc:

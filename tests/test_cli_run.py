@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,3 +102,35 @@ def test_out_naming_an_existing_file_is_bad_input_and_leaves_it_alone(tmp_path: 
     assert result.returncode == 2, result.stderr
     assert "is a file, not a folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert existing.read_text() == "my notes\n"
+
+
+def test_a_second_run_on_a_folder_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers: run 1 waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        argv = [sys.executable, "-m", "niah", "run", "--lengths", "1k", "--no-progress", "--out", str(out),
+                "--url", f"http://127.0.0.1:{silent.getsockname()[1]}"]
+        first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not _holds_lock(out, first.pid):
+                assert first.poll() is None and time.monotonic() < deadline, "the first run never took the folder"
+                time.sleep(0.1)
+            second = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
+        finally:
+            first.kill()
+            first.wait()
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip() == (
+        f"niah: error: the run folder {out} is in use by another niah run (pid {first.pid}): "
+        "wait for it to end, or give another --out"
+    )
+    again = subprocess.run([*argv[:-1], f"http://127.0.0.1:{free_port()}"], check=False, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 3 and "in use" not in again.stderr, again.stderr  # killed: the lock went with it
+
+
+def _holds_lock(out: Path, pid: int) -> bool:
+    lock = out / ".niah-run.lock"
+    return lock.is_file() and lock.read_text().strip() == str(pid)

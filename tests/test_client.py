@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from niah.client import ChatResult
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.server import free_port
 from niah.session import ServerSession, ServerSpec
 
@@ -323,3 +327,60 @@ def test_a_server_that_never_accepts_is_unreachable_within_the_connect_timeout()
     assert result.status == "unreachable"
     assert "connect timeout" in (result.error or "")
     assert elapsed < 30
+
+
+# --- answers that are not llama-server's protocol: an outcome or one line, never a traceback ----
+
+
+def test_an_undecodable_stream_is_an_http_error(fake_server: Any) -> None:
+    def garbled(handler: BaseHTTPRequestHandler) -> None:
+        body = b"this is not gzip at all"
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    result = _chat(fake_server(garbled).url)
+    assert result.status == "http_error" and "cannot be decoded" in (result.error or "")
+
+
+def test_chunks_of_the_wrong_shape_are_skipped(fake_server: Any) -> None:
+    def odd(handler: BaseHTTPRequestHandler) -> None:
+        _start_stream(handler)
+        for event in ({"choices": "none"}, {"choices": [7, {"delta": "x"}, {"delta": {"content": 5}}]},
+                      {"choices": [{"delta": {"content": "4817"}, "finish_reason": "stop"}]}):
+            _send_event(handler, event)
+        handler.wfile.write(b"0\r\n\r\n")
+
+    result = _chat(fake_server(odd).url)
+    assert result.status == "ok" and result.answer == "4817"
+
+
+def test_a_closed_session_answers_without_raising(fake_server: Any) -> None:
+    session = ServerSession(ServerSpec(url=fake_server(lambda h: _json_reply(h, 200, {})).url))
+    session.close()
+    assert session.chat(QUESTION, max_tokens=8).status == "disconnected"
+    assert session.health() is False
+    with pytest.raises(NiahError, match="was closed") as raised:
+        session.tokenize("x")
+    assert raised.value.exit_code == EXIT_LAUNCH_INVALID
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [({}, "answered without `tokens`: is it llama-server?"), ({"tokens": "1 2"}, "answered without `tokens`"),
+     ({"tokens": [{"id": 1, "piece": "a"}]}, "answered `tokens` that are not token ids")],
+)
+def test_a_tokenize_answer_without_token_ids_is_one_line_exit_3(
+    body: dict[str, Any], says: str, fake_server: Any, tmp_path: Path
+) -> None:
+    url = fake_server(lambda h: _json_reply(h, 200, body)).url
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    result = subprocess.run([sys.executable, "-m", "niah", "tokenize", "--tokenizer", f"server:{url}", str(text)],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"niah: error: {url}: POST /tokenize ") and says in lines[0], lines

@@ -132,7 +132,10 @@ def test_managed_servers_get_their_own_device_and_name(tmp_path: Path) -> None:
     [
         (["--servers", "0", "--profile", "tiny-native-8k", "--model", __file__], "--servers N"),
         (["--servers", "2", "--url", "http://127.0.0.1:1"], "--servers N"),
-        (["--url", "http://127.0.0.1:1", "--url", "http://127.0.0.1:1/"], "the same --url is given twice"),
+        (["--url", "http://127.0.0.1:1", "--url", "http://127.0.0.1:1/"], "are the same server"),
+        (["--url", "http://localhost:9", "--url", "http://127.0.0.1:9"],
+         "--url http://localhost:9 and --url http://127.0.0.1:9 are the same server: give each server once"),
+        (["--url", "http://[::1]:9", "--url", "http://127.0.0.1:8", "--url", "http://[0:0::1]:9/"], "are the same server"),
     ],
 )
 def test_bad_server_options_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

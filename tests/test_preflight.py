@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer, readme_seed_plan
+from conftest import LiveServer, need, readme_seed_plan
 
 from niah.cli import main
 from niah.errors import NiahError
@@ -210,6 +210,14 @@ def test_the_readme_seed_grid_plans_and_preflights_on_a_native_262k_model(
     assert "preflight OK: per-slot context 1,010,040, needed 1,010,032" in capsys.readouterr().out
 
 
+def enough_memory_for_the_1m_cache() -> float:
+    """Free memory in GB, when there is enough for a 1,010,000-token q4_0 KV cache and the server."""
+    free = mem_available_gb()
+    if free < 12:
+        raise NiahError(f"needs 12 GB of free memory for a 1,010,000-token KV cache, {free:.1f} GB free")
+    return free
+
+
 def mem_available_gb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -224,8 +232,7 @@ def test_the_seeds_1m_arithmetic_on_the_real_server(
     scale: str, served: int, start_llama_server: Callable[..., LiveServer]
 ) -> None:
     # SmolLM2 stands in for Qwen3.6: YaRN base 262,144 as in the seed; a q4_0 KV of 1,010,176 cells is 6.5 GB.
-    if mem_available_gb() < 12:
-        pytest.skip("needs about 7 GB of free memory for a 1,010,000-token KV cache")
+    need(enough_memory_for_the_1m_cache)
     live = start_llama_server(
         "-c", "1010000", "--parallel", "1", "-ctk", "q4_0", "-ctv", "q4_0", "-fa", "on", "-ub", "64", "-b", "64",
         "--no-warmup", "--override-kv", "llama.context_length=int:1010000",

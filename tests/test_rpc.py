@@ -3,7 +3,6 @@ two rpc-servers on loopback), and a one-cell run through RPC that counts what th
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import need
 
 from niah.errors import NiahError
 from niah.gguf_meta import read_gguf_facts
@@ -94,14 +94,17 @@ def test_a_bad_rpc_entry_in_a_run_profile_is_one_line_exit_2(tiny_model: Path, t
 # --- real rpc-servers on loopback --------------------------------------------------------------
 
 
+def rpc_server_binary() -> Path:
+    binary = find_rpc_server()
+    if binary is None:
+        raise NiahError(NO_RPC)
+    return binary
+
+
 @pytest.fixture
 def rpc_servers(tiny_model: Path) -> Iterator[Callable[[int], list[str]]]:
     """Factory: start N rpc-servers on free loopback ports (one thread each); all stopped after."""
-    binary = find_rpc_server()
-    if binary is None:
-        if os.environ.get("NIAH_REQUIRE_SERVER") == "1":
-            pytest.fail(NO_RPC)
-        pytest.skip(NO_RPC)
+    binary = need(rpc_server_binary)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(n: int) -> list[str]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import answer_budget, parse_length
 from niah.cli.run import add_answer_options
 from niah.errors import EXIT_LAUNCH_INVALID
@@ -44,7 +44,7 @@ def check_command(args: argparse.Namespace) -> int:
     from niah.session import ServerSession, ServerSpec
 
     needed = parse_length(args.context) + answer_budget(args.answer_budget, args.thinking)
-    with ServerSession(ServerSpec(url=args.url, api_key=args.api_key or os.environ.get("NIAH_API_KEY"))) as session:
+    with ServerSession(ServerSpec(url=args.url, api_key=api_key(args.api_key))) as session:
         report = preflight(session, needed, args.log)
     print_report(report)
     return 0 if report.verdict == "OK" else EXIT_LAUNCH_INVALID

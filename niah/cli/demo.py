@@ -42,7 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from niah.runner import RunConfig, run
+    from niah.results import run_folder_lock
+    from niah.runner import RunConfig, check_out_dir, run
 
     config = RunConfig(
         grid=tuple((length, ALL_DEPTHS if args.full else depths) for length, _, depths in DEMO_ROWS),
@@ -51,7 +52,9 @@ def demo_command(args: argparse.Namespace) -> int:
         profiles=tuple((length, profile) for length, profile, _ in DEMO_ROWS),
         **common_config(args),  # type: ignore[arg-type]
     )
-    code = print_summary(run(config))
+    check_out_dir(args.out)
+    with run_folder_lock(args.out):
+        code = print_summary(run(config))
     if not args.full:
         skipped = ", ".join(f"{length:,} ({profile})" for length, profile, depths in DEMO_ROWS if not depths)
         print(f"not run by default: {skipped}; `niah demo --full` runs every row at every depth")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import parse_length
 from niah.errors import NiahError
 from niah.tokenizers import DEFAULT_TOKENIZER
@@ -81,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise NiahError(f"--depth {args.depth:g} is outside 0-100")
     if args.trial < 0:
         raise NiahError("--trial must be 0 or more")
-    api_key = os.environ.get("NIAH_API_KEY")
+    key = api_key()
     corpus = get_corpus(args.corpus)
     spec = load_needle_spec(args.needle) if args.needle else None
-    template = get_template(args.template, api_key=api_key)
-    tokenizer = get_tokenizer(args.tokenizer, api_key=api_key)
+    template = get_template(args.template, api_key=key)
+    tokenizer = get_tokenizer(args.tokenizer, api_key=key)
     needle = task.needle(args.seed, length, args.depth, args.trial, spec)
     prompt = build(length, args.depth, tokenizer, corpus, needle, template, verify=True)
     output = json.dumps(prompt_json(prompt), ensure_ascii=False) + "\n" if args.json else prompt.text

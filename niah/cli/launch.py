@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from niah.api_key import api_key
 from niah.cells import answer_budget
 from niah.cli.check import print_report
 from niah.cli.run import add_answer_options
@@ -50,7 +50,7 @@ def launch_command(args: argparse.Namespace) -> int:
         log_dir=log_dir,
         host=args.host,
         port=args.port,
-        api_key=args.api_key or os.environ.get("NIAH_API_KEY"),
+        api_key=api_key(args.api_key),
         server_bin=args.server_bin,
         start_timeout_s=args.timeout,
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import answer_budget, parse_depths, parse_lengths, plan_cells
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
@@ -128,15 +128,15 @@ def probe(
     from niah.profiles import load_profile, server_args
     from niah.session import ServerSession, ServerSpec
 
-    api_key = args.api_key or os.environ.get("NIAH_API_KEY")
+    key = api_key(args.api_key)
     if args.url:
-        spec = ServerSpec(url=args.url, api_key=api_key)
+        spec = ServerSpec(url=args.url, api_key=key)
         where = spec.url
     elif launch_of and args.model:
         profile = load_profile(launch_of[min(lengths)])
         spec = ServerSpec(
             model=args.model, args=tuple(server_args(profile, facts, answer_budget=budget)), name=f"plan-probe-{profile.name}",
-            log_dir=Path(tempfile.gettempdir()) / "niah-plan", api_key=api_key, server_bin=args.server_bin,
+            log_dir=Path(tempfile.gettempdir()) / "niah-plan", api_key=key, server_bin=args.server_bin,
         )
         where = f"a launch of {profile.name}"
     else:

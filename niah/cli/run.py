@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from niah.api_key import api_key
 from niah.cells import parse_depths, parse_length, parse_lengths
 from niah.errors import NiahError
 
@@ -123,7 +123,7 @@ def common_config(args: argparse.Namespace) -> dict[str, object]:
         "stall_timeout_s": args.stall_timeout,
         "connect_timeout_s": args.connect_timeout,
         "start_timeout_s": args.start_timeout,
-        "api_key": args.api_key or os.environ.get("NIAH_API_KEY"),
+        "api_key": api_key(args.api_key),
         "server_bin": args.server_bin,
         "host": args.host,
         "show_progress": not args.no_progress,
@@ -149,7 +149,8 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from niah.runner import RunConfig, run
+    from niah.results import run_folder_lock
+    from niah.runner import RunConfig, check_out_dir, run
     from niah.tasks import parse_tasks
 
     tasks = parse_tasks(args.task)
@@ -179,7 +180,9 @@ def run_command(args: argparse.Namespace) -> int:
         retry=args.retry,
         **common_config(args),  # type: ignore[arg-type]
     )
-    return print_summary(run(config))
+    check_out_dir(args.out)
+    with run_folder_lock(args.out):
+        return print_summary(run(config))
 
 
 def print_summary(summary: RunSummary) -> int:

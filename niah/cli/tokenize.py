@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from niah.api_key import api_key
 from niah.errors import NiahError
 from niah.tokenizers import DEFAULT_TOKENIZER, get_tokenizer
 
@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run(args: argparse.Namespace) -> int:
     text = read_text(args.file)
-    tokenizer = get_tokenizer(args.tokenizer, api_key=os.environ.get("NIAH_API_KEY"))
+    tokenizer = get_tokenizer(args.tokenizer, api_key=api_key())
     ids = tokenizer.encode(text)
     print(len(ids))
     if args.ids:
