@@ -188,6 +188,8 @@ def run_fingerprint(
         "temperature": config.temperature,
         "cache_reuse": config.cache_reuse,
     }
+    if corpus.about:
+        fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
     if custom:
         fingerprint["task_files"] = custom

@@ -222,3 +222,14 @@ def test_niah_card_bad_input_is_one_line_exit_2(
     assert main(["card", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
+
+
+def test_card_states_the_corpus(tmp_path: Path) -> None:
+    from niah import essays
+
+    fingerprint = {**FINGERPRINT, "corpus_about": essays.ABOUT}
+    run = load_run(write_run(tmp_path / "new", [cell(2048, 50.0, 0, "PASS")], fingerprint))
+    card = render_card(run.cells, run.header, run.fingerprint)
+    assert f"corpus `builtin`, {essays.ABOUT}, sha256" in card
+    run = load_run(write_run(tmp_path / "old", [cell(2048, 50.0, 0, "PASS")]))  # recorded before corpus_about
+    assert "generated English essays without digits" in render_card(run.cells, run.header, run.fingerprint)
