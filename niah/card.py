@@ -119,7 +119,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
     if fp.get("corpus_about"):
         corpus += f", {fp['corpus_about']}"
     elif fp.get("corpus") == "builtin":
-        corpus += ", generated English essays without digits (the built-in corpus before niah recorded corpus_about)"
+        corpus += ", generated English essays without digits (the built-in corpus before it carried numbers)"
     if fp.get("corpus_sha256"):
         corpus += f", sha256 `{fp['corpus_sha256']}`"
     generation = (
