@@ -128,6 +128,10 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
     if fp.get("tokenizer_resolved"):
         tokenizer += f", resolved to {_tokenizer_name(str(fp['tokenizer_resolved']))}"
     corpus = f"`{file_names(str(fp.get('corpus', NOT_RECORDED)))}`"
+    if fp.get("corpus_about"):
+        corpus += f", {fp['corpus_about']}"
+    elif fp.get("corpus") == "builtin":
+        corpus += ", generated English essays without digits (the built-in corpus before it carried numbers)"
     if fp.get("corpus_sha256"):
         corpus += f", sha256 `{fp['corpus_sha256']}`"
     generation = (

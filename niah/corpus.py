@@ -49,6 +49,8 @@ class Corpus:
     """NFC text; paragraphs separated by one blank line; ends with a blank line."""
     files: tuple[str, ...] = ()
     """For `files:`, the files used, in order."""
+    about: str = ""
+    """What the text is, for the card (the built-in corpus says it; the other names speak for themselves)."""
 
     @cached_property
     def sha256(self) -> str:
@@ -94,7 +96,7 @@ def builtin_corpus() -> Corpus:
     except OSError:
         text = normalize(essays.generate())
         write_atomic(path, text.encode("utf-8"))
-    return Corpus("builtin", text)
+    return Corpus("builtin", text, about=essays.ABOUT)
 
 
 def files_corpus(pattern: str) -> Corpus:

@@ -1,7 +1,9 @@
 """The built-in haystack: plain English essays generated from the word lists in `haystacks/builtin/`.
 
-Seeded and deterministic. Every sentence is unique (so no run of sentences ever repeats), and
-the text holds no digits and none of the default needle's words.
+Seeded and deterministic. Every sentence is unique (so no run of sentences ever repeats); about
+one in six carries an ordinary number or date (years, counts, amounts up to 99,999, percentages,
+times of day), so a needle is not the only sentence with digits. The text holds no 7-digit value
+and none of the default needle's words.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ DATA_FILES = ("common.toml", "sentences.toml", "topics.toml")
 BUILTIN_SEED = 20260101
 BUILTIN_CHARS = 6_300_000
 """About 1.35M Qwen3.6 tokens of essays."""
+ABOUT = "generated English essays with ordinary numbers and dates (no 7-digit values, none of the needle's words)"
+"""What the card says the built-in corpus is."""
 
 _SLOT = re.compile(r"\{(\w+)\}")
 _ARTICLE = re.compile(r"\b([Aa]) (?=([A-Za-z]+))")
@@ -99,6 +103,23 @@ class EssayWriter:
             return rng.choice(self.common["times"])
         if slot == "adv":
             return rng.choice(self.common["adverbs"])
+        return self._number(slot)
+
+    def _number(self, slot: str) -> str:
+        """An ordinary number or date for a numeric slot; never more than five digits in a row."""
+        rng = self.rng
+        if slot in ("year", "year2"):  # sentence() then sets year2 a few years after year
+            return str(rng.randint(1790, 2020))
+        if slot in ("count", "count2"):
+            return str(rng.randint(2, 98))
+        if slot == "amount":
+            return f"{rng.randint(100, 99_999):,}"
+        if slot == "percent":
+            return f"{rng.randint(5, 95)} percent"
+        if slot == "date":
+            return f"{rng.choice(self.common['months'])} {rng.randint(1, 28)}, {rng.randint(1790, 2020)}"
+        if slot == "hour":
+            return f"{rng.randint(5, 11)}:{rng.choice(('00', '15', '30', '45'))}"
         raise KeyError(f"unknown slot {{{slot}}} in haystacks/builtin/sentences.toml")
 
     def sentence(self, topic: Topic, role: str) -> str:
@@ -111,6 +132,8 @@ class EssayWriter:
             if "adj2" in values:
                 while values["adj2"] == values.get("adj"):
                     values["adj2"] = self._pick(topic, "adj2")
+            if "year2" in values:
+                values["year2"] = str(int(values["year"]) + self.rng.randint(3, 40))
             text = _fix_articles(template.format_map(values))
             text = text[0].upper() + text[1:]
             if role == "body" and not text.startswith("I ") and self.rng.random() < 0.18:

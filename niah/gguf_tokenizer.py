@@ -3,7 +3,9 @@
 Works the way llama.cpp tokenizes with special tokens not parsed: the pre-tokenizer's split
 expressions are applied one after the other (unmatched gaps stay fragments), each fragment is
 mapped byte-to-unicode GPT-2 style and merged by merge rank alone (no whole-word vocabulary
-lookup first). User-defined tokens are still matched as whole strings, as llama.cpp does.
+lookup first). User-defined tokens are still matched as whole strings, as llama.cpp does. Its
+control and user-defined tokens (`special_tokens`) and whether the model asks for a BOS
+(`bos_tokens`) let a rendered chat prompt be counted as llama-server counts it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "qwen2": (QWEN2_SPLIT,),
     "qwen35": (QWEN35_SPLIT,),
 }
+TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 KEYS = frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"})
 
@@ -102,6 +105,12 @@ class GGUFTokenizer:
         )
         self._user = regex.compile("|".join(map(regex.escape, user))) if user else None
         self._cache: dict[str, tuple[int, ...]] = {}
+        self.special_tokens = {
+            t: i for i, (t, kind) in enumerate(zip(tokens, types))
+            if t and kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
+        }
+        self.bos_tokens = 1 if header.get("tokenizer.ggml.add_bos_token") else 0
+        """Tokens llama-server puts in front of a prompt: its BOS when the file asks for one."""
 
     def _merge(self, word: str) -> tuple[int, ...]:
         """Merge one byte-mapped fragment by rank, then look the pieces up (bytes when missing)."""

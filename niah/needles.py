@@ -139,13 +139,37 @@ def load_needle_spec(path: str | Path) -> NeedleSpec:
         if not all(isinstance(p, str) and p.strip() for p in parts):
             raise NiahError(f"needle {index} in {path} needs non-empty text, question and answer strings")
         text, question, answer = (" ".join(p.split()) for p in parts)  # type: ignore[union-attr]
-        if answer.replace("{value}", "0000000").lower() not in text.replace("{value}", "0000000").lower():
-            raise NiahError(f"needle {index} in {path}: the answer {answer!r} does not occur in its text")
+        where = f"needle {index} in {path}"
+        check_fact(where, text, answer)
+        check_question(where, question.replace("{value}", SAMPLE_VALUE), [answer.replace("{value}", SAMPLE_VALUE)])
         needles.append(NeedleTemplate(text, question, answer))
     intro = data.get("intro", CUSTOM_INTRO) if isinstance(data, dict) else CUSTOM_INTRO
     if not isinstance(intro, str) or not intro.strip():
         raise NiahError(f"intro in {path} must be a non-empty string")
     return NeedleSpec(tuple(needles), " ".join(intro.split()), str(path))
+
+
+SAMPLE_VALUE = "0000000"
+"""Stands in for `{value}` when a custom file is checked."""
+
+
+def check_fact(where: str, text: str, answer: str) -> None:
+    """A custom planted fact is usable: its answer occurs in its text and carries `{value}`
+    (a fixed answer would be the same fact in every cell)."""
+    if answer.replace("{value}", SAMPLE_VALUE).lower() not in text.replace("{value}", SAMPLE_VALUE).lower():
+        raise NiahError(f"{where}: the answer {answer!r} does not occur in its text")
+    if "{value}" not in answer:
+        raise NiahError(
+            f"{where}: the answer {answer!r} is the same in every cell; put {{value}} in it (a seeded 7-digit number)"
+        )
+
+
+def check_question(where: str, question: str, answers: list[str]) -> None:
+    """A custom question (its `{value}` slots filled) must not hold an answer a model could copy."""
+    asked = " ".join(question.split()).lower()
+    for answer in answers:
+        if " ".join(answer.split()).lower() in asked:
+            raise NiahError(f"{where}: the question holds the answer {answer!r}; ask without giving it away")
 
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -168,6 +192,25 @@ def score_needle(answer: str, needle: Needle) -> float:
     """The fraction of the needle's expected values the final answer contains (1.0 = PASS)."""
     expected = needle.expected
     return sum(score_answer(answer, value) for value in expected) / len(expected)
+
+
+def stray_values(answer: str, needle: Needle) -> tuple[str, ...]:
+    """Planted values the final answer holds that were not asked (a distractor's number, another
+    chain's variable)."""
+    expected = set(needle.expected)
+    others = dict.fromkeys(p.value for p in needle.planted if p.value and p.value not in expected)
+    return tuple(value for value in others if score_answer(answer, value))
+
+
+def judge(answer: str, needle: Needle) -> tuple[str, float, str | None]:
+    """(outcome, score, why) of an answer: PASS when it holds every expected value and no other
+    planted one; FAIL otherwise, naming the planted values it holds that were not asked (the one
+    place a WRONG_KEY outcome would be told apart)."""
+    score = round(score_needle(answer, needle), 4)
+    stray = stray_values(answer, needle)
+    if stray:
+        return "FAIL", score, f"the answer holds planted values that were not asked: {', '.join(stray)}"
+    return ("PASS" if score == 1.0 else "FAIL"), score, None
 
 
 def score_answer(answer: str, value: str) -> bool:

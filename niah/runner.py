@@ -33,7 +33,7 @@ from niah.errors import (
 )
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
-from niah.needles import load_needle_spec, score_needle
+from niah.needles import judge, load_needle_spec
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import CellResult, ResultsFile
@@ -111,6 +111,8 @@ def run_fingerprint(
     }
     if config.answer_budget is not None:  # every task gets exactly this; the default grows per answer
         fingerprint["answer_budget_explicit"] = True
+    if corpus.about:
+        fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
     if custom:
         fingerprint["task_files"] = custom
@@ -382,9 +384,7 @@ def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tupl
         return "TOKEN_MISMATCH", (
             f"server counted {chat.prompt_tokens} prompt tokens, planned {prompt.prompt_tokens}"
         ), None
-    score = round(score_needle(chat.answer, prompt.needle), 4)
-    if score == 1.0:
-        return "PASS", None, score
-    if chat.finish_reason == "length":
+    outcome, score, why = judge(chat.answer, prompt.needle)
+    if outcome == "FAIL" and why is None and chat.finish_reason == "length":
         return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out", score
-    return "FAIL", None, score
+    return outcome, why, score

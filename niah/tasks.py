@@ -1,8 +1,9 @@
 """Tasks: what a cell plants and asks, beyond one needle.
 
 `single` (the classic magic number), `multikey:K` (K keyed numbers, one asked, the rest
-distractors), `multivalue:V` (one key, V numbers, all asked), `multiquery:Q` (Q keyed numbers, all
-asked), `chain:H` (variable tracking: a value and H hops of `VAR B = VAR A`, all names asked), or a
+distractors around it sharing no word with its key), `multivalue:V` (one key, V numbers, all
+asked), `multiquery:Q` (Q keyed numbers, all asked), `chain:H` (variable tracking: a value and H
+hops of `VAR B = VAR A`, all names asked, beside a distractor chain from another value), or a
 custom task from a TOML file. Every value, key and distractor depth is seeded by
 (seed, task, length, depth, trial), so each trial plants different ones and a rerun the same.
 """
@@ -22,7 +23,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from niah.errors import NiahError
-from niah.needles import Needle, NeedleSpec, Plant, make_needle, needle_value
+from niah.needles import (
+    Needle,
+    NeedleSpec,
+    Plant,
+    check_fact,
+    check_question,
+    make_needle,
+    needle_value,
+)
 
 SINGLE = "single"
 KINDS = ("single", "multikey", "multivalue", "multiquery", "chain")
@@ -46,6 +55,8 @@ CHAIN_INTRO = (
     "a question about them follows the text."
 )
 KEYED_NEEDLE = "The special magic number for {key} is: {value}."
+AROUND = 20.0
+"""multikey's distractors sit within this many percent of the target's depth, before and after it."""
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -154,29 +165,40 @@ def _values(seed: int, length: int, depth: float, trial: int, task: str, count: 
 
 
 def _keys(rng: random.Random, count: int) -> list[str]:
-    pairs = [f"{a}-{b}" for a in KEY_WORDS for b in KEY_NOUNS]
-    return rng.sample(pairs, count)
+    """`count` distinct adjective-noun keys, none sharing a word with the first (the asked one)."""
+    word, noun = rng.choice(KEY_WORDS), rng.choice(KEY_NOUNS)
+    others = [f"{a}-{b}" for a in KEY_WORDS for b in KEY_NOUNS if a != word and b != noun]
+    return [f"{word}-{noun}", *rng.sample(others, count - 1)]
 
 
 def _depths(rng: random.Random, count: int) -> list[float]:
     return [round(rng.uniform(0.0, 100.0), 2) for _ in range(count)]
 
 
-def _scatter(texts: list[str], values: list[str], rng: random.Random, role: str) -> tuple[Plant, ...]:
-    """The first text as the target (at the cell's depth), the others as `role` at seeded depths,
-    each kept off the others' positions."""
+def _around(rng: random.Random, depth: float, count: int) -> list[float]:
+    """`count` depths within AROUND percent of `depth`, alternately before and after it (after only
+    at 0%, before only at 100%)."""
+    first_before = rng.random() < 0.5
+    depths = []
+    for index in range(count):
+        before = depth >= 100.0 or (depth > 0.0 and (index % 2 == 0) == first_before)
+        offset = rng.uniform(1.0, AROUND)
+        depths.append(round(min(100.0, max(0.0, depth - offset if before else depth + offset)), 2))
+    return depths
+
+
+def _scatter(texts: list[str], values: list[str], rng: random.Random, role: str, depths: list[float]) -> tuple[Plant, ...]:
+    """The first text as the target (at the cell's depth), the others as `role` at `depths`, each
+    kept off the others' positions."""
     plants = [Plant(texts[0], values[0])]
-    plants += [
-        Plant(text, value, role, at, apart=True)
-        for text, value, at in zip(texts[1:], values[1:], _depths(rng, len(texts) - 1))
-    ]
+    plants += [Plant(text, value, role, at, apart=True) for text, value, at in zip(texts[1:], values[1:], depths)]
     return tuple(plants)
 
 
 def _multikey(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     keys = _keys(rng, count)
     texts = [KEYED_NEEDLE.format(key=key, value=value) for key, value in zip(keys, values)]
-    plants = _scatter(texts, values[:count], rng, "distractor")
+    plants = _scatter(texts, values[:count], rng, "distractor", _around(rng, depth, count - 1))
     question = (
         f"What is the special magic number for {keys[0]} mentioned in the text above? "
         "Answer with the number only."
@@ -187,7 +209,7 @@ def _multikey(count: int, values: list[str], rng: random.Random, depth: float) -
 def _multivalue(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     key = _keys(rng, 1)[0]
     texts = [f"One of the special magic numbers for {key} is: {value}." for value in values[:count]]
-    plants = _scatter(texts, values[:count], rng, "value")
+    plants = _scatter(texts, values[:count], rng, "value", _depths(rng, count - 1))
     question = (
         f"What are all the special magic numbers for {key} mentioned in the text above? "
         "Answer with the numbers only."
@@ -198,7 +220,7 @@ def _multivalue(count: int, values: list[str], rng: random.Random, depth: float)
 def _multiquery(count: int, values: list[str], rng: random.Random, depth: float) -> Needle:
     keys = _keys(rng, count)
     texts = [KEYED_NEEDLE.format(key=key, value=value) for key, value in zip(keys, values)]
-    plants = _scatter(texts, values[:count], rng, "query")
+    plants = _scatter(texts, values[:count], rng, "query", _depths(rng, count - 1))
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
     question = (
         f"What are the special magic numbers for {asked} mentioned in the text above? "
@@ -207,25 +229,39 @@ def _multiquery(count: int, values: list[str], rng: random.Random, depth: float)
     return Needle(plants[0].text, values[0], question, MULTI_INTRO, plants, tuple(values[:count]))
 
 
-def _chain(hops: int, values: list[str], rng: random.Random, depth: float) -> Needle:
-    """`VAR A = value` at the cell's depth, then H hops `VAR B = VAR A`, ... placed after it in order."""
+def _variables(rng: random.Random, taken: list[str], count: int) -> list[str]:
+    """`count` new five-letter variable names, none in `taken`."""
     names: list[str] = []
-    while len(names) < hops + 1:
+    while len(names) < count:
         name = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(5))
-        if name not in names:
+        if name not in names and name not in taken:
             names.append(name)
-    value = values[0]
-    first = Plant(f"VAR {names[0]} = {value}.", names[0])
-    hop_depths = sorted(round(depth + rng.uniform(0.0, 1.0) * (100.0 - depth), 2) for _ in range(hops))
-    plants = [first] + [
-        Plant(f"VAR {names[i + 1]} = VAR {names[i]}.", names[i + 1], "hop", hop_depth)
+    return names
+
+
+def _hops(names: list[str], value: str, start: float, rng: random.Random, roles: tuple[str, str], depth: float | None) -> list[Plant]:
+    """`VAR A = value` at `depth` (None = the cell's), then `VAR B = VAR A`, ... after it in order."""
+    hop_depths = sorted(round(start + rng.uniform(0.0, 1.0) * (100.0 - start), 2) for _ in names[1:])
+    first = Plant(f"VAR {names[0]} = {value}.", names[0], roles[0], depth)
+    return [first] + [
+        Plant(f"VAR {names[i + 1]} = VAR {names[i]}.", names[i + 1], roles[1], hop_depth)
         for i, hop_depth in enumerate(hop_depths)
     ]
+
+
+def _chain(hops: int, values: list[str], rng: random.Random, depth: float) -> Needle:
+    """The asked chain from the cell's depth on, and a distractor chain of as many hops from another
+    value at a seeded depth (RULER's variable tracking), so naming every variable is no pass."""
+    names = _variables(rng, [], hops + 1)
+    value = values[0]
+    plants = _hops(names, value, depth, rng, ("target", "hop"), None)
+    start = _depths(rng, 1)[0]
+    plants += _hops(_variables(rng, names, hops + 1), values[1], start, rng, ("distractor", "distractor"), start)
     question = (
         f"Which variables in the text above are assigned the value {value}, directly or through "
         "other variables? Answer with the variable names only, separated by commas."
     )
-    return Needle(first.text, value, question, CHAIN_INTRO, tuple(plants), tuple(names))
+    return Needle(plants[0].text, value, question, CHAIN_INTRO, tuple(plants), tuple(names))
 
 
 _BUILDERS = {"multikey": _multikey, "multivalue": _multivalue, "multiquery": _multiquery, "chain": _chain}
@@ -283,6 +319,11 @@ def load_task_file(path: str | Path) -> CustomTask:
     for index in range(len(needles) + 1, len(needles) + 10):
         if f"{{value{index}}}" in question:
             raise NiahError(f"{where}: the question names {{value{index}}} but there are {len(needles)} needles")
+    samples = [str(9_000_000 + index) for index in range(len(needles))]
+    asked = question
+    for index, sample in enumerate(samples, 1):
+        asked = asked.replace(f"{{value{index}}}", sample)
+    check_question(where, asked, [n.answer.replace("{value}", v) for n, v in zip(needles, samples)])
     return CustomTask(name, tuple(needles), " ".join(question.split()), " ".join(intro.split()), scorer, str(path))  # type: ignore[union-attr]
 
 
@@ -296,8 +337,7 @@ def _custom_entry(entry: object, where: str, first: bool) -> CustomNeedle:
     if not all(isinstance(p, str) and p.strip() for p in (text, answer)):
         raise NiahError(f"{where} needs non-empty text and answer strings")
     text, answer = " ".join(text.split()), " ".join(answer.split())  # type: ignore[union-attr]
-    if answer.replace("{value}", "0000000").lower() not in text.replace("{value}", "0000000").lower():
-        raise NiahError(f"{where}: the answer {answer!r} does not occur in its text")
+    check_fact(where, text, answer)
     depth = entry.get("depth")
     if depth is not None:
         if first:

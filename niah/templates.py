@@ -2,7 +2,8 @@
 
 `builtin` is ChatML (the Qwen family's layout) for offline use; `server:URL` asks llama-server's
 `/apply-template`, exactly what `/v1/chat/completions` will render; `gguf:PATH` renders the
-model file's `tokenizer.chat_template` with jinja2.
+model file's `tokenizer.chat_template` with jinja2; `hf:DIR_OR_ID` the tokenizer's own template
+with transformers. `auto` is the model's own template whenever the tokenizer names a model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from niah.errors import NiahError
-from niah.tokenizers import ServerTokenizer, Tokenizer
+from niah.tokenizers import HFTokenizer, ServerTokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from niah.session import ServerSession
@@ -50,6 +51,20 @@ class ServerTemplate:
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.session.apply_template(messages)
+
+
+class HFTemplate:
+    """A Hugging Face tokenizer's chat template (tokenizer_config.json), rendered by transformers."""
+
+    def __init__(self, tokenizer: HFTokenizer, chat_template_kwargs: dict[str, object] | None = None) -> None:
+        if not getattr(tokenizer._tok, "chat_template", None):
+            raise NiahError(f"{tokenizer.name} has no chat template; use --template builtin or server:URL")
+        self.name = tokenizer.name
+        self._tok = tokenizer._tok
+        self.kwargs = dict(chat_template_kwargs or {})
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **self.kwargs))
 
 
 class GGUFTemplate:
@@ -107,14 +122,23 @@ def _gguf_token(reader: object, key: str) -> str:
     return bytes(tokens.parts[tokens.data[index]]).decode("utf-8", errors="replace")
 
 
+def auto_template(tokenizer: str) -> str:
+    """The template that goes with a tokenizer spec: the model's own for `gguf:`, `hf:` and
+    `server:`, else `builtin`."""
+    kind, _, arg = tokenizer.partition(":")
+    return tokenizer if kind in ("gguf", "hf", "server") and arg else "builtin"
+
+
 def get_template(
     spec: str, api_key: str | None = None, chat_template_kwargs: dict[str, object] | None = None
 ) -> ChatTemplate:
-    """`builtin`, `server:URL` or `gguf:PATH`; `chat_template_kwargs` as the chat request sends them
-    (e.g. {"enable_thinking": False})."""
+    """`builtin`, `server:URL`, `gguf:PATH` or `hf:DIR_OR_ID`; `chat_template_kwargs` as the chat
+    request sends them (e.g. {"enable_thinking": False})."""
     if spec == "builtin":
         return BuiltinTemplate()
     kind, _, arg = spec.partition(":")
+    if kind == "hf" and arg:
+        return HFTemplate(HFTokenizer(arg), chat_template_kwargs)
     if kind == "server" and arg:
         from niah.session import ServerSession, ServerSpec
 
@@ -124,7 +148,7 @@ def get_template(
         if not Path(arg).is_file():
             raise NiahError(f"template gguf:{arg}: no such file")
         return GGUFTemplate(Path(arg), chat_template_kwargs)
-    raise NiahError(f"unknown template {spec!r}: use builtin, server:URL or gguf:PATH")
+    raise NiahError(f"unknown template {spec!r}: use builtin, server:URL, gguf:PATH or hf:DIR_OR_ID")
 
 
 def frame(template: ChatTemplate) -> tuple[str, str]:
@@ -157,7 +181,7 @@ def bos_count(tokenizer: Tokenizer) -> int:
     """Tokens llama-server adds in front of a chat prompt (its BOS when the model asks for one)."""
     if isinstance(tokenizer, ServerTokenizer):
         return len(tokenizer.session.tokenize("", add_special=True, parse_special=True))
-    return 0
+    return int(getattr(tokenizer, "bos_tokens", 0))
 
 
 def count_prompt(tokenizer: Tokenizer, text: str) -> int:

@@ -1,6 +1,8 @@
 """Tokenizers behind one protocol: `qwen3.6`, `gguf:PATH`, `hf:DIR_OR_ID`, `server:URL`.
 
-Special-token strings inside ordinary text are always encoded as text, never as control tokens.
+Special-token strings inside ordinary text are always encoded as text, never as control tokens;
+a backend's `special_tokens` (and `bos_tokens`) tell `niah.templates` how to count a rendered
+chat prompt the way llama-server does.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class HFTokenizer:
                 f"{type(exc).__name__})"
             ) from None
         self.name = f"hf:{source}"
+        self.special_tokens = dict(self._tok.get_added_vocab())
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=True))

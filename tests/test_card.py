@@ -235,9 +235,11 @@ def test_card_says_what_each_task_planted_and_asked() -> None:
     assert list(tasks) == ["single", "chain:2", "multikey:4"]
     assert 'planted "The special magic number is 4264513." (target, 50%); asked "What is the special magic number' in tasks["single"]
     assert "answer budget 96 tokens" in tasks["chain:2"] and '"VAR ' in tasks["chain:2"]
-    assert 'asked "Which variables in the text above are assigned the value 4264513' in tasks["chain:2"]
+    # recorded before chain's distractor chains and multikey's distractors around the target: today's
+    # generator no longer makes those sentences, so their questions are not claimed
+    assert "its question is not recorded" in tasks["chain:2"]
     assert "(distractor, " in tasks["multikey:4"] and "answer budget 32 tokens" in tasks["multikey:4"]
-    assert 'asked "What is the special magic number for ' in tasks["multikey:4"]
+    assert "its question is not recorded" in tasks["multikey:4"]
     assert "**Needle (task `single`):**" in card
     assert "8,192 ≥ 8,000 + 96 (`chain:2`'s answer budget; not clamped)" in card
     explicit = render_card(run.cells, run.header, {**run.fingerprint, "answer_budget_explicit": True})
@@ -251,3 +253,14 @@ def test_a_question_is_shown_only_when_the_recorded_sentences_regenerate(tmp_pat
     cells["planted"] = [[{**p, "text": p["text"] + " (edited)"} for p in planted] for planted in cells["planted"]]
     card = render_card(cells, run.header, run.fingerprint)
     assert "(edited)" in card and card.count("its question is not recorded") == 3
+
+
+def test_card_states_the_corpus(tmp_path: Path) -> None:
+    from niah import essays
+
+    fingerprint = {**FINGERPRINT, "corpus_about": essays.ABOUT}
+    run = load_run(write_run(tmp_path / "new", [cell(2048, 50.0, 0, "PASS")], fingerprint))
+    card = render_card(run.cells, run.header, run.fingerprint)
+    assert f"corpus `builtin`, {essays.ABOUT}, sha256" in card
+    run = load_run(write_run(tmp_path / "old", [cell(2048, 50.0, 0, "PASS")]))  # recorded before corpus_about
+    assert "generated English essays without digits" in render_card(run.cells, run.header, run.fingerprint)

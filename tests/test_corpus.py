@@ -28,10 +28,17 @@ def test_builtin_is_long_enough_and_never_repeats_a_sentence_run(builtin):
     assert len(set(units)) == len(units)
 
 
-def test_builtin_reads_as_essay_paragraphs_without_digits_or_needle_words(builtin):
+def test_builtin_reads_as_essay_paragraphs_with_ordinary_numbers_but_no_needle_words(builtin):
     text = builtin.text
-    assert not re.search(r"\d", text)
+    units = sentences(builtin)
+    with_digits = [u for u in units if re.search(r"\d", u)]
+    assert 0.1 < len(with_digits) / len(units) < 0.3  # a needle is not the only sentence with digits
+    assert re.search(r"\b(January|March|October) \d{1,2}, 1[89]\d\d\b", text)  # dates
+    assert re.search(r"\b\d{1,2},\d{3}\b", text) and re.search(r"\b\d{1,2} percent\b", text)
+    # never a 7-digit value, not even one an answer scorer would read through a separator ("4,827,193")
+    assert not re.search(r"\d(?:[\s,.'\u2019_\u00a0\u202f-]?\d){6}", text)
     assert not re.search(r"magic|special|number", text, re.IGNORECASE)
+    assert builtin.about == essays.ABOUT and "numbers and dates" in builtin.about
     paragraphs = text.split("\n\n")[:-1]
     assert len(paragraphs) > 10_000 and all(p and p == p.strip() for p in paragraphs)
     for paragraph in paragraphs[:500]:
@@ -106,3 +113,11 @@ def test_token_cache_roundtrip(tmp_path, monkeypatch):
     fresh = TokenizedCorpus(corpus, qwen, lazy=False)
     assert np.array_equal(fresh.counts, measured.counts) and measured.total == len(qwen.encode(corpus.text))
     assert measured.cum_at(measured.atoms * 3 + 1) == 3 * measured.total + int(measured.counts[0])
+
+
+def test_the_run_records_what_the_builtin_corpus_is(builtin, tmp_path):
+    from niah.runner import RunConfig, run_fingerprint
+
+    config = RunConfig(grid=((1024, (50.0,)),), out_dir=tmp_path, url="http://127.0.0.1:1")
+    assert run_fingerprint(config, builtin, {})["corpus_about"] == essays.ABOUT
+    assert "corpus_about" not in run_fingerprint(config, get_corpus("noise"), {})  # the name says it

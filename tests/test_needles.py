@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from niah.errors import NiahError
-from niah.needles import DEFAULT_QUESTION, load_needle_spec, make_needle, score_answer
+from niah.needles import (
+    DEFAULT_QUESTION,
+    Needle,
+    Plant,
+    judge,
+    load_needle_spec,
+    make_needle,
+    score_answer,
+)
 
 
 def test_default_needle_is_the_classic_magic_number():
@@ -29,8 +39,8 @@ def test_custom_needles_from_toml_and_json(tmp_path):
     toml = tmp_path / "needles.toml"
     toml.write_text(
         'intro = "Read this."\n'
-        '[[needle]]\ntext = "The best thing to do in San Francisco is eating a sandwich."\n'
-        'question = "What is the best thing to do in San Francisco?"\nanswer = "eating a sandwich"\n'
+        '[[needle]]\ntext = "The best thing to do in San Francisco is eating sandwich {value}."\n'
+        'question = "What is the best thing to do in San Francisco?"\nanswer = "sandwich {value}"\n'
         '[[needle]]\ntext = "The vault code is {value}."\nquestion = "What is the vault code?"\n'
         'answer = "{value}"\n'
     )
@@ -41,11 +51,11 @@ def test_custom_needles_from_toml_and_json(tmp_path):
     for depth in range(0, 101, 5):
         needle = make_needle(0, 1000, depth, 0, spec)
         assert needle.value in needle.text and "{value}" not in needle.text + needle.value
-    data = [{"text": "Pip the cat sleeps in the red barn.", "question": "Where does Pip sleep?",
-             "answer": "the red barn"}]
+    data = [{"text": "Pip the cat sleeps in barn {value}.", "question": "Where does Pip sleep?",
+             "answer": "barn {value}"}]
     (tmp_path / "n.json").write_text(json.dumps(data))
     needle = make_needle(1, 2000, 0, 0, load_needle_spec(tmp_path / "n.json"))
-    assert needle.value == "the red barn" and needle.intro.startswith("Read the text")
+    assert needle.value.startswith("barn ") and needle.value in needle.text and needle.intro.startswith("Read the text")
 
 
 @pytest.mark.parametrize("content, suffix, message", [
@@ -84,3 +94,33 @@ def test_score_answer(answer, expected):
 def test_score_text_answers_case_and_space_insensitive():
     assert score_answer("They say: Eating  a\nsandwich!", "eating a sandwich")
     assert not score_answer("<think>eating a sandwich</think>a walk", "eating a sandwich")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"text": "Pip sleeps in the red barn.", "question": "Where does Pip sleep?", "answer": "the red barn"},
+     "is the same in every cell"),
+    ({"text": "The vault code is {value}.", "question": "Is the vault code {value}?", "answer": "{value}"},
+     "the question holds the answer"),
+    ({"text": "Pip sleeps in barn {value}.", "question": "Does Pip sleep in BARN  {value}?", "answer": "barn {value}"},
+     "the question holds the answer"),
+])
+def test_needle_files_that_can_be_gamed_are_refused(tmp_path, entry, message):
+    path = tmp_path / "needles.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(NiahError, match=message):
+        load_needle_spec(path)
+    result = subprocess.run([sys.executable, "-m", "niah", "haystack", "--length", "2k", "--depth", "50",
+                             "--needle", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_answer_holding_a_planted_value_not_asked_is_no_pass():
+    target = Plant("The special magic number for amber-falcon is: 4827193.", "4827193")
+    decoy = Plant("The special magic number for brisk-otter is: 5551234.", "5551234", "distractor", 30.0, True)
+    needle = Needle(target.text, "4827193", "?", plants=(target, decoy))
+    assert judge("4827193", needle) == ("PASS", 1.0, None)
+    assert judge("5551234", needle)[:2] == ("FAIL", 0.0)
+    outcome, score, why = judge("4827193, 5551234", needle)  # listing every planted number
+    assert (outcome, score) == ("FAIL", 1.0) and why is not None and "5551234" in why
+    assert judge("I do not know.", needle) == ("FAIL", 0.0, None)

@@ -300,7 +300,7 @@ def test_resuming_a_finished_managed_run_starts_no_server(tiny_model: Path, tmp_
 def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> None:
     """single, multikey:3 and chain:1 on the real server: every prompt served at exactly L, every
     planted piece recorded; a rerun adding multivalue:2 sends only that task's cell."""
-    from niah.needles import Needle, score_needle
+    from niah.needles import Needle, Plant, judge
     from niah.tasks import parse_tasks
 
     config = url_config(llama_server.url, tmp_path, (640,), (100.0,), tasks=parse_tasks("single,multikey:3,chain:1"))
@@ -310,13 +310,15 @@ def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> No
     for record in records:
         assert record["prompt_tokens_served"] == record["length"] == 640
         planted = record["planted"]
-        assert len(planted) == {"single": 1, "multikey:3": 3, "chain:1": 2}[record["task"]]
+        assert len(planted) == {"single": 1, "multikey:3": 3, "chain:1": 4}[record["task"]]
         assert planted[0]["role"] == "target" and planted[0]["token_offset"] == record["needle_offset"]
         assert len({p["token_offset"] for p in planted}) == len(planted)
         expected = tuple(str(record["needle_value"]).split(","))
-        needle = Needle("", expected[0], "", answers=expected if len(expected) > 1 else ())
-        assert record["score"] == score_needle(str(record["answer"]), needle)
-        assert (record["outcome"] == "PASS") == (record["score"] == 1.0)
+        plants = tuple(Plant(p["text"], p["value"], p["role"]) for p in planted)
+        needle = Needle("", expected[0], "", plants=plants, answers=expected if len(expected) > 1 else ())
+        outcome, score, _ = judge(str(record["answer"]), needle)  # a planted value not asked makes FAIL
+        assert record["score"] == score
+        assert record["outcome"] == outcome or (record["outcome"], outcome) == ("TRUNCATED", "FAIL")
     assert records[0]["outcome"] == "PASS"  # SmolLM2 finds one needle at 640 tokens
     assert records[2]["needle_value"].count(",") == 1  # chain:1 asks for both variable names
     summary = run(replace(config, tasks=parse_tasks("single,multikey:3,chain:1,multivalue:2")))

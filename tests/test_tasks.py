@@ -4,6 +4,9 @@ custom TOML tasks and the all-of scorer (on answers SmolLM2 gave through llama-s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,8 @@ from niah.cells import plan_cells
 from niah.cli import main
 from niah.errors import NiahError
 from niah.haystack import Prompt, build, get_template
-from niah.needles import Needle, make_needle, score_needle
-from niah.tasks import load_task_file, parse_task, parse_tasks
+from niah.needles import Needle, judge, make_needle, score_needle
+from niah.tasks import AROUND, load_task_file, parse_task, parse_tasks
 
 DATA = Path(__file__).resolve().parent / "data"
 TASKS = ("single", "multikey:4", "multivalue:3", "multiquery:3", "chain:2", "chain:4")
@@ -45,18 +48,20 @@ def test_every_piece_is_placed_exactly_once_at_its_offset(task_name, length, qwe
             target, *others = prompt.planted
             assert target.role == "target" and target.text == needle.text and target.depth == depth
             assert prompt.needle_token_offset == target.token_offset
-            assert len(prompt.planted) == {"single": 1, "chain": task.count + 1}.get(task.kind, task.count)
-            apart = [p for p in others if p.role != "hop"]
+            assert len(prompt.planted) == {"single": 1, "chain": 2 * (task.count + 1)}.get(task.kind, task.count)
+            apart = [p for p in others if task.kind != "chain"]
             # distractors (and the other values/queries) never share the target's place, nor each other's
             assert len({target.token_offset, *(p.token_offset for p in apart)}) == 1 + len(apart)
             for piece in apart:
                 assert not (piece.token_offset <= target.token_offset < piece.token_offset + piece.tokens + 1)
-            if task.kind == "chain":  # the value first at depth D, each hop after the one it copies
-                assert offsets == sorted(offsets) and target.text.endswith(f"= {needle.value}.")
-                names = [p.value for p in prompt.planted]
-                assert needle.expected == tuple(names)
-                for before, hop in zip(prompt.planted, prompt.planted[1:]):
-                    assert hop.text == f"VAR {hop.value} = VAR {before.value}."
+            if task.kind == "chain":  # each chain: its value first, each hop after the one it copies
+                asked, decoy = prompt.planted[: task.count + 1], prompt.planted[task.count + 1:]
+                assert target.text.endswith(f"= {needle.value}.") and needle.expected == tuple(p.value for p in asked)
+                assert {p.role for p in decoy} == {"distractor"} and needle.value not in decoy[0].text
+                for chain, chain_offsets in ((asked, offsets[: task.count + 1]), (decoy, offsets[task.count + 1:])):
+                    assert chain_offsets == sorted(chain_offsets)
+                    for before, hop in pairwise(chain):
+                        assert hop.text == f"VAR {hop.value} = VAR {before.value}."
 
 
 def test_depth_actual_is_measured_on_the_filler(qwen, builtin) -> None:
@@ -185,8 +190,8 @@ def test_haystack_cli_json_lists_every_planted_piece(tmp_path: Path, qwen) -> No
     assert main(["haystack", "--length", "3000", "--depth", "40", "--task", "chain:2", "--json", "-o", str(out)]) == 0
     printed = json.loads(out.read_text(encoding="utf-8"))
     assert len(qwen._enc.encode(printed["text"], allowed_special="all")) == 3000
-    assert [p["role"] for p in printed["planted"]] == ["target", "hop", "hop"]
-    assert printed["expected"] == [p["value"] for p in printed["planted"]]
+    assert [p["role"] for p in printed["planted"]] == ["target", "hop", "hop"] + ["distractor"] * 3
+    assert printed["expected"] == [p["value"] for p in printed["planted"][:3]]
     for piece in printed["planted"]:
         assert {"text", "value", "token_offset", "depth", "depth_actual", "tokens"} <= piece.keys()
     assert printed["needle"]["token_offset"] == printed["planted"][0]["token_offset"]
@@ -202,3 +207,75 @@ def test_scorers_on_answers_smollm2_gave(record: dict[str, object]) -> None:
     expected = tuple(str(record["needle_value"]).split(","))
     needle = Needle("", expected[0], "", answers=expected if len(expected) > 1 else ())
     assert round(score_needle(str(record["answer"]), needle), 4) == record["expected_score"]
+
+
+def test_multikey_distractors_sit_around_the_target_with_unrelated_keys() -> None:
+    task, sides = parse_task("multikey:4"), set()
+    for depth in (0.0, 10.0, 50.0, 90.0, 100.0):
+        for trial in range(40):
+            needle = task.needle(0, 8192, depth, trial)
+            asked = set(needle.planted[0].text.split(" for ")[1].split(" is")[0].split("-"))
+            for piece in needle.planted[1:]:
+                key = set(piece.text.split(" for ")[1].split(" is")[0].split("-"))
+                assert asked.isdisjoint(key), (asked, key)
+                assert piece.depth is not None and 0.0 <= piece.depth <= 100.0
+                assert abs(piece.depth - depth) <= AROUND + 1e-9
+                sides.add((depth, piece.depth < depth))
+            if 0.0 < depth < 100.0:  # three distractors: some before the target and some after
+                assert {p.depth < depth for p in needle.planted[1:]} == {True, False}  # type: ignore[operator]
+    assert (0.0, True) not in sides and (100.0, False) not in sides
+
+
+def test_multikey_records_each_distractor_depth_in_the_prompt(qwen, builtin) -> None:
+    needle = parse_task("multikey:4").needle(0, 8192, 50, 0)
+    prompt = build(8192, 50, qwen, builtin, needle, get_template("builtin"))
+    target, *others = prompt.planted
+    assert [p.depth for p in others] == [p.depth for p in needle.planted[1:]]
+    assert {p.token_offset < target.token_offset for p in others} == {True, False}
+
+
+def test_listing_every_planted_value_or_variable_is_no_pass() -> None:
+    multikey = parse_task("multikey:4").needle(0, 4096, 50, 0)
+    assert judge(multikey.value, multikey)[0] == "PASS"
+    assert judge(", ".join(p.value for p in multikey.planted), multikey)[0] == "FAIL"
+    assert judge(multikey.planted[2].value, multikey)[0] == "FAIL"
+    chain = parse_task("chain:2").needle(0, 4096, 50, 0)
+    assert judge(", ".join(chain.expected), chain)[0] == "PASS"
+    everything = ", ".join(p.text.split()[1] for p in chain.planted)  # every VAR name in the text
+    assert len(set(everything.split(", "))) == 6 and judge(everything, chain)[0] == "FAIL"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("answer = \"Rex{value}\"", "answer = \"Rex\""), "needle 2: the answer 'Rex' is the same in every cell"),
+        (("text = \"Alice's cat is called Tom{value}.\"\nanswer = \"Tom{value}\"",
+          "text = \"Alice's cat is called Tom.\"\nanswer = \"Tom\""), "is the same in every cell"),
+        (("Give both.", "Is it Tom{value1}?"), "the question holds the answer 'Tom9000000'"),
+    ],
+)
+def test_custom_tasks_that_can_be_gamed_are_refused(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    path = tmp_path / "pets.toml"
+    path.write_text(GOOD_TASK.replace(*edit, 1))
+    with pytest.raises(NiahError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_task_file(path)
+    result = subprocess.run([sys.executable, "-m", "niah", "haystack", "--length", "2k", "--depth", "50",
+                             "--task", str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_a_cell_answering_a_distractor_is_fail_not_pass_nor_truncated(finish: str, qwen, builtin) -> None:
+    from niah.client import ChatResult
+    from niah.runner import decide_outcome
+
+    needle = parse_task("multikey:3").needle(0, 2048, 50, 0)
+    prompt = build(2048, 50, qwen, builtin, needle, get_template("builtin"))
+
+    def chat(answer: str) -> ChatResult:
+        return ChatResult("ok", answer, "", finish, 10, 0, 2048, 1.0, 5, 1.0, None, None, 200, None, 0.1)
+
+    for answer in (needle.planted[1].value, f"{needle.value} or {needle.planted[2].value}"):
+        outcome, why, _ = decide_outcome(chat(answer), prompt, None)  # type: ignore[arg-type]
+        assert outcome == "FAIL" and why is not None and "not asked" in why
+    assert decide_outcome(chat(needle.value), prompt, None)[0] == "PASS"  # type: ignore[arg-type]

@@ -27,10 +27,11 @@ TEXTS = [
 
 
 def write_hf_tokenizer(model: Path, folder: Path) -> Path:
-    """A tokenizer.json built from the GGUF's own vocabulary and merges with the `tokenizers` library."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A tokenizer.json built from the GGUF's own vocabulary, merges and control tokens with the
+    `tokenizers` library, and the GGUF's chat template in tokenizer_config.json."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    header = read_header(model, keep=frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges"}))
+    header = read_header(model, keep=frozenset({"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"}))
     tokens = list(header["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
     merges = [tuple(m.split(" ", 1)) for m in header["tokenizer.ggml.merges"]]  # type: ignore[union-attr]
     bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
@@ -42,9 +43,12 @@ def write_hf_tokenizer(model: Path, folder: Path) -> Path:
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
+    control = [t for t, kind in zip(tokens, header["tokenizer.ggml.token_type"]) if kind == 3]  # type: ignore[call-overload]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": header["tokenizer.chat_template"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
 
 
@@ -114,3 +118,46 @@ def test_tokenize_cli_missing_file_is_one_line() -> None:
     result = niah("tokenize", "/no/such/file.txt")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def served_count(live, messages: list[dict[str, str]]) -> tuple[str, int]:
+    """What llama-server's chat endpoint renders for `messages` and how many tokens it counts."""
+    rendered = live.session.apply_template(messages)
+    return rendered, len(live.session.tokenize(rendered, parse_special=True, add_special=True))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("bed", ["llama_server", "qwen35_server"])
+def test_haystack_gguf_counts_what_the_server_counts(bed: str, request, tmp_path: Path) -> None:
+    """`niah haystack --tokenizer gguf:M` renders M's own chat template, counts its control tokens as
+    one token each and its BOS; llama-server's chat endpoint counts the same prompt as exactly L."""
+    live = request.getfixturevalue(bed)
+    out = tmp_path / "prompt.json"
+    args = ["haystack", "--length", "2048", "--depth", "50", "--tokenizer", f"gguf:{live.model}", "--json", "-o", str(out)]
+    assert niah(*args).returncode == 0
+    printed = json.loads(out.read_text(encoding="utf-8"))
+    rendered, count = served_count(live, printed["messages"])
+    assert printed["template"] == f"gguf:{live.model}" and rendered == printed["text"]
+    assert count == printed["prompt_tokens"] == 2048
+    reply = live.session.chat(printed["messages"], max_tokens=1)
+    assert reply.status == "ok" and reply.prompt_tokens == 2048
+
+
+@pytest.mark.server
+def test_haystack_hf_counts_what_the_server_counts(llama_server, tmp_path: Path) -> None:
+    """`hf:DIR` renders the tokenizer_config's chat template and parses its special tokens."""
+    folder = write_hf_tokenizer(llama_server.model, tmp_path / "hf")
+    out = tmp_path / "prompt.json"
+    assert niah("haystack", "--length", "1500", "--depth", "20", "--tokenizer", f"hf:{folder}", "--json", "-o", str(out)).returncode == 0
+    printed = json.loads(out.read_text(encoding="utf-8"))
+    assert served_count(llama_server, printed["messages"]) == (printed["text"], 1500)
+
+
+def test_gguf_tokenizer_knows_its_control_tokens_and_bos(tiny_model: Path, qwen35_testbed: Path) -> None:
+    from niah.templates import count_prompt
+
+    smol = GGUFTokenizer(tiny_model)
+    assert smol.special_tokens["<|im_start|>"] == smol._ids["<|im_start|>"] and smol.bos_tokens == 0
+    assert count_prompt(smol, "<|im_start|>user\nhi<|im_end|>\n") == 2 + smol.count("user\nhi") + smol.count("\n")
+    qwen35 = GGUFTokenizer(qwen35_testbed)
+    assert qwen35.special_tokens["<|im_start|>"] == 248045

@@ -30,7 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--corpus", default="builtin", help="builtin, noise or files:GLOB")
     parser.add_argument("--seed", type=int, default=0, help="needle value seed (integer)")
     parser.add_argument("--trial", type=int, default=0, help="trial index: each trial plants a different value")
-    parser.add_argument("--template", default="builtin", help="builtin, server:URL or gguf:PATH")
+    parser.add_argument(
+        "--template", default="auto",
+        help="auto (the model's own when --tokenizer names one, else builtin), builtin, server:URL, gguf:PATH or hf:DIR_OR_ID",
+    )
+    parser.add_argument("--thinking", choices=("off", "on"), default="off", help="enable_thinking for the template, as in niah run")
     parser.add_argument("--needle", type=Path, help="TOML/JSON file with custom needle/question/answer")
     parser.add_argument(
         "--task", default="single", help="single, multikey:K, multivalue:V, multiquery:Q, chain:H, or a task .toml file"
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from niah.haystack import build, get_template
     from niah.needles import load_needle_spec
     from niah.tasks import parse_task
+    from niah.templates import auto_template
     from niah.tokenizers import get_tokenizer
 
     length = parse_length(args.length)
@@ -84,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     key = api_key()
     corpus = get_corpus(args.corpus)
     spec = load_needle_spec(args.needle) if args.needle else None
-    template = get_template(args.template, api_key=key)
+    template_spec = auto_template(args.tokenizer) if args.template == "auto" else args.template
+    template = get_template(template_spec, api_key=key, chat_template_kwargs={"enable_thinking": args.thinking == "on"})
     tokenizer = get_tokenizer(args.tokenizer, api_key=key)
     needle = task.needle(args.seed, length, args.depth, args.trial, spec)
     prompt = build(length, args.depth, tokenizer, corpus, needle, template, verify=True)
