@@ -74,7 +74,7 @@ def test_formula_agrees_with_llama_fit_params(
 
 def test_gemma3_window_cache_is_llama_cpps_count(gemma3: Path) -> None:
     # DESIGN.md: 8192 cells × 3 global layers + 1024 cells × 15 window layers = 39 MiB at f16.
-    plan = plan_launch(parse_profile("context = 8192\nswa_full = false", "g"), read_gguf_facts(gemma3))
+    plan = plan_launch(parse_profile("context = 8160\nswa_full = false", "g"), read_gguf_facts(gemma3))
     assert plan.memory is not None and "--swa-full" not in plan.args
     assert plan.memory.kv_bytes == (8192 * 3 + 1024 * 15) * 2 * (256 * 2) * 1  # 1 KV head of 256, K+V f16
     assert plan.memory.kv_bytes == 39 * MIB
@@ -83,7 +83,7 @@ def test_gemma3_window_cache_is_llama_cpps_count(gemma3: Path) -> None:
 def test_gemma3_gets_swa_full_by_default_and_its_memory_counts_it(gemma3: Path) -> None:
     """--swa-full (what makes prefix reuse possible on a sliding-window model) keeps all 18 layers
     at full size: 144 MiB instead of 39, in the estimate too."""
-    plan = plan_launch(parse_profile("context = 8192", "g"), read_gguf_facts(gemma3))
+    plan = plan_launch(parse_profile("context = 8160", "g"), read_gguf_facts(gemma3))
     assert plan.memory is not None and "--swa-full" in plan.args
     assert plan.memory.kv_bytes == 8192 * 18 * 2 * (256 * 2) == 144 * MIB
 
