@@ -118,7 +118,9 @@ def stream_chat(
     if http.is_closed:
         return _result(state, "disconnected", None, f"the session with {url} was closed", 0.0)
     try:
-        with http.stream("POST", url + path, json=body) as response:
+        # a fresh connection per stream: llama-server may drop a kept-alive one after a stream, and a
+        # request sent on it is lost before the server sees it
+        with http.stream("POST", url + path, json=body, headers={"Connection": "close"}) as response:
             http_status = response.status_code
             if response.status_code != 200:
                 response.read()
