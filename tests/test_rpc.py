@@ -147,7 +147,8 @@ def test_llama_cpp_places_layers_and_kv_where_the_estimate_says(
     assert [placed[i] for i in range(31)] == layer_devices(31, [3, 1])
     kv_lines = re.findall(r"llama_kv_cache: +RPC\d+\[([^\]]+)\] KV buffer size = +([\d.]+) MiB", log)
     kv_mib = {addresses.index(a): float(v) for a, v in kv_lines}  # the last (allocating) pass wins
-    profile = parse_profile(f'context = 4096\nrpc = {addresses!r}\ntensor_split = [3, 1]\n'.replace("'", '"'), "p")
+    # prompts up to 4,064 + the 32-token answer: the server's -c 4096
+    profile = parse_profile(f'context = 4064\nrpc = {addresses!r}\ntensor_split = [3, 1]\n'.replace("'", '"'), "p")
     memory = plan_launch(profile, read_gguf_facts(tiny_model)).memory
     assert memory is not None
     estimate = [s.kv_bytes / 2**20 for s in split_memory(profile, memory, read_gguf_facts(tiny_model))]
