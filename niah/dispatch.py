@@ -272,7 +272,8 @@ def dispatch(
 ) -> None:
     """Run `todo` on the endpoints (one or several) at once; the calling thread writes every result."""
     events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-    cells = CellQueue(batches(todo), [e.name for e in endpoints])
+    # one server takes every cell in plan order (the most prefix reuse, across lengths too)
+    cells = CellQueue(batches(todo) if len(endpoints) > 1 else [Batch(list(todo))], [e.name for e in endpoints])
     threads = [
         threading.Thread(target=work, name=f"niah-{e.name}", daemon=True,
                          args=(state, e, builders[e.name], run_cell, cells, events))
