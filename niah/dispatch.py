@@ -114,13 +114,17 @@ class CellQueue:
                 self._batches.appendleft(Batch(rest))
             self._cond.notify_all()
 
-    def retry(self, cell: Cell, avoid: str) -> bool:
-        """Put a crashed cell back for another server; False when it already had its second try."""
+    def retry(self, cell: Cell, avoid: str, here: list[Cell] | None = None) -> bool:
+        """Put a crashed cell back for another server, or at the head of `here` (the crashed server's
+        own cells) when no other server is live; False when it already had its second try."""
         with self._cond:
             if cell.key in self._retried:
                 return False
             self._retried.add(cell.key)
-            self._batches.appendleft(Batch([cell], avoid=avoid))
+            if here is not None and self._live == {avoid}:
+                here.insert(0, cell)
+            else:
+                self._batches.appendleft(Batch([cell], avoid=avoid))
             self._cond.notify_all()
             return True
 
@@ -232,7 +236,7 @@ def work(
                         continue
                     if cells.stopped:  # the run is being stopped: no restart
                         return
-                    again = cells.retry(cell, avoid=name)
+                    again = cells.retry(cell, avoid=name, here=rest if endpoint.session.spec.managed else None)
                     events.put(("retry" if again else "result", name, result))
                     if not endpoint.session.spec.managed:
                         raise ServerUnreachable(f"{name} stopped answering (CRASH recorded)")

@@ -208,14 +208,14 @@ def kill_server_at_cell(at: int, during: str = "count") -> type[RunProgress]:
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
 
-        def start_cell(self, cell: Cell) -> None:
-            super().start_cell(cell)
+        def start_cell(self, cell: Cell, endpoint: str | None = None) -> None:
+            super().start_cell(cell, endpoint)
             self.seen.append(cell)
             if during == "count" and len(self.seen) == at:
                 self.kill()
 
-        def prefill(self, event: dict[str, object]) -> None:
-            super().prefill(event)
+        def prefill(self, event: dict[str, object], phase: str = "prefill") -> None:
+            super().prefill(event, phase)
             if during == "prefill" and len(self.seen) == at and not self.killed:
                 self.kill()
 
