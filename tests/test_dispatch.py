@@ -30,8 +30,8 @@ GRID = ((512, (100.0, 50.0, 0.0)), (1024, (100.0, 50.0, 0.0)))
 SERVER_ARGS = ("-c", "4096", "--parallel", "1", "-t", "1")
 
 
-def child_llama_servers() -> set[int]:
-    """PIDs of llama-server processes this test process started."""
+def child_llama_servers(parent: int | None = None) -> set[int]:
+    """PIDs of llama-server processes this test process (or `parent`) started."""
     pids = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -39,7 +39,7 @@ def child_llama_servers() -> set[int]:
         except OSError:
             continue
         name, fields = text.split("(", 1)[1].rsplit(")", 1)
-        if fields.split()[1] == str(os.getpid()) and name.startswith("llama-server"):
+        if fields.split()[1] == str(parent or os.getpid()) and name.startswith("llama-server"):
             pids.add(int(stat.parent.name))
     return pids
 
@@ -321,19 +321,6 @@ def test_an_interrupt_stops_every_server_and_thread(tiny_model: Path, tmp_path: 
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["tiny-native-8k-1.1.log", "tiny-native-8k-2.1.log"]
 
 
-def llama_servers_of(pid: int) -> set[int]:
-    """PIDs of llama-server processes whose parent is `pid`."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            name, fields = stat.read_text().split("(", 1)[1].rsplit(")", 1)
-        except (OSError, ValueError):
-            continue
-        if fields.split()[1] == str(pid) and name.startswith("llama-server"):
-            found.add(int(stat.parent.name))
-    return found
-
-
 def gone(pids: set[int]) -> bool:
     return all(not Path(f"/proc/{p}").exists() or "(llama-server) Z" in Path(f"/proc/{p}/stat").read_text()
                for p in pids)
@@ -353,7 +340,7 @@ def test_a_real_signal_stops_a_two_server_run_and_every_llama_server(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and child.poll() is None:
-            seen |= llama_servers_of(child.pid)
+            seen |= child_llama_servers(child.pid)
             logs = list((tmp_path / "logs").glob("*.log")) if (tmp_path / "logs").is_dir() else []
             text = "".join(p.read_text(errors="replace") for p in logs)
             if len(seen) == 2 and (when == "start" or "prompt processing" in text):
