@@ -86,7 +86,7 @@ def test_profile_show_reads_the_testbed_header(
     qwen35_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     profile = tmp_path / "native.toml"
-    profile.write_text("context = 4096\n")
+    profile.write_text("context = 4064\n")  # + the 32-token answer budget = the native 4,096
     assert main(["profile", "show", str(profile), "--model", str(qwen35_testbed), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["arch"] == "qwen35" and data["native_context"] == 4096
@@ -96,6 +96,7 @@ def test_profile_show_reads_the_testbed_header(
     assert "assumed" not in formula["shape"]
     # 6 Gated DeltaNet layers × (3 × (512 + 2·2·128) + 128 × 512) f32 values, one slot
     assert formula["recurrent_bytes"] == 6 * (3 * 1024 + 128 * 512) * 4
+    assert formula["kv_cells"] == 4096
     assert formula["kv_bytes"] == 2 * 4096 * 2 * (4 * 256) * 2
 
 
