@@ -29,6 +29,7 @@ from niah.runs import (
     with_tasks,
 )
 from niah.stats import ANSWERED_OUTCOMES
+from niah.tasks import AROUND
 
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
@@ -225,13 +226,15 @@ def _needle(fp: dict[str, Any]) -> str:
 
 
 TASK_MEANING = {
-    "multikey": "{n} keyed numbers planted (\"The special magic number for KEY is: N.\"), one key asked, "
-    "the other {m} distractors at seeded depths; PASS = the asked number",
+    "multikey": "{n} keyed numbers planted (\"The special magic number for KEY is: N.\"), one key asked; "
+    "the other {m} are distractors within {around:g}% of the target's depth, before and after it, their "
+    "keys sharing no word with the asked one; PASS = the asked number and no other planted one",
     "multivalue": "one key with {n} numbers, the target at the depth and the rest at seeded depths; "
     "PASS = all {n} numbers",
     "multiquery": "{n} keyed numbers, all {n} keys asked at once; PASS = all {n} numbers",
-    "chain": "variable tracking: \"VAR A = N.\" at the depth, then {m} hops \"VAR B = VAR A.\" after it; "
-    "asked which variables hold N; PASS = all {n} names",
+    "chain": "variable tracking: \"VAR A = N.\" at the depth, then {m} hops \"VAR B = VAR A.\" after it, and "
+    "a distractor chain of as many hops from another number at a seeded depth; asked which variables hold N; "
+    "PASS = all {n} names and none of the distractor chain's",
 }
 
 
@@ -248,17 +251,20 @@ def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
               "the answer contains. Per task:")]
     for task in tasks:
         kind, _, count = task.partition(":")
+        example, regenerates = task_example(df, fp, task)
         if task == SINGLE_TASK:
             meaning = "one planted fact (the Needle above); PASS = its number"
-        elif kind in TASK_MEANING and count.isdigit():
+        elif kind in TASK_MEANING and count.isdigit() and regenerates:
             n = int(count) + (1 if kind == "chain" else 0)
-            meaning = TASK_MEANING[kind].format(n=n, m=n - 1)
+            meaning = TASK_MEANING[kind].format(n=n, m=n - 1, around=AROUND)
+        elif kind in TASK_MEANING:
+            meaning = ("planted by an earlier niah: today's generator makes other sentences from this seed"
+                       if example else "its planted sentences are " + NOT_RECORDED)
         elif task in files:
             meaning = f"custom, from `{file_names(str(files[task].get('file')))}`, sha256 `{files[task].get('sha256')}`"
         else:
             meaning = "custom; its file is " + NOT_RECORDED
         budget = f"; answer budget {budgets[task]} tokens" if task in budgets else ""
-        example = task_example(df, fp, task)
         lines.append(f"  - `{task}`: {meaning}{budget}." + (f" Example {example}." if example else ""))
     return lines
 

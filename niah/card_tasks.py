@@ -27,20 +27,21 @@ def task_budgets(df: pd.DataFrame, fp: dict[str, Any]) -> dict[str, int]:
     return budgets
 
 
-def task_example(df: pd.DataFrame, fp: dict[str, Any], task: str) -> str:
+def task_example(df: pd.DataFrame, fp: dict[str, Any], task: str) -> tuple[str, bool]:
     """The task's first cell (shortest length, lowest depth, trial 0) as an example: every sentence it
-    planted with its role and depth, then its question; empty when the cells recorded no sentences."""
+    planted with its role and depth, then its question (empty when the cells recorded no sentences);
+    and whether today's generator makes those same sentences from the recorded seed."""
     cells = df[df["task"] == task].sort_values(["length", "depth", "trial"])
     first = cells.iloc[0]
     planted = first["planted"] if isinstance(first["planted"], list) else []
     if not planted:
-        return ""
+        return "", False
     sentences = ", ".join(f"\"{p['text']}\" ({p.get('role', 'target')}, {float(p.get('depth_actual', p.get('depth', 0))):.0f}%)"
                           for p in planted)
     question = _question(fp, task, first, planted)
     asked = f"; asked \"{question}\"" if question else "; its question is not recorded"
     return (f"at {int(first['length']):,} tokens, depth {float(first['depth']):g}%, trial {int(first['trial'])}: "
-            f"planted {sentences}{asked}")
+            f"planted {sentences}{asked}"), question is not None
 
 
 def _question(fp: dict[str, Any], task: str, cell: pd.Series, planted: list[dict[str, Any]]) -> str | None:

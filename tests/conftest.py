@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -169,3 +173,26 @@ def readme_seed_plan() -> list[str]:
     start = readme.index("niah plan --arch qwen35")
     command = readme[start:readme.index("```", start)].split("#")[0].replace("\\\n", " ")
     return shlex.split(command)[1:]
+
+
+@contextmanager
+def niah_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`niah ARGV` as a child process (stdout and stderr together), killed if the test leaves it running."""
+    child = subprocess.Popen([sys.executable, "-m", "niah", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
+def stop_with(child: subprocess.Popen[str], signum: int, within_s: float) -> str:
+    """Send `signum` to a niah child: it must exit, non-zero, within `within_s` seconds. Its output."""
+    signalled = time.monotonic()
+    child.send_signal(signum)
+    output, _ = child.communicate(timeout=60)
+    assert time.monotonic() - signalled < within_s, output
+    assert child.returncode != 0, output
+    return output

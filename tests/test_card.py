@@ -240,6 +240,10 @@ def test_card_says_what_each_task_planted_and_asked() -> None:
     assert "its question is not recorded" in tasks["chain:2"]
     assert "(distractor, " in tasks["multikey:4"] and "answer budget 32 tokens" in tasks["multikey:4"]
     assert "its question is not recorded" in tasks["multikey:4"]
+    # nor is today's description of the tasks
+    assert all("planted by an earlier niah: today's generator makes other sentences" in tasks[t]
+               for t in ("chain:2", "multikey:4"))
+    assert "distractors within" not in card and "distractor chain" not in card
     assert "**Needle (task `single`):**" in card
     assert "8,192 ≥ 8,000 + 96 (`chain:2`'s answer budget; not clamped)" in card
     explicit = render_card(run.cells, run.header, {**run.fingerprint, "answer_budget_explicit": True})
@@ -264,3 +268,21 @@ def test_card_states_the_corpus(tmp_path: Path) -> None:
     assert f"corpus `builtin`, {essays.ABOUT}, sha256" in card
     run = load_run(write_run(tmp_path / "old", [cell(2048, 50.0, 0, "PASS")]))  # recorded before corpus_about
     assert "generated English essays without digits" in render_card(run.cells, run.header, run.fingerprint)
+
+
+def test_todays_tasks_are_described_as_they_plant(tmp_path: Path) -> None:
+    """Cells whose sentences today's generator makes from the recorded seed get today's description
+    of the task: multikey's distractors around the target, chain's distractor chain."""
+    from niah.tasks import parse_task
+
+    cells = []
+    for task in ("multikey:4", "chain:2"):
+        needle = parse_task(task).needle(3, 2048, 50.0, 0)
+        planted = [{"text": p.text, "role": p.role, "depth": 50.0} for p in needle.plants]
+        cells.append(cell(2048, 50.0, 0, "PASS", task=task, planted=tuple(planted)))
+    run = load_run(write_run(tmp_path / "run", cells))
+    card = render_card(run.cells, run.header, run.fingerprint)
+    tasks = {line.split("`")[1]: line for line in card.splitlines() if line.startswith("  - `")}
+    assert "the other 3 are distractors within 20% of the target's depth" in tasks["multikey:4"]
+    assert "a distractor chain of as many hops" in tasks["chain:2"] and "PASS = all 3 names" in tasks["chain:2"]
+    assert "earlier niah" not in card and "its question is not recorded" not in card

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from conftest import niah_process, stop_with
 
 from niah.cells import Cell, plan_cells
 from niah.dispatch import Batch, CellQueue, WorkerProgress, batches
@@ -333,11 +334,10 @@ def test_a_real_signal_stops_a_two_server_run_and_every_llama_server(
 ) -> None:
     """A real `niah run --servers 2` process, signalled while its servers load (in worker threads)
     or while they prefill: it returns within seconds and no llama-server outlives it."""
-    argv = [sys.executable, "-m", "niah", "run", "--model", str(tiny_model), "--profile", "tiny-native-8k",
-            "--servers", "2", "--lengths", "8000", "--depths", "0,50,100", "--out", str(tmp_path), "--no-progress"]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = ["run", "--model", str(tiny_model), "--profile", "tiny-native-8k", "--servers", "2",
+            "--lengths", "8000", "--depths", "0,50,100", "--out", str(tmp_path), "--no-progress"]
     seen: set[int] = set()
-    try:
+    with niah_process(argv) as child:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and child.poll() is None:
             seen |= child_llama_servers(child.pid)
@@ -347,15 +347,7 @@ def test_a_real_signal_stops_a_two_server_run_and_every_llama_server(
                 break
             time.sleep(0.2)
         assert len(seen) == 2 and child.poll() is None, child.communicate()[0]
-        signalled = time.monotonic()
-        child.send_signal(signum)
-        output, _ = child.communicate(timeout=60)
-        assert time.monotonic() - signalled < 15, output
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode != 0
+        stop_with(child, signum, within_s=15)
     deadline = time.monotonic() + 10
     while not gone(seen) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
+from conftest import niah_process, stop_with
 
 from niah.runner import RunConfig, run
 
@@ -243,21 +242,12 @@ def test_stopping_a_run_mid_prefill_on_a_url_server_returns_at_once(qwen35_serve
     """SIGTERM while the (one) worker thread reads a long prefill's stream: niah exits in seconds,
     records nothing for the unfinished cell, and a rerun starts it again."""
     since = qwen35_server.log_path.stat().st_size
-    argv = [sys.executable, "-m", "niah", "run", "--url", qwen35_server.url, "--lengths", "4000", "--depths", "100",
-            "--out", str(tmp_path), "--no-progress"]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    argv = ["run", "--url", qwen35_server.url, "--lengths", "4000", "--depths", "100", "--out", str(tmp_path),
+            "--no-progress"]
+    with niah_process(argv) as child:
         deadline = time.monotonic() + 300
         while "prompt processing" not in qwen35_server.log_path.read_text(errors="replace")[since:]:
             assert child.poll() is None and time.monotonic() < deadline, child.communicate()[0]
             time.sleep(0.5)
-        signalled = time.monotonic()
-        child.send_signal(signal.SIGTERM)
-        output, _ = child.communicate(timeout=60)
-        assert time.monotonic() - signalled < 10, output
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode != 0
+        stop_with(child, signal.SIGTERM, within_s=10)
     assert '"record": "cell"' not in (tmp_path / "results.jsonl").read_text()
