@@ -15,7 +15,10 @@ the flags a GPU user runs) on a qwen35 test bed whose native context is 262,144 
 Prints each figure as it is measured and writes them as JSON (--json FILE). Nothing is asserted.
 About an hour on 2 cores; run it on a quiet machine.
 
-    python benchmarks/rehearsal_1m.py [--work DIR] [--json FILE] [--skip-probe]
+    python benchmarks/rehearsal_1m.py [--work DIR] [--json FILE] [--steps 1,2,3,4,5,6]
+
+Each step stands alone on the launch (step 6 measures against step 4's cells, or skips when step 4
+did not run), so a session short of time can run the long ones (4 and 5) on their own.
 """
 
 from __future__ import annotations
@@ -207,8 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="folder for the model, runs and logs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument("--steps", default="1,2,3,4,5,6", help="which steps to run (default: all)")
     args = parser.parse_args()
+    steps = {int(s) for s in args.steps.split(",")}
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("run-*"):  # every rehearsal measures from scratch
@@ -223,23 +227,30 @@ def main() -> None:
         f"yarn-1m on the rehearsal model: {' '.join(flags)} (predicted per slot {launch.predicted_slot_context:,})")
     logs = work / "logs"
     verbose = ["-lv", "4"]  # the allocation lines (KV, recurrent, compute buffers) are logged at this level
+    measured = None
     session = start(model, flags + verbose, logs)
     try:
-        check = niah("check", "--url", session.url, "--context", str(TARGET))
-        say("check", check.returncode, f"niah check --context {TARGET:,}: exit {check.returncode}: {check.stdout.strip()}")
-        memory(session, model, flags)
-        count_1m(session)
-        run_1m(session, work)
-        measured = row_131k(session, work)
+        if 1 in steps:
+            check = niah("check", "--url", session.url, "--context", str(TARGET))
+            say("check", check.returncode, f"niah check --context {TARGET:,}: exit {check.returncode}: {check.stdout.strip()}")
+        if 2 in steps:
+            memory(session, model, flags)
+        if 3 in steps:
+            count_1m(session)
+            run_1m(session, work)
+        if 4 in steps:
+            measured = row_131k(session, work)
     finally:
         session.close()
-    session = start(model, flags + verbose, logs)
-    try:
-        fresh_100(session, work)
-        if not args.skip_probe:
-            plan_probe(session, measured)
-    finally:
-        session.close()
+    if steps & {5, 6}:
+        session = start(model, flags + verbose, logs)
+        try:
+            if 5 in steps:
+                fresh_100(session, work)
+            if 6 in steps and measured is not None:
+                plan_probe(session, measured)
+        finally:
+            session.close()
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print(f"work folder: {work}")
