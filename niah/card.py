@@ -17,7 +17,7 @@ from niah.card_tasks import task_budgets, task_example
 from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
-from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
+from niah.results import NAMED_OUTCOMES, redact
 from niah.runs import (
     SINGLE_TASK,
     draft_acceptance,
@@ -33,6 +33,7 @@ from niah.stats import ANSWERED_OUTCOMES
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
 OUTCOME_MEANING = {
+    "WRONG_KEY": "the answer held a value planted for another key, not (only) the asked one",
     "CLAMPED": "the server's per-slot context was below the prompt + answer budget; never sent",
     "CONTEXT_ERROR": "the server refused the prompt as too long",
     "TRUNCATED": "the answer budget ran out before the needle appeared",
@@ -109,9 +110,9 @@ def _grids(df: pd.DataFrame) -> list[str]:
 
 
 def _legend(df: pd.DataFrame) -> str:
-    present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
+    present = [o for o in NAMED_OUTCOMES if o in set(df["outcome"])]
     lines = [("`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
-              "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested.")]
+              "passed (PASS, FAIL, WRONG_KEY and TRUNCATED count in n); `-`: not tested.")]
     lines += [f"`{o}`: {OUTCOME_MEANING[o]} ({'counted as not retrieved' if o in ANSWERED_OUTCOMES else 'not a retrieval result'})."
               for o in present]
     return " ".join(lines) + "\n"
@@ -323,8 +324,8 @@ def _per_length(df: pd.DataFrame) -> str:
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 _duration(total(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
-    note = ("\nanswered = cells the model answered: PASS, FAIL, or TRUNCATED (the answer budget ran out before "
-            "the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
+    note = ("\nanswered = cells the model answered: PASS, FAIL, WRONG_KEY (another key's value), or TRUNCATED "
+            "(the answer budget ran out before the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
             "computed ÷ prefill time (tokens reused from the prompt cache excluded); decode tok/s = tokens "
             "generated ÷ generation time; both as llama-server timed them.\n")
     return "\n".join(lines) + "\n" + note

@@ -3,7 +3,7 @@ CI gate uses.
 
 Same needle seed → same prompts, so trial t of a cell in A and trial t of the same (task, length,
 depth) in B saw the same prompt: they are compared as a pair. Each pair is one of
-- both answered (PASS, FAIL, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
+- both answered (PASS, FAIL, WRONG_KEY, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
 - A answered, B not: `broken`, hard (CLAMPED, CONTEXT_ERROR, CRASH, TOKEN_MISMATCH) or transient
   (TIMEOUT, HTTP_ERROR); the reverse is `repaired`.
 The pairs are pooled per cell (task, length, depth), per (task, length) and per task, and each pool

@@ -31,6 +31,7 @@ SINGLE_TASK = "single"
 OUTCOMES = (
     "PASS",
     "FAIL",
+    "WRONG_KEY",
     "CLAMPED",
     "CONTEXT_ERROR",
     "TRUNCATED",
@@ -39,7 +40,10 @@ OUTCOMES = (
     "HTTP_ERROR",
     "TOKEN_MISMATCH",
 )
-RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
+RETRIEVAL_OUTCOMES = ("PASS", "FAIL", "WRONG_KEY")
+"""Retrieval results: WRONG_KEY is an answer holding a planted value other than the asked one."""
+NAMED_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("PASS", "FAIL"))
+"""Outcomes a grid label, the `other` column and the card's legend name beside `k/n`."""
 FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
 """Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
 LOCK_NAME = ".niah-run.lock"

@@ -36,7 +36,7 @@ from niah.haystack import LengthUnreachable, Prompt
 from niah.needles import judge, load_needle_spec
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
-from niah.results import CellResult, ResultsFile
+from niah.results import RETRIEVAL_OUTCOMES, CellResult, ResultsFile
 from niah.reuse import priming_prefix, reusable_tokens
 from niah.rpc import RPC_WARNING
 from niah.server import stop_on_termination_signals
@@ -359,12 +359,12 @@ def scored(
 
 
 def exit_code(outcomes: Counter[str]) -> int:
-    """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL cells > 0 all PASS."""
+    """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL or WRONG_KEY cells > 0 all PASS."""
     if outcomes.get("CLAMPED"):
         return EXIT_LAUNCH_INVALID
-    if any(name not in ("PASS", "FAIL") for name in outcomes):
+    if any(name not in RETRIEVAL_OUTCOMES for name in outcomes):
         return EXIT_NON_RETRIEVAL
-    if outcomes.get("FAIL"):
+    if outcomes.get("FAIL") or outcomes.get("WRONG_KEY"):
         return EXIT_FAIL_CELLS
     return EXIT_OK
 

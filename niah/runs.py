@@ -15,8 +15,7 @@ import pandas as pd
 from niah.errors import NiahError
 from niah.grid import cell_label, grid_markdown, joined
 from niah.results import (
-    OUTCOMES,
-    RETRIEVAL_OUTCOMES,
+    NAMED_OUTCOMES,
     SINGLE_TASK,
     load_cells,
     read_facts,
@@ -117,11 +116,12 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rates(outcomes: list[str]) -> dict[str, Any]:
-    """The pass-rate columns of a group of trials: `answered` is the denominator (PASS, FAIL and
-    TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g. `TRUNCATED:2`."""
+    """The pass-rate columns of a group of trials: `answered` is the denominator (PASS, FAIL,
+    WRONG_KEY and TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g.
+    `WRONG_KEY:1,TRUNCATED:2`."""
     passes, answered = pass_tally(outcomes)
     low, high = wilson_interval(passes, answered)
-    others = [o for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES]
+    others = [o for o in NAMED_OUTCOMES if o in outcomes]
     return {
         "trials": len(outcomes),
         "passes": passes,

@@ -18,7 +18,7 @@ from niah.runs import load_run
 from niah.stats import sign_test
 
 FINGERPRINT = {"model": {"file": "m.gguf"}, "launches": {"p": ["-c", "8192"]}, "needle_seed": 0}
-NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED"}
+NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED", "W": "WRONG_KEY"}
 REAL = Path(__file__).parent.parent / "reports" / "tasks-smollm2" / "results.jsonl"
 
 
@@ -53,6 +53,8 @@ def changes(tmp_path: Path, before: str, after: str) -> str:
         ("C", "C", "same"),
         ("PPP", "FFF", "regression"),  # 3/3 -> 0/3: a collapse, though p = 0.125
         ("PPP", "NNN", "regression"),  # truncated answers did not retrieve either
+        ("PPP", "WWW", "regression"),  # nor did answers naming another key's value
+        ("WWW", "PPP", "improved"),
         ("PPP", "PFF", "down"),  # 3/3 -> 1/3: 2 lost, p = 0.25, B still passes
         ("PPPPPPPPPP", "PPFFFFFFFF", "regression"),  # 8 lost: p = 0.004
         ("PPFFFFFFFF", "PPPPPPPPPP", "improved"),

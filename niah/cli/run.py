@@ -24,7 +24,7 @@ EPILOG = """examples:
   several servers at once (cells go to whichever is free, a length's depths stay on one server):
   niah run --url http://gpu0:8080 --url http://gpu1:8080 --lengths 128k,256k --out runs/b
   niah run --model m.gguf --profile my-2gpu.toml --servers 2 --lengths 128k,256k --out runs/c
-exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
+exit codes: 0 all PASS, 1 FAIL or WRONG_KEY cells, 2 bad input, 3 launch invalid (unreachable, clamped),
             4 cells ended in other outcomes (TIMEOUT, CRASH, TOKEN_MISMATCH, ...)"""
 
 
