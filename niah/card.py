@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from niah.card_reproduce import reproduce
 from niah.card_tasks import task_budgets, task_example
-from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.results import NAMED_OUTCOMES, redact
@@ -24,11 +24,13 @@ from niah.runs import (
     draft_markdown,
     length_table,
     load_run,
+    task_verdicts,
     tasks_of,
     total,
     with_tasks,
 )
 from niah.stats import ANSWERED_OUTCOMES
+from niah.verdict import Verdict, policy_of
 
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
@@ -79,11 +81,12 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
-    parts += ["### Per length\n", _per_length(df)]
+    verdicts = task_verdicts(df, fp)
+    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(df, verdicts)]
     drafts = draft_markdown(draft_acceptance(df))
     if drafts:
         parts += ["### MTP acceptance by context length\n", drafts]
-    parts += ["### Reproduce\n", _reproduce(df, fp, model)]
+    parts += ["### Reproduce\n", reproduce(df, fp, model)]
     return "\n".join(parts)
 
 
@@ -156,7 +159,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         *_tasks_line(df, fp),
         f"- **Generation:** {generation}.",
         (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
-        "of the pass rate is given per length below (depths pooled)."),
+        f"of the pass rate is given per length below (depths pooled). Verdict: {policy_of(fp).describe()}."),
         (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
         "last cell (server starts included)."),
     ]
@@ -305,21 +308,33 @@ def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:
     return f"{text} {'≥' if verdict == 'not clamped' else '<'} {longest[task]:,} + {budgets.get(task, 0)}{whose}"
 
 
-def _per_length(df: pd.DataFrame) -> str:
+def _verdict_lines(verdicts: dict[str, Verdict]) -> str:
+    """The effective length of each task, and every length that clears after a shorter one did not."""
+    several = len(verdicts) > 1
+    return "\n".join(f"**{f'`{task}`: ' if several else ''}{v.text()[0].upper()}{v.text()[1:]}.**\n"
+                     for task, v in verdicts.items())
+
+
+def _per_length(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> str:
     several = len(tasks_of(df)) > 1
+    policy = next(iter(verdicts.values())).policy
+    own = policy.interval != "wilson" or policy.clusters != "independent"  # the verdict's interval is not Wilson's
     head = ["task"] if several else []
-    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", "other outcomes",
+    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", f"vs {policy.pass_rate:.1%}",
+             "other outcomes",
              "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rates = length_table(df).set_index(["task", "length"])
+    decided = {(task, v.length): v for task, verdict in verdicts.items() for v in verdict.lengths}
     for (task, length), group in df.groupby(["task", "length"], sort=True):
         r = rates.loc[(task, length)]
         rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
         others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = total(group["prompt_n"]), total(group["cache_n"])
         row = [task] if several else []
+        v = decided[(task, length)]
         row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
-                others or "-",
+                v.decision + (f" ({v.low:.0%}–{v.high:.0%})" if own else ""), others or "-",
                 _rate(computed, total(group["prompt_ms"])), _rate(total(group["predicted_n"]), total(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 _duration(total(group["wall_s"]))]
@@ -329,56 +344,6 @@ def _per_length(df: pd.DataFrame) -> str:
             "computed ÷ prefill time (tokens reused from the prompt cache excluded); decode tok/s = tokens "
             "generated ÷ generation time; both as llama-server timed them.\n")
     return "\n".join(lines) + "\n" + note
-
-
-def _reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
-    lengths = sorted(df["length"].unique())
-    depths = sorted(df["depth"].unique())
-    trials = int(df["trial"].max()) + 1
-    profiles = df.groupby("length")["profile"].first()
-    args = ["niah run"]
-    if fp.get("launches") and profiles.notna().all():
-        args.append(f"--model {model}")
-        if profiles.nunique() == 1:
-            args.append(f"--profile {file_names(str(profiles.iloc[0]))}")
-        else:
-            args.append("--profile-for-length " + ",".join(f"{n}={file_names(str(p))}" for n, p in profiles.items()))
-    else:
-        args.append("--url <your llama-server>")
-    args += [f"--lengths {','.join(map(str, lengths))}", f"--depths {','.join(f'{d:g}' for d in depths)}"]
-    if trials != 1:
-        args.append(f"--trials {trials}")
-    tasks = tasks_of(df)
-    if tasks != [SINGLE_TASK]:
-        files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
-        names = [file_names(str(files[t].get("file"))) if t in files else t for t in tasks]
-        args.append(f"--task {','.join(names)}")
-    args += _option_flags(fp)
-    args.append("--out runs/reproduce")
-    untested = "" if len(df.groupby(["length", "depth"])) == len(lengths) * len(depths) else (
-        "Cells marked `-` were not run; the command runs them too.\n"
-    )
-    body = " \\\n    ".join(args)
-    return f"```sh\n{body}\n```\n{untested}"
-
-
-def _option_flags(fp: dict[str, Any]) -> list[str]:
-    """`niah run` flags for the header's settings that differ from the defaults."""
-    flags = []
-    for key, flag, default in (("tokenizer", "--tokenizer", "auto"), ("corpus", "--corpus", "builtin"),
-                               ("needle_seed", "--seed", 0), ("thinking", "--thinking", "off"),
-                               ("temperature", "--temperature", 0.0)):
-        if key in fp and fp[key] != default:
-            flags.append(f"{flag} {file_names(str(fp[key]))}")
-    spec = fp.get("needle_spec")
-    if spec not in (None, "default"):
-        flags.append(f"--needle {file_names(str(spec.get('file') if isinstance(spec, dict) else spec))}")
-    default_budget = THINKING_ANSWER_BUDGET if fp.get("thinking") == "on" else ANSWER_BUDGET
-    if isinstance(fp.get("answer_budget"), int) and (fp.get("answer_budget_explicit") or fp["answer_budget"] != default_budget):
-        flags.append(f"--answer-budget {fp['answer_budget']}")
-    if fp.get("cache_reuse") is False:
-        flags.append("--no-cache-reuse")
-    return flags
 
 
 def _span(df: pd.DataFrame, header: dict[str, Any]) -> str:

@@ -275,6 +275,10 @@ class ResultsFile:
         outcome is in `redo` (cells to run again)."""
         return {key for key, outcome in self._outcomes.items() if outcome not in redo}
 
+    def outcome(self, key: tuple[str, int, float, int]) -> str | None:
+        """The latest outcome recorded for a cell (None when it has none)."""
+        return self._outcomes.get(key)
+
     def outcomes(self, keys: set[tuple[str, int, float, int]] | None = None) -> list[str]:
         """The outcome of every cell in the file (the latest record per cell), or of those in `keys`."""
         return [o for k, o in self._outcomes.items() if keys is None or k in keys]

@@ -22,6 +22,7 @@ from niah.results import (
     read_header,
 )
 from niah.stats import ANSWERED_OUTCOMES, pass_tally, wilson_interval
+from niah.verdict import Verdict, judge_lengths, policy_of
 
 RESULTS_NAME = "results.jsonl"
 
@@ -100,6 +101,20 @@ def length_table(df: pd.DataFrame) -> pd.DataFrame:
              "mean_score": round(float(scores.mean()), 4) if scores.notna().any() else None}
         )
     return pd.DataFrame(rows)
+
+
+def task_verdicts(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Verdict]:
+    """Per task, each length judged against the run's threshold (its recorded trial policy, else
+    RULER's 85.6% over independent trials) and the effective length."""
+    df, policy = with_tasks(df), policy_of(fingerprint)
+    return {task: judge_lengths(zip(part["length"], part["trial"], part["outcome"]), policy)
+            for task in tasks_of(df) for part in [df[df["task"] == task]]}
+
+
+def effective_length(verdicts: dict[str, Verdict]) -> int | None:
+    """The run's effective length: the shortest of its tasks' (None when a task has none)."""
+    lengths = [v.effective_length for v in verdicts.values()]
+    return None if not lengths or None in lengths else min(lengths)  # type: ignore[type-var]
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
