@@ -26,7 +26,7 @@ class RunConfig:
     out_dir: Path
     trials: int = 1
     """Trials per cell; with `policy.auto`, the most a length may get is `policy.max_trials`."""
-    policy: TrialPolicy = TrialPolicy()
+    policy: TrialPolicy = field(default_factory=TrialPolicy)
     """How pass rates are decided, and whether trials are added until decided (`--trials auto`)."""
     tasks: tuple[Task, ...] = (Task(SINGLE, SINGLE),)
     """What each cell plants and asks (niah.tasks); every task runs the whole grid."""

@@ -23,8 +23,8 @@ from niah.runs import (
     draft_acceptance,
     effective_length,
     length_table,
-    tasks_grid_markdown,
     task_verdicts,
+    tasks_grid_markdown,
     tasks_of,
     total,
 )

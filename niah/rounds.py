@@ -9,6 +9,7 @@ results.jsonl holds, and several servers share the rounds of all lengths.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from functools import partial
 
 from niah.cells import Cell
 from niah.stats import ANSWERED_OUTCOMES
@@ -52,6 +53,9 @@ class Rounds:
                 depths.append(cell.depth)
         self.handed: set[Key] = set()
 
+    def _cell_outcome(self, task: str, length: int, depth: float, trial: int) -> str | None:
+        return self._outcome((task, length, depth, trial))
+
     def _outcome(self, key: Key) -> str | None:
         outcome = self.recorded(key)
         return None if outcome in self.redo and key not in self.handed else outcome
@@ -63,7 +67,7 @@ class Rounds:
         for (task, length), depths in self.depths.items():
             if (task, length) in busy:
                 continue
-            trial = next_trial(depths, lambda d, t: self._outcome((task, length, d, t)), self.policy)
+            trial = next_trial(depths, partial(self._cell_outcome, task, length), self.policy)
             if trial is not None:
                 wanted[(task, length)] = trial
         out = [c for c in self.cells if wanted.get((c.task, c.length)) == c.trial

@@ -22,7 +22,7 @@ from niah.cells import Cell, plan_cells
 from niah.client import ChatResult
 from niah.config import RETRYABLE, RunConfig
 from niah.corpus import Corpus, get_corpus
-from niah.dispatch import RunState, check_endpoints, dispatch, keep_serving, start_endpoints
+from niah.dispatch import RunState, dispatch, keep_serving, start_endpoints
 from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
@@ -31,6 +31,7 @@ from niah.errors import (
     EXIT_OK,
     NiahError,
 )
+from niah.facts import check_endpoints
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
 from niah.needles import judge, load_needle_spec

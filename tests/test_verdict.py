@@ -105,7 +105,7 @@ def test_next_trial_stops_when_decided_capped_or_nothing_answered() -> None:
     assert next_trial(depths, outcomes(["FAIL"]), policy) is None  # 0/5 is below
     assert next_trial(depths, outcomes(["CLAMPED"]), policy) is None  # nothing answered
     assert next_trial(depths, outcomes(["PASS"] * 2), TrialPolicy(auto=True, max_trials=2)) is None  # the cap
-    partial = lambda depth, trial: "PASS" if trial == 0 and depth < 100 else None  # noqa: E731
+    partial = lambda depth, trial: "PASS" if trial == 0 and depth < 100 else None
     assert next_trial(depths, partial, policy) == 0  # a round with a cell missing (a resume) is finished first
 
 

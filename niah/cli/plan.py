@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from niah.api_key import api_key
 from niah.cells import answer_budget, parse_depths, parse_lengths, parse_trials, plan_cells
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
-from niah.verdict import MAX_TRIALS
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+from niah.verdict import MAX_TRIALS
 
 if TYPE_CHECKING:
     from niah.gguf_meta import GGUFFacts
