@@ -310,9 +310,10 @@ def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:
 
 def _verdict_lines(verdicts: dict[str, Verdict]) -> str:
     """The effective length of each task, and every length that clears after a shorter one did not."""
-    several = len(verdicts) > 1
-    return "\n".join(f"**{f'`{task}`: ' if several else ''}{v.text()[0].upper()}{v.text()[1:]}.**\n"
-                     for task, v in verdicts.items())
+    if len(verdicts) == 1:
+        text = next(iter(verdicts.values())).text()
+        return f"**{text[0].upper()}{text[1:]}.**\n"
+    return "\n".join(f"**`{task}`: {v.text()}.**\n" for task, v in verdicts.items())
 
 
 def _per_length(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> str:
