@@ -7,7 +7,6 @@ user's disk (`file_names`), and API keys are masked (`results.redact`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pandas as pd
 
 from niah.card_reproduce import reproduce
 from niah.card_tasks import task_budgets, task_example
+from niah.filenames import file_names
 from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
 from niah.results import NAMED_OUTCOMES, redact
@@ -44,24 +44,6 @@ OUTCOME_MEANING = {
     "HTTP_ERROR": "the request failed",
     "TOKEN_MISMATCH": "the server counted a different prompt length; never scored",
 }
-_PATHLIKE = re.compile(r"[/\\]")
-
-
-def file_names(text: str) -> str:
-    """`text` with any path reduced to its file name (`/a/b/m.gguf` -> `m.gguf`; `k=/a/b` -> `k=b`).
-
-    URLs (`scheme://...`) are left alone; nothing else with a slash survives.
-    """
-    if "://" in text or not _PATHLIKE.search(text):
-        return text
-    head, sep, tail = text.rpartition("=") if "=" in text else ("", "", text)
-    if head and _PATHLIKE.search(head):
-        head, sep, tail = "", "", text
-    prefix = tail.split(":", 1)[0] + ":" if re.match(r"^[a-z]{2,}:", tail) else ""
-    name = re.split(r"[/\\]", tail[len(prefix):].rstrip("/\\"))[-1]
-    return f"{head}{sep}{prefix}{name}"
-
-
 def write_card(target: Path, out_dir: Path | None = None) -> Path:
     """Write `card.md` for the run at `target` (folder or results file) into `out_dir` (default: the run's folder)."""
     run = load_run(Path(target))

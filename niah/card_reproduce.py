@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
+from niah.filenames import file_names
 from niah.results import SINGLE_TASK
 from niah.runs import tasks_of
 from niah.verdict import TrialPolicy, policy_of
@@ -15,8 +16,6 @@ from niah.verdict import TrialPolicy, policy_of
 
 def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
     """The `niah run` command that runs the same grid with the same settings."""
-    from niah.card import file_names
-
     lengths = sorted(df["length"].unique())
     depths = sorted(df["depth"].unique())
     trials = int(df["trial"].max()) + 1
@@ -54,8 +53,6 @@ def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
 
 def option_flags(fp: dict[str, Any]) -> list[str]:
     """`niah run` flags for the header's settings that differ from the defaults."""
-    from niah.card import file_names
-
     flags = []
     for key, flag, default in (("tokenizer", "--tokenizer", "auto"), ("corpus", "--corpus", "builtin"),
                                ("needle_seed", "--seed", 0), ("thinking", "--thinking", "off"),
