@@ -13,7 +13,7 @@ from functools import partial
 
 from niah.cells import Cell
 from niah.stats import ANSWERED_OUTCOMES
-from niah.verdict import UNDECIDED, TrialPolicy, length_verdict
+from niah.verdict import UNDECIDED, TrialPolicy, clusters_of, decide, pass_interval
 
 Key = tuple[str, int, float, int]
 
@@ -30,7 +30,8 @@ def next_trial(depths: list[float], outcome: Callable[[float, int], str | None],
         seen += [(trial, str(o)) for o in round_]
         if not any(o in ANSWERED_OUTCOMES for o in round_):
             return None
-        if length_verdict(0, seen, policy).decision != UNDECIDED:
+        low, high = pass_interval(clusters_of(seen, policy), policy.interval)
+        if decide(low, high, policy.pass_rate) != UNDECIDED:
             return None
     return None
 
