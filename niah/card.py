@@ -7,33 +7,36 @@ user's disk (`file_names`), and API keys are masked (`results.redact`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from niah.card_reproduce import reproduce
 from niah.card_tasks import task_budgets, task_example
-from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
+from niah.filenames import file_names
 from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
-from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES, redact
+from niah.results import NAMED_OUTCOMES, redact
 from niah.runs import (
     SINGLE_TASK,
     draft_acceptance,
     draft_markdown,
     length_table,
     load_run,
+    task_verdicts,
     tasks_of,
     total,
     with_tasks,
 )
 from niah.stats import ANSWERED_OUTCOMES
 from niah.tasks import AROUND
+from niah.verdict import Verdict, policy_of
 
 CARD_NAME = "card.md"
 NOT_RECORDED = "not recorded"
 OUTCOME_MEANING = {
+    "WRONG_KEY": "the answer held a value planted for another key, not (only) the asked one",
     "CLAMPED": "the server's per-slot context was below the prompt + answer budget; never sent",
     "CONTEXT_ERROR": "the server refused the prompt as too long",
     "TRUNCATED": "the answer budget ran out before the needle appeared",
@@ -42,24 +45,6 @@ OUTCOME_MEANING = {
     "HTTP_ERROR": "the request failed",
     "TOKEN_MISMATCH": "the server counted a different prompt length; never scored",
 }
-_PATHLIKE = re.compile(r"[/\\]")
-
-
-def file_names(text: str) -> str:
-    """`text` with any path reduced to its file name (`/a/b/m.gguf` -> `m.gguf`; `k=/a/b` -> `k=b`).
-
-    URLs (`scheme://...`) are left alone; nothing else with a slash survives.
-    """
-    if "://" in text or not _PATHLIKE.search(text):
-        return text
-    head, sep, tail = text.rpartition("=") if "=" in text else ("", "", text)
-    if head and _PATHLIKE.search(head):
-        head, sep, tail = "", "", text
-    prefix = tail.split(":", 1)[0] + ":" if re.match(r"^[a-z]{2,}:", tail) else ""
-    name = re.split(r"[/\\]", tail[len(prefix):].rstrip("/\\"))[-1]
-    return f"{head}{sep}{prefix}{name}"
-
-
 def write_card(target: Path, out_dir: Path | None = None) -> Path:
     """Write `card.md` for the run at `target` (folder or results file) into `out_dir` (default: the run's folder)."""
     run = load_run(Path(target))
@@ -79,11 +64,12 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
-    parts += ["### Per length\n", _per_length(df)]
+    verdicts = task_verdicts(df, fp)
+    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(df, verdicts)]
     drafts = draft_markdown(draft_acceptance(df))
     if drafts:
         parts += ["### MTP acceptance by context length\n", drafts]
-    parts += ["### Reproduce\n", _reproduce(df, fp, model)]
+    parts += ["### Reproduce\n", reproduce(df, fp, model)]
     return "\n".join(parts)
 
 
@@ -110,9 +96,9 @@ def _grids(df: pd.DataFrame) -> list[str]:
 
 
 def _legend(df: pd.DataFrame) -> str:
-    present = [o for o in OUTCOMES if o in set(df["outcome"]) and o not in RETRIEVAL_OUTCOMES]
+    present = [o for o in NAMED_OUTCOMES if o in set(df["outcome"])]
     lines = [("`PASS` / `FAIL`: the answer did / did not contain the needle; `k/n`: k of the n answered trials "
-              "passed (PASS, FAIL and TRUNCATED count in n); `-`: not tested.")]
+              "passed (PASS, FAIL, WRONG_KEY and TRUNCATED count in n); `-`: not tested.")]
     lines += [f"`{o}`: {OUTCOME_MEANING[o]} ({'counted as not retrieved' if o in ANSWERED_OUTCOMES else 'not a retrieval result'})."
               for o in present]
     return " ".join(lines) + "\n"
@@ -156,7 +142,7 @@ def _method(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -> lis
         *_tasks_line(df, fp),
         f"- **Generation:** {generation}.",
         (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
-        "of the pass rate is given per length below (depths pooled)."),
+        f"of the pass rate is given per length below (depths pooled). Verdict: {policy_of(fp).describe()}."),
         (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
         "last cell (server starts included)."),
     ]
@@ -310,80 +296,43 @@ def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:
     return f"{text} {'≥' if verdict == 'not clamped' else '<'} {longest[task]:,} + {budgets.get(task, 0)}{whose}"
 
 
-def _per_length(df: pd.DataFrame) -> str:
+def _verdict_lines(verdicts: dict[str, Verdict]) -> str:
+    """The effective length of each task, and every length that clears after a shorter one did not."""
+    if len(verdicts) == 1:
+        text = next(iter(verdicts.values())).text()
+        return f"**{text[0].upper()}{text[1:]}.**\n"
+    return "\n".join(f"**`{task}`: {v.text()}.**\n" for task, v in verdicts.items())
+
+
+def _per_length(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> str:
     several = len(tasks_of(df)) > 1
+    policy = next(iter(verdicts.values())).policy
+    own = policy.interval != "wilson" or policy.clusters != "independent"  # the verdict's interval is not Wilson's
     head = ["task"] if several else []
-    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", "other outcomes",
+    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", f"vs {policy.pass_rate:.1%}",
+             "other outcomes",
              "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rates = length_table(df).set_index(["task", "length"])
+    decided = {(task, v.length): v for task, verdict in verdicts.items() for v in verdict.lengths}
     for (task, length), group in df.groupby(["task", "length"], sort=True):
         r = rates.loc[(task, length)]
         rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
         others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = total(group["prompt_n"]), total(group["cache_n"])
         row = [task] if several else []
+        v = decided[(task, length)]
         row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
-                others or "-",
+                v.decision + (f" ({v.low:.0%}–{v.high:.0%})" if own else ""), others or "-",
                 _rate(computed, total(group["prompt_ms"])), _rate(total(group["predicted_n"]), total(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 _duration(total(group["wall_s"]))]
         lines.append("| " + " | ".join(row) + " |")
-    note = ("\nanswered = cells the model answered: PASS, FAIL, or TRUNCATED (the answer budget ran out before "
-            "the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
+    note = ("\nanswered = cells the model answered: PASS, FAIL, WRONG_KEY (another key's value), or TRUNCATED "
+            "(the answer budget ran out before the needle, so it was not retrieved); the pass rate is over those. prefill tok/s = prompt tokens "
             "computed ÷ prefill time (tokens reused from the prompt cache excluded); decode tok/s = tokens "
             "generated ÷ generation time; both as llama-server timed them.\n")
     return "\n".join(lines) + "\n" + note
-
-
-def _reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
-    lengths = sorted(df["length"].unique())
-    depths = sorted(df["depth"].unique())
-    trials = int(df["trial"].max()) + 1
-    profiles = df.groupby("length")["profile"].first()
-    args = ["niah run"]
-    if fp.get("launches") and profiles.notna().all():
-        args.append(f"--model {model}")
-        if profiles.nunique() == 1:
-            args.append(f"--profile {file_names(str(profiles.iloc[0]))}")
-        else:
-            args.append("--profile-for-length " + ",".join(f"{n}={file_names(str(p))}" for n, p in profiles.items()))
-    else:
-        args.append("--url <your llama-server>")
-    args += [f"--lengths {','.join(map(str, lengths))}", f"--depths {','.join(f'{d:g}' for d in depths)}"]
-    if trials != 1:
-        args.append(f"--trials {trials}")
-    tasks = tasks_of(df)
-    if tasks != [SINGLE_TASK]:
-        files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
-        names = [file_names(str(files[t].get("file"))) if t in files else t for t in tasks]
-        args.append(f"--task {','.join(names)}")
-    args += _option_flags(fp)
-    args.append("--out runs/reproduce")
-    untested = "" if len(df.groupby(["length", "depth"])) == len(lengths) * len(depths) else (
-        "Cells marked `-` were not run; the command runs them too.\n"
-    )
-    body = " \\\n    ".join(args)
-    return f"```sh\n{body}\n```\n{untested}"
-
-
-def _option_flags(fp: dict[str, Any]) -> list[str]:
-    """`niah run` flags for the header's settings that differ from the defaults."""
-    flags = []
-    for key, flag, default in (("tokenizer", "--tokenizer", "auto"), ("corpus", "--corpus", "builtin"),
-                               ("needle_seed", "--seed", 0), ("thinking", "--thinking", "off"),
-                               ("temperature", "--temperature", 0.0)):
-        if key in fp and fp[key] != default:
-            flags.append(f"{flag} {file_names(str(fp[key]))}")
-    spec = fp.get("needle_spec")
-    if spec not in (None, "default"):
-        flags.append(f"--needle {file_names(str(spec.get('file') if isinstance(spec, dict) else spec))}")
-    default_budget = THINKING_ANSWER_BUDGET if fp.get("thinking") == "on" else ANSWER_BUDGET
-    if isinstance(fp.get("answer_budget"), int) and (fp.get("answer_budget_explicit") or fp["answer_budget"] != default_budget):
-        flags.append(f"--answer-budget {fp['answer_budget']}")
-    if fp.get("cache_reuse") is False:
-        flags.append("--no-cache-reuse")
-    return flags
 
 
 def _span(df: pd.DataFrame, header: dict[str, Any]) -> str:

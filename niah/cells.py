@@ -68,6 +68,19 @@ def parse_lengths(text: str) -> tuple[int, ...]:
     return lengths
 
 
+def parse_trials(text: str) -> int | None:
+    """`--trials`: prompts per cell (a positive count), or `auto` (None: added until decided)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        trials = int(text)
+    except ValueError:
+        raise NiahError(f"bad --trials {text!r}: use a count like 3, or auto") from None
+    if trials < 1:
+        raise NiahError("--trials must be at least 1")
+    return trials
+
+
 def parse_depths(text: str) -> tuple[float, ...]:
     """`0,25,50,75,100` or `linspace:START:STOP:COUNT`, each depth a percent in 0..100."""
     if text.startswith("linspace:"):

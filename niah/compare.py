@@ -3,7 +3,7 @@ CI gate uses.
 
 Same needle seed → same prompts, so trial t of a cell in A and trial t of the same (task, length,
 depth) in B saw the same prompt: they are compared as a pair. Each pair is one of
-- both answered (PASS, FAIL, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
+- both answered (PASS, FAIL, WRONG_KEY, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
 - A answered, B not: `broken`, hard (CLAMPED, CONTEXT_ERROR, CRASH, TOKEN_MISMATCH) or transient
   (TIMEOUT, HTTP_ERROR); the reverse is `repaired`.
 The pairs are pooled per cell (task, length, depth), per (task, length) and per task, and each pool
@@ -19,7 +19,9 @@ gets one `change`, decided in this order:
 
 Two runs that measured different things (`MEASURED` fingerprint keys, or different needle values in
 a pair) are refused (exit 2) unless forced; A's trials missing from B make the comparison
-incomplete (exit 1) unless missing trials are allowed. `niah compare` exits 1 on any `broke` or
+incomplete (exit 1) unless missing trials are allowed, or B ran `--trials auto` and had decided
+their length sooner. Each run's effective length (niah.verdict, by its own threshold) is reported
+beside the pools. `niah compare` exits 1 on any `broke` or
 `regression` at any level, 0 otherwise.
 """
 
@@ -35,8 +37,9 @@ import pandas as pd
 from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError
 from niah.grid import cell_label
 from niah.results import fingerprint_differences, redact, short
-from niah.runs import Run, joined, load_run, tasks_of
+from niah.runs import Run, effective_length, joined, load_run, task_verdicts, tasks_of
 from niah.stats import ANSWERED_OUTCOMES, sign_test
+from niah.verdict import UNDECIDED, Verdict, policy_of
 
 REGRESSIONS = ("broke", "regression")
 CHANGES = ("broke", "regression", "fixed", "improved", "transient", "down", "up", "same")
@@ -70,6 +73,10 @@ class Comparison:
     """(task, length, depth, trial) of B's trials that A lacks (not judged)."""
     fingerprint_changes: list[str]
     """Dotted header keys that differ between the runs (what was changed on purpose, or not)."""
+    verdicts: dict[str, dict[str, Verdict]]
+    """Per run (`a`, `b`), per task: each length's verdict and the effective length."""
+    decided_sooner: int = 0
+    """A's trials B did not run because its `--trials auto` had decided their length (not missing)."""
     allow_missing: bool = False
 
     @property
@@ -120,8 +127,20 @@ def compare(a: Run, b: Run, force: bool = False, allow_missing: bool = False) ->
     only = {side: merged.loc[merged["_merge"] == f"{side}_only", TRIAL_KEYS].reset_index(drop=True)
             for side in ("left", "right")}
     changes = fingerprint_differences(redact(a.fingerprint), redact(b.fingerprint))
-    return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"], only["left"], only["right"],
-                      changes, allow_missing)
+    verdicts = {"a": task_verdicts(a.cells, a.fingerprint), "b": task_verdicts(b.cells, b.fingerprint)}
+    done, left = decided(verdicts["b"], b), only["left"]
+    sooner = pd.Series([(t, n) in done for t, n in zip(left["task"], left["length"])], index=left.index, dtype=bool)
+    return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"], left[~sooner].reset_index(drop=True),
+                      only["right"], changes, verdicts, int(sooner.sum()), allow_missing)
+
+
+def decided(verdicts: dict[str, Verdict], run: Run) -> set[tuple[str, int]]:
+    """(task, length) a `--trials auto` run stopped adding trials to: decided, or at its cap."""
+    policy = policy_of(run.fingerprint)
+    if not policy.auto:
+        return set()
+    return {(task, v.length) for task, verdict in verdicts.items() for v in verdict.lengths
+            if v.decision != UNDECIDED or v.trials >= policy.max_trials}
 
 
 def measured_differences(a: Run, b: Run, pairs: pd.DataFrame) -> list[str]:
@@ -202,6 +221,9 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "incomplete": c.incomplete,
         "exit_code": c.exit_code,
         "fingerprint_changes": c.fingerprint_changes,
+        "effective_length": {side: effective_length(v) for side, v in c.verdicts.items()},
+        "verdicts": {side: {task: v.to_dict() for task, v in per.items()} for side, per in c.verdicts.items()},
+        "decided_sooner": c.decided_sooner,
     }
     for level, frame in c.levels().items():
         out[level] = json.loads(frame.to_json(orient="records"))
@@ -224,6 +246,13 @@ def to_markdown(comparison: Comparison) -> str:
     if c.fingerprint_changes:
         lines.append(f"runs differ in: {', '.join(c.fingerprint_changes)}")
     several = len(tasks_of(c.cells)) > 1
+    for task in c.verdicts["a"]:
+        sides = {side: c.verdicts[side].get(task) for side in ("a", "b")}
+        named = {side: f"{v.effective_length:,}" if v and v.effective_length else "none" for side, v in sides.items()}
+        lines.append(f"effective length{f' ({task})' if several else ''}: A {named['a']} → B {named['b']}"
+                     + "".join(f"; {side.upper()}: {late}" for side, v in sides.items() if v for late in v.late))
+    if c.decided_sooner:
+        lines.append(f"{c.decided_sooner} of A's trials not in B: B's --trials auto had decided their length (not missing)")
     for level, frame in c.levels().items():
         if level == "tasks" and not several:
             continue

@@ -10,6 +10,7 @@ from niah.cells import BUDGET_PER_EXTRA_ANSWER, answer_budget
 from niah.errors import NiahError
 from niah.session import check_distinct_servers
 from niah.tasks import SINGLE, Task
+from niah.verdict import TrialPolicy
 
 RESULTS_FILE = "results.jsonl"
 RETRYABLE = ("CRASH", "TIMEOUT", "HTTP_ERROR")
@@ -24,6 +25,9 @@ class RunConfig:
     """(length, depths) rows; a length with no depths is planned but not run."""
     out_dir: Path
     trials: int = 1
+    """Trials per cell; with `policy.auto`, the most a length may get is `policy.max_trials`."""
+    policy: TrialPolicy = field(default_factory=TrialPolicy)
+    """How pass rates are decided, and whether trials are added until decided (`--trials auto`)."""
     tasks: tuple[Task, ...] = (Task(SINGLE, SINGLE),)
     """What each cell plants and asks (niah.tasks); every task runs the whole grid."""
     url: str | None = None
@@ -72,6 +76,11 @@ class RunConfig:
         check_distinct_servers([u for u in (self.url, *self.urls) if u])
         if self.servers > 1 and self.url:
             raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
+
+    @property
+    def planned_trials(self) -> int:
+        """Trials per cell the run may send: `trials`, or the cap of `--trials auto`."""
+        return self.policy.max_trials if self.policy.auto else self.trials
 
     @property
     def budget(self) -> int:

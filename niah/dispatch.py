@@ -1,5 +1,6 @@
 """The one dispatch loop, for one server or many: one worker thread per endpoint pulls runs of cells
-from one queue; the main thread is the only writer (results, progress bar).
+from one queue; the main thread is the only writer (results, progress bar), and after each finished
+cell asks what to run next (the rounds of `--trials auto`, niah.rounds) until nothing is left.
 
 A run of cells is one (task, length, trial) in plan order (ascending needle position), so each
 server keeps the prefix reuse of a whole run. The rules, whatever the number of servers:
@@ -22,9 +23,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from niah.cells import Cell
-from niah.endpoints import prompt_builder, resolve_tokenizer
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-from niah.results import CellResult, canonical
+from niah.results import CellResult
 from niah.reuse import shortfall
 from niah.server import stop_all
 from niah.session import ServerUnreachable
@@ -60,6 +60,7 @@ JOIN_ON_STOP_S = 5.0
 """Seconds an interrupted run waits for its workers before it exits anyway."""
 
 RunCell = Callable[[RunState, "Endpoint", "PromptBuilder", Cell], CellResult]
+Key = tuple[str, int, float, int]
 
 
 @dataclass
@@ -81,7 +82,8 @@ def batches(cells: list[Cell]) -> list[Batch]:
 
 
 class CellQueue:
-    """The shared queue of batches; `take` blocks until a batch fits, or nothing is left to do."""
+    """The shared queue of batches; `take` blocks until a batch fits, or the run is over: nothing
+    left, and the main thread has closed the queue (it may add rounds until then)."""
 
     def __init__(self, work: list[Batch], names: list[str]) -> None:
         self._cond = threading.Condition()
@@ -89,7 +91,8 @@ class CellQueue:
         self._live = set(names)
         self._busy = 0
         self._stopped = False
-        self._retried: set[tuple[int, float, int]] = set()
+        self._closed = False
+        self._retried: set[Key] = set()
 
     def take(self, name: str) -> Batch | None:
         """The next batch for endpoint `name`; None when the run is over for it."""
@@ -102,9 +105,21 @@ class CellQueue:
                         del self._batches[i]
                         self._busy += 1
                         return batch
-                if not self._batches and not self._busy:
+                if not self._batches and not self._busy and self._closed:
                     return None
                 self._cond.wait()
+
+    def add(self, work: list[Batch]) -> None:
+        """More batches (the next rounds of `--trials auto`), after those queued."""
+        with self._cond:
+            self._batches.extend(work)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Nothing more will be added: workers end once the queue is empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def done(self, rest: list[Cell] | None = None) -> None:
         """A worker finished its batch; `rest` (cells it could not run) goes back to the front."""
@@ -248,6 +263,7 @@ def work(
                 return
             finally:
                 cells.done(rest)
+                events.put(("batch", name, None))
     except Exception as exc:  # noqa: BLE001 - handed to the main thread, which raises it
         events.put(("error", name, exc))
         cells.stop()
@@ -272,12 +288,17 @@ def cell_or_error(state: RunState, endpoint: Endpoint, build: PromptBuilder, run
 
 def dispatch(
     state: RunState, endpoints: list[Endpoint], builders: dict[str, PromptBuilder], todo: list[Cell],
-    run_cell: RunCell,
+    run_cell: RunCell, more: Callable[[set[Key]], list[Cell]] | None = None,
 ) -> None:
-    """Run `todo` on the endpoints (one or several) at once; the calling thread writes every result."""
+    """Run `todo` on the endpoints (one or several) at once; the calling thread writes every result.
+
+    `more` (the next rounds of `--trials auto`, niah.rounds) is asked after each finished cell and
+    batch, with the cells still in flight; the run ends when none is and it adds nothing."""
     events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+    several = len(endpoints) > 1
     # one server takes every cell in plan order (the most prefix reuse, across lengths too)
-    cells = CellQueue(batches(todo) if len(endpoints) > 1 else [Batch(list(todo))], [e.name for e in endpoints])
+    cells = CellQueue(batches(todo) if several else [Batch(list(todo))], [e.name for e in endpoints])
+    in_flight = {c.key for c in todo}
     threads = [
         threading.Thread(target=work, name=f"niah-{e.name}", daemon=True,
                          args=(state, e, builders[e.name], run_cell, cells, events))
@@ -296,6 +317,8 @@ def dispatch(
                 state.progress.prefill(*payload)
             elif kind in ("result", "retry"):
                 record(state, payload, again=kind == "retry", reason=reasons.get(name))
+                if kind == "result":
+                    in_flight.discard(payload.key)
             elif kind == "dropped":
                 print(f"niah: dropped {name} for the rest of the run: {payload}", flush=True)
                 dropped.append(payload)
@@ -303,6 +326,14 @@ def dispatch(
                 raise payload
             elif kind == "exit":
                 running -= 1
+            if kind in ("result", "batch"):
+                added = more(set(in_flight)) if more else []
+                if added:
+                    state.progress.add(added)
+                    in_flight.update(c.key for c in added)
+                    cells.add(batches(added) if several else [Batch(added)])
+                elif not in_flight:
+                    cells.close()
     except BaseException:
         cells.stop()
         for endpoint in endpoints:  # stop managed servers; a worker reading a stream sees it end
@@ -346,58 +377,3 @@ def record(
             f"L={result.length:,} D={result.depth:g}% shares with the previous prompt: {reason()}",
             flush=True,
         )
-
-
-def check_endpoints(state: RunState, endpoints: list[Endpoint], several_urls: bool) -> dict[str, PromptBuilder]:
-    """Check (or record) the facts each live server tells against the results file, and make each
-    one's prompt builder. With several servers one whose facts differ is dropped with one line.
-
-    With several --url servers the recorded `server` fact leaves the URL out: any set of servers
-    with the same model, context, slots and build may resume the run.
-    """
-    builders: dict[str, PromptBuilder] = {}
-    refused: list[NiahError] = []
-    for endpoint in list(endpoints):
-        tokenizer = resolve_tokenizer(state.config.tokenizer, endpoint)
-        facts: dict[str, object] = {"tokenizer_resolved": tokenizer_fact(state, tokenizer.name)}
-        if endpoint.session.spec.managed:
-            facts["server_version"] = endpoint.session.version()
-        else:
-            facts["server"] = server_fact(state, endpoint, several_urls)
-        try:
-            state.results.check_facts(facts)
-        except NiahError as exc:
-            if len(endpoints) == 1:
-                raise
-            print(f"niah: dropped {endpoint.name}: {exc}", flush=True)
-            endpoints.remove(endpoint)
-            endpoint.session.close()
-            refused.append(exc)
-            continue
-        builders[endpoint.name] = prompt_builder(endpoint, tokenizer, state.corpus)
-    if not builders:
-        raise refused[0]
-    return builders
-
-
-def server_fact(state: RunState, endpoint: Endpoint, several_urls: bool) -> dict[str, object]:
-    """A URL server's identity for `check_facts`: without its URL when the run has several servers
-    (or was recorded so); a run recorded on one URL resumes on several when all else matches."""
-    server = endpoint.facts()
-    recorded = state.results.fact("server")
-    has_url = isinstance(recorded, dict) and "url" in recorded
-    if not several_urls and (recorded is None or has_url):
-        return server
-    server = {k: v for k, v in server.items() if k != "url"}
-    if has_url and canonical({k: v for k, v in recorded.items() if k != "url"}) == canonical(server):
-        return recorded  # type: ignore[no-any-return]
-    return server
-
-
-def tokenizer_fact(state: RunState, name: str) -> str:
-    """The resolved tokenizer as a fact: `server` for any server's own (its URL is no identity: a
-    managed launch gets a new port each time); a file that recorded `server:URL` keeps it."""
-    if not name.startswith("server:"):
-        return name
-    recorded = state.results.fact("tokenizer_resolved")
-    return recorded if isinstance(recorded, str) and recorded.startswith("server") else "server"

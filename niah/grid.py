@@ -4,9 +4,10 @@ Grid cell rule (`cell_label`), over the trials recorded for one (length, depth):
 - no record: `-`
 - every trial the same outcome: that outcome's name (`PASS`, `FAIL`, `CLAMPED`, ...)
 - PASS and FAIL only: `k/n` (k passes of n trials)
-- otherwise: `k/n` (k passes of the n answered trials: PASS, FAIL or TRUNCATED, `stats.pass_tally`)
-  followed by each outcome present beyond PASS and FAIL, comma-joined, in OUTCOMES order, e.g.
-  `1/3,TRUNCATED` (a truncated answer counts in n), `2/2,TIMEOUT` or `0/0,CLAMPED,CRASH`.
+- otherwise: `k/n` (k passes of the n answered trials: PASS, FAIL, WRONG_KEY or TRUNCATED,
+  `stats.pass_tally`) followed by each outcome present beyond PASS and FAIL, comma-joined, in
+  OUTCOMES order, e.g. `1/3,WRONG_KEY` or `1/3,TRUNCATED` (both count in n), `2/2,TIMEOUT` or
+  `0/0,CLAMPED,CRASH`.
 Labels never contain spaces, so every grid line splits into exactly its columns.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from niah.results import OUTCOMES, RETRIEVAL_OUTCOMES
+from niah.results import NAMED_OUTCOMES, OUTCOMES
 from niah.stats import pass_tally
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def cell_label(outcomes: list[str]) -> str:
     if len(set(outcomes)) == 1:
         return outcomes[0]
     passes, answered = pass_tally(outcomes)
-    others = [o for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES]
+    others = [o for o in NAMED_OUTCOMES if o in outcomes]
     return ",".join([f"{passes}/{answered}", *others])
 
 

@@ -204,12 +204,12 @@ def stray_values(answer: str, needle: Needle) -> tuple[str, ...]:
 
 def judge(answer: str, needle: Needle) -> tuple[str, float, str | None]:
     """(outcome, score, why) of an answer: PASS when it holds every expected value and no other
-    planted one; FAIL otherwise, naming the planted values it holds that were not asked (the one
-    place a WRONG_KEY outcome would be told apart)."""
+    planted one; WRONG_KEY when it holds a planted value that was not asked (a distractor's, another
+    key's; listing several planted values is never a PASS); FAIL otherwise."""
     score = round(score_needle(answer, needle), 4)
     stray = stray_values(answer, needle)
     if stray:
-        return "FAIL", score, f"the answer holds planted values that were not asked: {', '.join(stray)}"
+        return "WRONG_KEY", score, f"the answer holds planted values that were not asked: {', '.join(stray)}"
     return ("PASS" if score == 1.0 else "FAIL"), score, None
 
 

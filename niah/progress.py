@@ -52,6 +52,12 @@ class RunProgress:
         self._started: dict[tuple[int, float, int], tuple[float, str | None]] = {}
         """Cells in flight (several with several servers): when each started and on which server."""
 
+    def add(self, cells: list[Cell]) -> None:
+        """More cells to run (the next rounds of `--trials auto`)."""
+        self._remaining.update(zip((c.key for c in cells), expected_prefill(cells)))
+        self._bar.total = (self._bar.total or 0) + len(cells)
+        self._bar.refresh()
+
     def skip(self, cells: list[Cell]) -> None:
         """Cells already finished in an earlier run (resume): counted done, left out of the ETA and the rate."""
         fresh = [c for c in cells if self._remaining.pop(c.key, None) is not None]

@@ -21,7 +21,9 @@ from niah.results import OUTCOMES, load_cells, read_header
 from niah.runs import (
     cell_table,
     draft_acceptance,
+    effective_length,
     length_table,
+    task_verdicts,
     tasks_grid_markdown,
     tasks_of,
     total,
@@ -44,8 +46,9 @@ class ReportPaths:
 
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """Counts per outcome and per length, prefill totals and cache savings, per task the cells and
-    length rows with their Wilson 95% bounds, with the fingerprint."""
+    """Counts per outcome and per length, prefill totals and cache savings, the effective length, per
+    task the cells and length rows with their Wilson 95% bounds and the verdict, with the fingerprint."""
+    verdicts = task_verdicts(df, fingerprint)
     counts = df["outcome"].value_counts()
     per_length = {
         str(length): {o: int(n) for o, n in group["outcome"].value_counts().items()}
@@ -76,10 +79,12 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "predicted_ms": round(predicted_ms, 1),
         "wall_s": round(total(df["wall_s"]), 2),
         "grid": tasks_grid_markdown(df).splitlines(),
+        "effective_length": effective_length(verdicts),
         "tasks": {
             task: {
                 "per_length": _records(length_table(df[df["task"] == task]).drop(columns="task")),
                 "cells": _records(cell_table(df[df["task"] == task]).drop(columns="task")),
+                "verdict": verdicts[task].to_dict(),
             }
             for task in tasks_of(df)
         },

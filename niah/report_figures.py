@@ -13,6 +13,7 @@ from niah.grid import MIXED, UNTESTED, cell_category
 COLOURS = {
     "PASS": "#2e7d32",
     "FAIL": "#c62828",
+    "WRONG_KEY": "#880e4f",
     MIXED: "#f9a825",
     "CLAMPED": "#7b1fa2",
     "CONTEXT_ERROR": "#d81b60",

@@ -31,6 +31,7 @@ SINGLE_TASK = "single"
 OUTCOMES = (
     "PASS",
     "FAIL",
+    "WRONG_KEY",
     "CLAMPED",
     "CONTEXT_ERROR",
     "TRUNCATED",
@@ -39,7 +40,10 @@ OUTCOMES = (
     "HTTP_ERROR",
     "TOKEN_MISMATCH",
 )
-RETRIEVAL_OUTCOMES = ("PASS", "FAIL")
+RETRIEVAL_OUTCOMES = ("PASS", "FAIL", "WRONG_KEY")
+"""Retrieval results: WRONG_KEY is an answer holding a planted value other than the asked one."""
+NAMED_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("PASS", "FAIL"))
+"""Outcomes a grid label, the `other` column and the card's legend name beside `k/n`."""
 FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
 """Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
 LOCK_NAME = ".niah-run.lock"
@@ -270,6 +274,10 @@ class ResultsFile:
         """(task, length, depth, trial) of every cell already in the file, but those whose latest
         outcome is in `redo` (cells to run again)."""
         return {key for key, outcome in self._outcomes.items() if outcome not in redo}
+
+    def outcome(self, key: tuple[str, int, float, int]) -> str | None:
+        """The latest outcome recorded for a cell (None when it has none)."""
+        return self._outcomes.get(key)
 
     def outcomes(self, keys: set[tuple[str, int, float, int]] | None = None) -> list[str]:
         """The outcome of every cell in the file (the latest record per cell), or of those in `keys`."""

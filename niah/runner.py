@@ -22,7 +22,7 @@ from niah.cells import Cell, plan_cells
 from niah.client import ChatResult
 from niah.config import RETRYABLE, RunConfig
 from niah.corpus import Corpus, get_corpus
-from niah.dispatch import RunState, check_endpoints, dispatch, keep_serving, start_endpoints
+from niah.dispatch import RunState, dispatch, keep_serving, start_endpoints
 from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
@@ -31,16 +31,19 @@ from niah.errors import (
     EXIT_OK,
     NiahError,
 )
+from niah.facts import check_endpoints
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.haystack import LengthUnreachable, Prompt
 from niah.needles import judge, load_needle_spec
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
-from niah.results import CellResult, ResultsFile
+from niah.results import RETRIEVAL_OUTCOMES, CellResult, ResultsFile
 from niah.reuse import priming_prefix, reusable_tokens
+from niah.rounds import Rounds
 from niah.rpc import RPC_WARNING
 from niah.server import stop_on_termination_signals
 from niah.session import ServerSpec, ServerUnreachable
+from niah.verdict import CLEARS, TrialPolicy
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class RunSummary:
     exit_code: int
     per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per task, one row per length: passes, answered trials, pass rate, Wilson 95% bounds, mean score."""
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task, summary.json's verdict: each length's decision and the effective length."""
 
 
 def launch_groups(config: RunConfig) -> list[tuple[str | None, list[int]]]:
@@ -111,6 +116,8 @@ def run_fingerprint(
     }
     if config.answer_budget is not None:  # every task gets exactly this; the default grows per answer
         fingerprint["answer_budget_explicit"] = True
+    if config.policy != TrialPolicy():  # --trials auto, a threshold or clustering of its own
+        fingerprint["trials"] = config.policy.record()
     if corpus.about:
         fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
@@ -189,7 +196,7 @@ def run(config: RunConfig) -> RunSummary:
     check_out_dir(config.out_dir)
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.trials, tuple(t.name for t in config.tasks))
+    cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
     facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
     if config.profiles:
@@ -201,7 +208,9 @@ def run(config: RunConfig) -> RunSummary:
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
-    progress = RunProgress(cells, enabled=config.show_progress, launch_of=dict(config.profiles))
+    # --trials auto: the bar grows by the rounds the run adds
+    progress = RunProgress([] if config.policy.auto else cells, enabled=config.show_progress,
+                           launch_of=dict(config.profiles))
     state = RunState(config, corpus, needle_spec, results, progress)
     try:
         for profile_name, lengths in launch_groups(config):
@@ -223,8 +232,9 @@ def run(config: RunConfig) -> RunSummary:
         prefill_tokens_sent=state.sent,
         prefill_tokens_reusable=state.reusable,
         grid_markdown=report.grid_markdown,
-        exit_code=exit_code(outcomes),
+        exit_code=exit_code(outcomes, all_clear(report.summary) if config.policy.auto else None),
         per_length={task: t["per_length"] for task, t in report.summary["tasks"].items()},
+        verdicts={task: t["verdict"] for task, t in report.summary["tasks"].items()},
     )
 
 
@@ -237,9 +247,13 @@ def run_group(
     """Run one launch group's unfinished cells on its servers (started only when cells are left),
     one server or several, by niah.dispatch's one set of rules."""
     config = state.config
-    done = state.results.done_keys(redo=RETRYABLE if config.retry else ())
+    redo = RETRYABLE if config.retry else ()
+    done = state.results.done_keys(redo=redo)
     state.progress.skip([c for c in group if c.key in done])
-    todo = [c for c in group if c.key not in done]
+    rounds = Rounds(group, config.policy, state.results.outcome, redo) if config.policy.auto else None
+    todo = rounds.next() if rounds else [c for c in group if c.key not in done]
+    if rounds:
+        state.progress.add(todo)
     if not todo:
         return
     needed = max(c.length + config.task_budget(c.task) for c in group)
@@ -251,7 +265,7 @@ def run_group(
     with ExitStack() as stack:
         endpoints = keep_serving(start_endpoints(starters, lambda e: stack.callback(e.session.close)))
         builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
-        dispatch(state, endpoints, builders, todo, run_cell)
+        dispatch(state, endpoints, builders, todo, run_cell, rounds.next if rounds else None)
 
 
 def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:
@@ -358,15 +372,21 @@ def scored(
     )
 
 
-def exit_code(outcomes: Counter[str]) -> int:
-    """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL cells > 0 all PASS."""
+def exit_code(outcomes: Counter[str], cleared: bool | None = None) -> int:
+    """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL or WRONG_KEY cells > 0 all PASS. With
+    `cleared` (--trials auto: whether every length's pass rate clears the threshold) a length that
+    does not clear is 1, and FAIL cells of lengths that clear are not."""
     if outcomes.get("CLAMPED"):
         return EXIT_LAUNCH_INVALID
-    if any(name not in ("PASS", "FAIL") for name in outcomes):
+    if any(name not in RETRIEVAL_OUTCOMES for name in outcomes):
         return EXIT_NON_RETRIEVAL
-    if outcomes.get("FAIL"):
-        return EXIT_FAIL_CELLS
-    return EXIT_OK
+    failed = outcomes.get("FAIL") or outcomes.get("WRONG_KEY") if cleared is None else not cleared
+    return EXIT_FAIL_CELLS if failed else EXIT_OK
+
+
+def all_clear(summary: dict[str, Any]) -> bool:
+    """Whether every length of every task clears the threshold (summary.json's verdicts)."""
+    return all(v["decision"] == CLEARS for t in summary["tasks"].values() for v in t["verdict"]["lengths"])
 
 
 def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None, float | None]:

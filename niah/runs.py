@@ -15,14 +15,14 @@ import pandas as pd
 from niah.errors import NiahError
 from niah.grid import cell_label, grid_markdown, joined
 from niah.results import (
-    OUTCOMES,
-    RETRIEVAL_OUTCOMES,
+    NAMED_OUTCOMES,
     SINGLE_TASK,
     load_cells,
     read_facts,
     read_header,
 )
 from niah.stats import ANSWERED_OUTCOMES, pass_tally, wilson_interval
+from niah.verdict import Verdict, judge_lengths, policy_of
 
 RESULTS_NAME = "results.jsonl"
 
@@ -103,6 +103,20 @@ def length_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def task_verdicts(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Verdict]:
+    """Per task, each length judged against the run's threshold (its recorded trial policy, else
+    RULER's 85.6% over independent trials) and the effective length."""
+    df, policy = with_tasks(df), policy_of(fingerprint)
+    return {task: judge_lengths(zip(part["length"], part["trial"], part["outcome"]), policy)
+            for task in tasks_of(df) for part in [df[df["task"] == task]]}
+
+
+def effective_length(verdicts: dict[str, Verdict]) -> int | None:
+    """The run's effective length: the shortest of its tasks' (None when a task has none)."""
+    lengths = [v.effective_length for v in verdicts.values()]
+    return None if not lengths or None in lengths else min(lengths)  # type: ignore[type-var]
+
+
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, length, depth): trials, passes, answered trials, Wilson bounds, other
     outcomes, label, factor and profile (`_rates`)."""
@@ -117,11 +131,12 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _rates(outcomes: list[str]) -> dict[str, Any]:
-    """The pass-rate columns of a group of trials: `answered` is the denominator (PASS, FAIL and
-    TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g. `TRUNCATED:2`."""
+    """The pass-rate columns of a group of trials: `answered` is the denominator (PASS, FAIL,
+    WRONG_KEY and TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g.
+    `WRONG_KEY:1,TRUNCATED:2`."""
     passes, answered = pass_tally(outcomes)
     low, high = wilson_interval(passes, answered)
-    others = [o for o in OUTCOMES if o in outcomes and o not in RETRIEVAL_OUTCOMES]
+    others = [o for o in NAMED_OUTCOMES if o in outcomes]
     return {
         "trials": len(outcomes),
         "passes": passes,

@@ -130,7 +130,7 @@ def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:
     assert "```text\nlength 0% 100% factor\n2048 PASS 2/3 native\n6144 1/3 2/3,TRUNCATED 2x YaRN\n```" in card
     assert "`TRUNCATED`: the answer budget ran out" in card and "`CLAMPED`" not in card
     low, high = wilson_interval(5, 6)
-    assert f"| 2,048 | native | 6 | 5/6 | 83% ({low:.0%}–{high:.0%}) | - |" in card
+    assert f"| 2,048 | native | 6 | 5/6 | 83% ({low:.0%}–{high:.0%}) | undecided | - |" in card
     assert "| 6,144 | 2x YaRN | 6 | 3/6 | 50% " in card and "| TRUNCATED 1 |" in card
     # prefill: length/2 tokens in length/2 * 10 ms = 100 tok/s; decode: 10 tokens in 500 ms = 20 tok/s
     assert "| 100.0 | 20.0 | 50% | 3 min 00 s |" in card

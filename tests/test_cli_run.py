@@ -134,3 +134,22 @@ def test_a_second_run_on_a_folder_in_use_is_one_line_exit_2(tmp_path: Path) -> N
 def _holds_lock(out: Path, pid: int) -> bool:
     lock = out / ".niah-run.lock"
     return lock.is_file() and lock.read_text().strip() == str(pid)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trials", "abc"], "bad --trials 'abc'"),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--max-trials", "3"], "--max-trials goes with --trials auto"),
+        (["--trials", "auto", "--pass-rate", "1.5"], "--pass-rate must lie between 0 and 1"),
+        (["--trials", "auto", "--max-trials", "0"], "--max-trials must be at least 1"),
+    ],
+)
+def test_bad_trial_options_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "niah", "run", "--url", "http://127.0.0.1:1", "--lengths", "1k", *args,
+         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "results.jsonl").exists()

@@ -18,7 +18,7 @@ from niah.runs import load_run
 from niah.stats import sign_test
 
 FINGERPRINT = {"model": {"file": "m.gguf"}, "launches": {"p": ["-c", "8192"]}, "needle_seed": 0}
-NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED"}
+NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED", "W": "WRONG_KEY"}
 REAL = Path(__file__).parent.parent / "reports" / "tasks-smollm2" / "results.jsonl"
 
 
@@ -53,6 +53,8 @@ def changes(tmp_path: Path, before: str, after: str) -> str:
         ("C", "C", "same"),
         ("PPP", "FFF", "regression"),  # 3/3 -> 0/3: a collapse, though p = 0.125
         ("PPP", "NNN", "regression"),  # truncated answers did not retrieve either
+        ("PPP", "WWW", "regression"),  # nor did answers naming another key's value
+        ("WWW", "PPP", "improved"),
         ("PPP", "PFF", "down"),  # 3/3 -> 1/3: 2 lost, p = 0.25, B still passes
         ("PPPPPPPPPP", "PPFFFFFFFF", "regression"),  # 8 lost: p = 0.004
         ("PPFFFFFFFF", "PPPPPPPPPP", "improved"),
@@ -301,3 +303,27 @@ def test_cli_bad_input_is_one_line_exit_2(
     assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
     assert main(["compare", str(b), str(a), "--json"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_effective_lengths_and_an_auto_b_that_decided_sooner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A: 1024 and 2048 clear with 25 passing trials each. B (--trials auto): 1024 clears the same way,
+    2048 is decided below after one round of 5 FAILs: its 20 other trials are not missing, and the
+    effective length falls from 2,048 to 1,024."""
+    depths = (0.0, 25.0, 50.0, 75.0, 100.0)
+    a = write_run(tmp_path / "a", {(n, d): "P" * 5 for n in (1024, 2048) for d in depths})
+    auto = {**FINGERPRINT, "trials": {"mode": "auto", "pass_rate": 0.856, "max_trials": 20, "interval": "wilson",
+                                      "clusters": "independent"}}
+    b = write_run(tmp_path / "b", {**{(1024, d): "P" * 5 for d in depths}, **{(2048, d): "F" for d in depths}}, auto)
+    comparison = compare_runs(a, b)
+    assert comparison.decided_sooner == 20 and not comparison.incomplete and len(comparison.missing) == 0
+    text = to_markdown(comparison)
+    assert "effective length: A 2,048 → B 1,024" in text
+    assert "20 of A's trials not in B: B's --trials auto had decided their length" in text
+    assert main(["compare", str(a), str(b), "--json"]) == 1  # 5/5 → 0/5 at 2048 is a regression
+    report = json.loads(capsys.readouterr().out)
+    assert report["effective_length"] == {"a": 2048, "b": 1024} and report["missing"] == 0
+    assert report["verdicts"]["b"]["single"]["lengths"][1]["decision"] == "below"
+    fixed = write_run(tmp_path / "fixed", {(n, d): "P" for n in (1024, 2048) for d in depths})
+    assert compare_runs(a, fixed).incomplete  # a fixed-trial B that ran fewer trials is incomplete, as before
+    late = write_run(tmp_path / "late", {**{(1024, d): "F" for d in depths}, **{(2048, d): "P" * 5 for d in depths}})
+    assert "B: 2048 clears after 1024 failed" in to_markdown(compare_runs(a, late, allow_missing=True))

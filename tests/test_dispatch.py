@@ -80,9 +80,28 @@ def test_a_crashed_cell_goes_back_once_and_avoids_the_server_it_crashed_on() -> 
     waiter.join(0.3)
     assert waiter.is_alive()
     assert cells.take("s2") == Batch([a], avoid="s1")
+    cells.close()  # the main thread: nothing in flight, no round to add
     cells.done()
     waiter.join(5)
-    assert taken == [None]  # nothing left and nobody busy: the run is over for s1
+    assert taken == [None]  # nothing left, nobody busy, closed: the run is over for s1
+
+
+def test_an_open_queue_waits_for_the_next_round_until_closed() -> None:
+    first, later = Cell(1024, 0.0, 0), Cell(1024, 0.0, 1)
+    cells = CellQueue([Batch([first])], ["s1"])
+    assert cells.take("s1") == Batch([first])
+    cells.done()
+    taken: list[Batch | None] = []
+    waiter = threading.Thread(target=lambda: taken.extend([cells.take("s1"), cells.take("s1")]))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # empty but open: the main thread may add the next round
+    cells.add([Batch([later])])
+    time.sleep(0.2)
+    cells.done()
+    cells.close()
+    waiter.join(5)
+    assert taken == [Batch([later]), None]
 
 
 def test_the_last_live_server_takes_back_a_cell_it_crashed_on() -> None:

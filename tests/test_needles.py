@@ -115,12 +115,14 @@ def test_needle_files_that_can_be_gamed_are_refused(tmp_path, entry, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_an_answer_holding_a_planted_value_not_asked_is_no_pass():
+def test_an_answer_holding_a_planted_value_not_asked_is_wrong_key_never_pass():
     target = Plant("The special magic number for amber-falcon is: 4827193.", "4827193")
     decoy = Plant("The special magic number for brisk-otter is: 5551234.", "5551234", "distractor", 30.0, True)
     needle = Needle(target.text, "4827193", "?", plants=(target, decoy))
     assert judge("4827193", needle) == ("PASS", 1.0, None)
-    assert judge("5551234", needle)[:2] == ("FAIL", 0.0)
+    assert judge("5551234", needle)[:2] == ("WRONG_KEY", 0.0)
     outcome, score, why = judge("4827193, 5551234", needle)  # listing every planted number
-    assert (outcome, score) == ("FAIL", 1.0) and why is not None and "5551234" in why
+    assert (outcome, score) == ("WRONG_KEY", 1.0) and why is not None and "5551234" in why
+    assert judge("5 551 234", needle)[0] == "WRONG_KEY"  # written with separators
+    assert judge("45551234", needle) == ("FAIL", 0.0, None)  # inside a longer number it is no value
     assert judge("I do not know.", needle) == ("FAIL", 0.0, None)

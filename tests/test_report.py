@@ -193,4 +193,25 @@ def test_truncated_answers_count_in_one_denominator_everywhere(tmp_path: Path) -
     cell = paths.summary["tasks"]["single"]["cells"][1]
     assert (cell["passes"], cell["answered"], cell["label"]) == (2, 3, "2/3,TRUNCATED")
     card = (tmp_path / CARD_NAME).read_text()
-    assert "| 8,192 | 2x YaRN | 3 | 2/3 | 67% (21%–94%) | TRUNCATED 1 |" in card
+    assert "| 8,192 | 2x YaRN | 3 | 2/3 | 67% (21%–94%) | undecided | TRUNCATED 1 |" in card
+
+
+def test_wrong_key_answers_are_named_and_count_as_not_retrieved(tmp_path: Path) -> None:
+    """A multikey answer holding a distractor's value: its own name in the grid, the per-length table,
+    summary.json's outcomes and the card, and in the denominator as not passed."""
+    from niah.card import CARD_NAME
+
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, {"needle_seed": 0})
+    for trial, outcome in enumerate(["PASS", "WRONG_KEY", "PASS"]):
+        results.append(CellResult(4096, 50.0, trial, outcome, task="multikey:4", factor="native", profile="p"))
+    results.append(CellResult(4096, 0.0, 0, "WRONG_KEY", task="multikey:4", factor="native", profile="p"))
+    paths = render_report(path, tmp_path)
+    assert paths.grid_markdown == "task multikey:4\nlength 0% 50% factor\n4096 WRONG_KEY 2/3,WRONG_KEY native\n"
+    assert paths.summary["outcomes"]["WRONG_KEY"] == 2
+    (row,) = paths.summary["tasks"]["multikey:4"]["per_length"]
+    assert (row["passes"], row["answered"], row["other"]) == (2, 4, "WRONG_KEY:2")
+    card = (tmp_path / CARD_NAME).read_text()
+    assert "| 4,096 | native | 4 | 2/4 | 50% (15%–85%) | below | WRONG_KEY 2 |" in card
+    assert "`WRONG_KEY`: the answer held a value planted for another key" in card
+    assert cell_label(["WRONG_KEY", "FAIL"]) == "0/2,WRONG_KEY"

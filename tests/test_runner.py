@@ -316,7 +316,7 @@ def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> No
         expected = tuple(str(record["needle_value"]).split(","))
         plants = tuple(Plant(p["text"], p["value"], p["role"]) for p in planted)
         needle = Needle("", expected[0], "", plants=plants, answers=expected if len(expected) > 1 else ())
-        outcome, score, _ = judge(str(record["answer"]), needle)  # a planted value not asked makes FAIL
+        outcome, score, _ = judge(str(record["answer"]), needle)  # a planted value not asked makes WRONG_KEY
         assert record["score"] == score
         assert record["outcome"] == outcome or (record["outcome"], outcome) == ("TRUNCATED", "FAIL")
     assert records[0]["outcome"] == "PASS"  # SmolLM2 finds one needle at 640 tokens
@@ -326,3 +326,13 @@ def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> No
     assert [r["task"] for r in again[3:]] == ["multivalue:2"]
     assert set(summary.per_length) == {"single", "multikey:3", "chain:1", "multivalue:2"}
     assert "task multivalue:2\nlength 100% factor\n640 " in (tmp_path / "grid.md").read_text()
+
+
+def test_wrong_key_cells_exit_1_like_fail_cells() -> None:
+    from collections import Counter
+
+    from niah.runner import exit_code
+
+    assert exit_code(Counter({"PASS": 3, "WRONG_KEY": 1})) == 1
+    assert exit_code(Counter({"WRONG_KEY": 1, "TRUNCATED": 1})) == 4
+    assert exit_code(Counter({"PASS": 3})) == 0

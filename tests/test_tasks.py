@@ -237,12 +237,12 @@ def test_multikey_records_each_distractor_depth_in_the_prompt(qwen, builtin) -> 
 def test_listing_every_planted_value_or_variable_is_no_pass() -> None:
     multikey = parse_task("multikey:4").needle(0, 4096, 50, 0)
     assert judge(multikey.value, multikey)[0] == "PASS"
-    assert judge(", ".join(p.value for p in multikey.planted), multikey)[0] == "FAIL"
-    assert judge(multikey.planted[2].value, multikey)[0] == "FAIL"
+    assert judge(", ".join(p.value for p in multikey.planted), multikey)[0] == "WRONG_KEY"
+    assert judge(multikey.planted[2].value, multikey)[0] == "WRONG_KEY"
     chain = parse_task("chain:2").needle(0, 4096, 50, 0)
     assert judge(", ".join(chain.expected), chain)[0] == "PASS"
     everything = ", ".join(p.text.split()[1] for p in chain.planted)  # every VAR name in the text
-    assert len(set(everything.split(", "))) == 6 and judge(everything, chain)[0] == "FAIL"
+    assert len(set(everything.split(", "))) == 6 and judge(everything, chain)[0] == "WRONG_KEY"
 
 
 @pytest.mark.parametrize(
@@ -265,7 +265,7 @@ def test_custom_tasks_that_can_be_gamed_are_refused(tmp_path: Path, edit: tuple[
 
 
 @pytest.mark.parametrize("finish", ["stop", "length"])
-def test_a_cell_answering_a_distractor_is_fail_not_pass_nor_truncated(finish: str, qwen, builtin) -> None:
+def test_a_cell_answering_a_distractor_is_wrong_key_not_pass_nor_truncated(finish: str, qwen, builtin) -> None:
     from niah.client import ChatResult
     from niah.runner import decide_outcome
 
@@ -277,5 +277,5 @@ def test_a_cell_answering_a_distractor_is_fail_not_pass_nor_truncated(finish: st
 
     for answer in (needle.planted[1].value, f"{needle.value} or {needle.planted[2].value}"):
         outcome, why, _ = decide_outcome(chat(answer), prompt, None)  # type: ignore[arg-type]
-        assert outcome == "FAIL" and why is not None and "not asked" in why
+        assert outcome == "WRONG_KEY" and why is not None and "not asked" in why
     assert decide_outcome(chat(needle.value), prompt, None)[0] == "PASS"  # type: ignore[arg-type]

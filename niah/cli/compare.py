@@ -12,7 +12,7 @@ EPILOG = """examples:
   niah compare runs/native runs/yarn --out runs/diff    # also compare.md/.json/.png in runs/diff
 pairing: trial t of a cell in A and in B saw the same prompt (same needle seed), so each trial is a
 pair; pairs are pooled per cell, per length and per task.
-regression: more trials lost (A PASS, B FAIL/TRUNCATED) than gained with an exact one-sided sign test
+regression: more trials lost (A PASS, B FAIL/WRONG_KEY/TRUNCATED) than gained with an exact one-sided sign test
 p <= 0.05, or B passing none of them (3/3 -> 0/3); broke: a CLAMPED, CONTEXT_ERROR, CRASH or
 TOKEN_MISMATCH where A answered, or more than one TIMEOUT/HTTP_ERROR.
 exit codes: 0 no regression, 1 regression or B missing trials A has (unless --allow-missing),

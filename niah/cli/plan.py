@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from niah.api_key import api_key
-from niah.cells import answer_budget, parse_depths, parse_lengths, plan_cells
+from niah.cells import answer_budget, parse_depths, parse_lengths, parse_trials, plan_cells
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
+from niah.verdict import MAX_TRIALS
 
 if TYPE_CHECKING:
     from niah.gguf_meta import GGUFFacts
@@ -66,7 +67,8 @@ def plan_command(args: argparse.Namespace) -> int:
     )
 
     lengths = parse_lengths(args.lengths)
-    cells = plan_cells(tuple((length, parse_depths(args.depths)) for length in lengths), args.trials)
+    trials = parse_trials(args.trials) or MAX_TRIALS  # auto: the most it may send
+    cells = plan_cells(tuple((length, parse_depths(args.depths)) for length in lengths), trials)
     managed = bool(args.profile or args.profile_for_length)
     if args.url and managed:
         raise NiahError("give either --url, or launch profiles (--profile / --profile-for-length), not both")

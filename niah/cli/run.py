@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from niah.api_key import api_key
-from niah.cells import parse_depths, parse_length, parse_lengths
+from niah.cells import parse_depths, parse_length, parse_lengths, parse_trials
 from niah.errors import NiahError
+from niah.verdict import INTERVALS, MAX_TRIALS, RULER_PASS_RATE, TrialPolicy
 
 if TYPE_CHECKING:
     from niah.runner import RunSummary
@@ -19,12 +20,15 @@ EPILOG = """examples:
            (resume, rerunning the cells that ended CRASH, TIMEOUT or HTTP_ERROR)
   niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
+  niah run --url http://127.0.0.1:8080 --lengths 4k,8k,16k --trials auto --out runs/verdict
+           (per length, trials until the pass rate's 95% interval is above or below 85.6%, at most 20)
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\
            --lengths 131k,1010000 --depths linspace:0:100:5 --out runs/seed
   several servers at once (cells go to whichever is free, a length's depths stay on one server):
   niah run --url http://gpu0:8080 --url http://gpu1:8080 --lengths 128k,256k --out runs/b
   niah run --model m.gguf --profile my-2gpu.toml --servers 2 --lengths 128k,256k --out runs/c
-exit codes: 0 all PASS, 1 FAIL cells, 2 bad input, 3 launch invalid (unreachable, clamped),
+exit codes: 0 all PASS (--trials auto: every length clears), 1 FAIL or WRONG_KEY cells (auto: a length
+            that does not clear), 2 bad input, 3 launch invalid (unreachable, clamped),
             4 cells ended in other outcomes (TIMEOUT, CRASH, TOKEN_MISMATCH, ...)"""
 
 
@@ -45,6 +49,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
     parser.add_argument("--retry", action="store_true",
                         help="on resume, also rerun the cells recorded CRASH, TIMEOUT or HTTP_ERROR")
+    verdict = parser.add_argument_group("verdict (--trials auto)")
+    verdict.add_argument("--pass-rate", type=float,
+                         help=f"the threshold a length's pass rate must clear (default {RULER_PASS_RATE}, RULER's)")
+    verdict.add_argument("--max-trials", type=int, help=f"trials per cell auto stops at (default {MAX_TRIALS})")
+    verdict.add_argument("--interval", choices=INTERVALS,
+                         help="95%% interval of the pass rate: wilson (default) or exact (Clopper-Pearson)")
     add_target_options(parser, several=True)
     add_common_options(parser)
     parser.set_defaults(func=run_command)
@@ -54,7 +64,11 @@ def add_grid_options(parser: argparse.ArgumentParser) -> None:
     """The grid's options, shared by `run` and `plan`."""
     parser.add_argument("--lengths", required=True, help="e.g. 131k,262144,1010000 (k=1024, m=1024²)")
     parser.add_argument("--depths", default="0,25,50,75,100", help="percents, or linspace:0:100:11")
-    parser.add_argument("--trials", type=int, default=1, help="prompts per cell (different values and distractor positions)")
+    parser.add_argument(
+        "--trials", default="1",
+        help="prompts per cell (different values and distractor positions), or auto: per length, add trials "
+        f"until the pass rate's 95%% interval lies above or below --pass-rate (planned at the cap, {MAX_TRIALS})",
+    )
 
 
 def add_target_options(parser: argparse.ArgumentParser, title: str = "server (one of)", several: bool = False) -> None:
@@ -168,7 +182,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise NiahError(f"model file {args.model} does not exist")
     config = RunConfig(
         grid=tuple((length, depths) for length in lengths),
-        trials=args.trials,
+        trials=parse_trials(args.trials) or 1,
+        policy=trial_policy(args),
         tasks=tasks,
         out_dir=args.out,
         url=urls[0] if urls else None,
@@ -185,6 +200,16 @@ def run_command(args: argparse.Namespace) -> int:
         return print_summary(run(config))
 
 
+def trial_policy(args: argparse.Namespace) -> TrialPolicy:
+    """--trials auto with its threshold, cap and interval; the threshold and interval also judge a
+    fixed number of trials (the effective length)."""
+    auto = parse_trials(args.trials) is None
+    if args.max_trials is not None and not auto:
+        raise NiahError("--max-trials goes with --trials auto")
+    given = {"pass_rate": args.pass_rate, "max_trials": args.max_trials, "interval": args.interval}
+    return TrialPolicy(auto=auto, **{k: v for k, v in given.items() if v is not None})
+
+
 def print_summary(summary: RunSummary) -> int:
     """The grid, the counts and where the files are; returns the exit code."""
     print(summary.grid_markdown)
@@ -197,6 +222,8 @@ def print_summary(summary: RunSummary) -> int:
                 rate = f"{row['passes']}/{row['answered']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
                 score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
                 print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
+    for task, verdict in summary.verdicts.items():
+        print(f"{task + ': ' if several else ''}{verdict['text']}")
     sent, computed = summary.prefill_tokens_sent, summary.prefill_tokens_computed
     if sent:
         print(
