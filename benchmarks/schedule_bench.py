@@ -2,7 +2,9 @@
 
 Each cell computes its length less the haystack it shares with the cell before on the same server
 (`niah.progress.expected_prefill`). Printed for one length at 5 depths, and for the seed's grid
-(5 lengths × 5 depths to 1,010,000) on one server and on one launch per length. Nothing is asserted;
+(5 lengths × 5 depths to 1,010,000) on one server, on one launch per length, and as one shared
+haystack on one launch (`--haystack shared`: each length computes only what extends the shorter
+one, plus each cell's last sentence and question, SHARED_TAIL tokens). Nothing is asserted;
 a real-server measurement is benchmarks/reuse_bench.py.
 
     python benchmarks/schedule_bench.py
@@ -10,15 +12,17 @@ a real-server measurement is benchmarks/reuse_bench.py.
 
 from __future__ import annotations
 
-from niah.cells import plan_cells
+from niah.cells import SHARED_SUFFIX, plan_cells
 from niah.progress import expected_prefill
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 SEED_LENGTHS = (131072, 262144, 393216, 524288, 1010000)
 
 
-def ratio(grid: tuple[tuple[int, tuple[float, ...]], ...], launch_of: dict[int, object] | None = None) -> tuple[int, int]:
-    cells = plan_cells(grid, trials=1)
+def ratio(
+    grid: tuple[tuple[int, tuple[float, ...]], ...], launch_of: dict[int, object] | None = None, task: str = "single"
+) -> tuple[int, int]:
+    cells = plan_cells(grid, trials=1, tasks=(task,))
     return sum(expected_prefill(cells, launch_of)), sum(c.length for c in cells)
 
 
@@ -29,6 +33,7 @@ def main() -> None:
         "seed grid, one launch per length": ratio(
             tuple((n, DEPTHS) for n in SEED_LENGTHS), {n: i for i, n in enumerate(SEED_LENGTHS)}
         ),
+        "seed grid, shared haystack": ratio(tuple((n, DEPTHS) for n in SEED_LENGTHS), task="single" + SHARED_SUFFIX),
     }
     print(f"{'schedule':<34} {'computed':>12} {'naive':>12} {'ratio':>7}")
     for name, (computed, naive) in cases.items():

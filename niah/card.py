@@ -14,6 +14,7 @@ import pandas as pd
 
 from niah.card_reproduce import reproduce
 from niah.card_tasks import task_budgets, task_example
+from niah.cells import SHARED_SUFFIX
 from niah.filenames import file_names
 from niah.grid import grid_markdown, joined
 from niah.needles import DEFAULT_INTRO, DEFAULT_NEEDLE, DEFAULT_QUESTION
@@ -238,7 +239,9 @@ def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
     for task in tasks:
         kind, _, count = task.partition(":")
         example, regenerates = task_example(df, fp, task)
-        if task == SINGLE_TASK:
+        if task.endswith(SHARED_SUFFIX):
+            example, meaning = "", shared_meaning(df[df["task"] == task])
+        elif task == SINGLE_TASK:
             meaning = "one planted fact (the Needle above); PASS = its number"
         elif kind in TASK_MEANING and count.isdigit() and regenerates:
             n = int(count) + (1 if kind == "chain" else 0)
@@ -253,6 +256,19 @@ def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
         budget = f"; answer budget {budgets[task]} tokens" if task in budgets else ""
         lines.append(f"  - `{task}`: {meaning}{budget}." + (f" Example {example}." if example else ""))
     return lines
+
+
+def shared_meaning(cells: pd.DataFrame) -> str:
+    """What a shared-haystack task planted and asked: how many keyed needles its prompts held."""
+    held = cells["planted"].map(lambda p: len(p) if isinstance(p, list) else 0)
+    counts = f"{held.min()}" if held.min() == held.max() else f"{held.min()}–{held.max()}"
+    return (
+        "a screen on one shared haystack per trial (`--haystack shared`): one keyed number (\"The special magic "
+        "number for KEY is: N.\") per cell of the grid, each cell its own key and value; the prompt of a cell is "
+        f"that haystack cut at its length (holding {counts} keyed numbers), asked the key planted at its depth; "
+        "PASS = the asked number and no other planted one; the questions on one haystack count as one cluster "
+        "in the pass-rate bounds"
+    )
 
 
 def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
+from niah.cells import ANSWER_BUDGET, SHARED, THINKING_ANSWER_BUDGET
 from niah.filenames import file_names
 from niah.results import SINGLE_TASK
 from niah.runs import tasks_of
@@ -38,7 +38,10 @@ def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
     args += [f"--{k.replace('_', '-')} {v}" for k, v in asdict(policy).items()
              if k in ("pass_rate", "max_trials", "interval") and v != getattr(TrialPolicy(), k)]
     tasks = tasks_of(df)
-    if tasks != [SINGLE_TASK]:
+    if fp.get("haystack") == SHARED:
+        confirm = fp.get("confirm")
+        args.append("--haystack shared" + (f" --confirm{' all' if confirm == 'all' else ''}" if confirm else ""))
+    elif tasks != [SINGLE_TASK]:
         files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
         names = [file_names(str(files[t].get("file"))) if t in files else t for t in tasks]
         args.append(f"--task {','.join(names)}")

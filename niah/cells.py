@@ -14,6 +14,15 @@ THINKING_ANSWER_BUDGET = 4096
 BUDGET_PER_EXTRA_ANSWER = 32
 """Tokens added to the default budget for each expected value past the first (all-of tasks)."""
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
+SHARED = "shared"
+HAYSTACKS = ("single", SHARED)
+"""`--haystack`: a prompt per cell (the default), or one haystack per trial cut at every length."""
+SHARED_TAIL = 64
+"""Tokens a shared-haystack prompt holds past its last whole sentence (the cut sentence, the question,
+the template's close), computed afresh for every cell, on paper."""
+SHARED_SUFFIX = "@shared"
+"""Appended to a task's name when its cells are cut from one shared haystack per trial
+(`--haystack shared`, niah.shared_haystack): `single@shared` is recorded apart from `single`."""
 
 
 def answer_budget(explicit: int | None, thinking: str) -> int:
@@ -38,6 +47,11 @@ class Cell:
     @property
     def key(self) -> tuple[str, int, float, int]:
         return (self.task, self.length, float(self.depth), self.trial)
+
+    @property
+    def shared(self) -> bool:
+        """Cut from its trial's shared haystack (niah.shared_haystack)."""
+        return self.task.endswith(SHARED_SUFFIX)
 
 
 def parse_length(text: str) -> int:
@@ -114,9 +128,12 @@ def needle_position(cell: Cell) -> float:
 def shared_prefix(previous: Cell | None, cell: Cell) -> float:
     """Haystack tokens two consecutive prompts on one server share: every prompt's haystack is the
     same corpus text up to its needle, so they agree up to the earlier of the two needles (for one
-    task; other tasks plant other sentences, so nothing is counted across tasks)."""
+    task; other tasks plant other sentences, so nothing is counted across tasks). Two cells of one
+    shared haystack agree up to the shorter one's last whole sentence (SHARED_TAIL before its end)."""
     if previous is None or previous.task != cell.task:
         return 0.0
+    if cell.shared:
+        return float(max(0, min(previous.length, cell.length) - SHARED_TAIL)) if previous.trial == cell.trial else 0.0
     return min(needle_position(previous), needle_position(cell))
 
 
@@ -124,7 +141,8 @@ def plan_cells(
     grid: tuple[tuple[int, tuple[float, ...]], ...], trials: int, tasks: tuple[str, ...] = ("single",)
 ) -> list[Cell]:
     """Cells in sending order from (length, depths) rows: per task (in the order given), ascending
-    needle position (length × depth), then length and trial.
+    needle position (length × depth), then length and trial; a shared-haystack task by trial, then
+    ascending length and depth (each prompt extends the one before).
 
     Consecutive prompts share the haystack up to the earlier needle (`shared_prefix`), and the
     server's prompt cache skips that prefix. In this order each prompt shares everything up to the
@@ -149,4 +167,10 @@ def plan_cells(
         for trial in range(trials)
     ]
     order = {task: i for i, task in enumerate(tasks)}
-    return sorted(cells, key=lambda c: (order[c.task], needle_position(c), c.length, c.trial))
+
+    def rank(c: Cell) -> tuple[float, ...]:
+        if c.shared:  # one haystack per trial, cut at ascending lengths
+            return (order[c.task], c.trial, c.length, c.depth)
+        return (order[c.task], needle_position(c), c.length, c.trial)
+
+    return sorted(cells, key=rank)

@@ -61,6 +61,8 @@ class RunConfig:
     show_progress: bool = True
     retry: bool = False
     """Resume reruns the recorded RETRYABLE cells too (otherwise every recorded cell is skipped)."""
+    confirm: str | None = None
+    """A shared-haystack screen's cells rerun one needle per prompt: `fails` or `all` (niah.confirm)."""
 
     def __post_init__(self) -> None:
         if self.answer_budget is not None and self.answer_budget < 1:
@@ -74,6 +76,8 @@ class RunConfig:
         if self.urls and not self.url:
             raise NiahError("further --url servers need a first --url")
         check_distinct_servers([u for u in (self.url, *self.urls) if u])
+        if self.confirm is not None and not self.shared:
+            raise NiahError("--confirm reruns a shared-haystack screen's cells: it goes with --haystack shared")
         if self.servers > 1 and self.url:
             raise NiahError("--servers starts managed launches; with --url, give --url once per server instead")
 
@@ -99,8 +103,16 @@ class RunConfig:
         return self.budget + BUDGET_PER_EXTRA_ANSWER * (self.task(name).answers - 1)
 
     def task(self, name: str) -> Task:
-        """The task named `name`."""
-        return next(t for t in self.tasks if t.name == name)
+        """The task named `name` (`single` also for a shared screen's confirmations)."""
+        found = next((t for t in self.tasks if t.name == name), None)
+        if found is None and name != SINGLE:
+            raise KeyError(name)
+        return found or Task(SINGLE, SINGLE)
+
+    @property
+    def shared(self) -> bool:
+        """Cells are cut from one shared haystack per trial (`--haystack shared`)."""
+        return any(t.shared for t in self.tasks)
 
     @property
     def results_path(self) -> Path:

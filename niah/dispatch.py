@@ -73,11 +73,11 @@ class Batch:
 
 
 def batches(cells: list[Cell]) -> list[Batch]:
-    """Runs of cells of one (task, length, trial), in plan order within a run; the longest runs first,
-    so the last run to finish is a short one."""
+    """Runs of cells of one (task, length, trial), or of one shared haystack (task, trial), in plan
+    order within a run; the longest runs first, so the last run to finish is a short one."""
     runs: dict[tuple[str, int, int], list[Cell]] = {}
     for cell in cells:
-        runs.setdefault((cell.task, cell.length, cell.trial), []).append(cell)
+        runs.setdefault((cell.task, 0 if cell.shared else cell.length, cell.trial), []).append(cell)
     return sorted((Batch(run) for run in runs.values()), key=lambda b: -sum(c.length for c in b.cells))
 
 

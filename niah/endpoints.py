@@ -17,6 +17,7 @@ from niah.preflight import PreflightReport, preflight
 from niah.profiles import LaunchProfile, factor_label
 from niah.reuse import ServerModel, kind_of_arch, probe_reuse, reuse_kind, shortfall_reason
 from niah.session import ServerSession, ServerSpec
+from niah.shared_haystack import place
 from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
 
@@ -158,13 +159,15 @@ def prompt_builder(endpoint: Endpoint, tokenizer: Tokenizer, corpus: Corpus) -> 
     template = endpoint.template
 
     def build_cell(cell: Cell, needle: Needle) -> tuple[Prompt, int, str]:
-        prompt = build(cell.length, cell.depth, tokenizer, corpus, needle, template)
+        placed = place(needle, cell.length, tokenizer, corpus, template)
+        prompt = build(cell.length, cell.depth, tokenizer, corpus, placed, template)
         if tokenizer is endpoint.counter:  # build() already counted the server's own render
             return prompt, prompt.prompt_tokens, "server"
         counted = endpoint.server_count(prompt)
         if counted == cell.length:
             return prompt, counted, tokenizer.name
-        prompt = build(cell.length, cell.depth, endpoint.counter, corpus, needle, template)
+        placed = place(needle, cell.length, endpoint.counter, corpus, template)
+        prompt = build(cell.length, cell.depth, endpoint.counter, corpus, placed, template)
         return prompt, prompt.prompt_tokens, "server"
 
     return build_cell

@@ -36,7 +36,7 @@ class PlantedPiece:
     text: str
     value: str
     role: str
-    """`target`, `distractor`, `value`, `query` or `hop` (niah.tasks)."""
+    """`target`, `distractor`, `value`, `query`, `hop` (niah.tasks) or `key` (niah.shared_haystack)."""
     depth: float
     """Nominal depth, percent of the filler."""
     token_offset: int
@@ -81,6 +81,9 @@ class Prompt:
     """How many copies of the corpus the haystack reaches into (1 = no repetition)."""
     planted: tuple[PlantedPiece, ...] = ()
     """Every planted sentence where it landed, the target first."""
+    reuse_end: int | None = None
+    """Shared haystack: prompt tokens before what follows its last whole corpus atom (the rest of
+    the haystack's longer prompts start the same way); None = up to the first planted sentence."""
 
 
 _FRAMES: weakref.WeakKeyDictionary[object, tuple[str, str]] = weakref.WeakKeyDictionary()
@@ -219,7 +222,10 @@ class _Builder:
         """Each plant's filler unit index; `apart` plants move to the nearest boundary no other
         plant of the target or `apart` kind holds, when the filler has one."""
         last = n + 1 if tail_tokens else n
-        ks = [self.position(n, tail_tokens, depth if p.depth is None else p.depth) for p in self.plants]
+        ks = [
+            min(p.atom, n) if p.atom is not None else self.position(n, tail_tokens, depth if p.depth is None else p.depth)
+            for p in self.plants
+        ]
         taken = {ks[0]}
         for i, plant in enumerate(self.plants[1:], 1):
             if not plant.apart:
@@ -339,8 +345,12 @@ def _finish(
 ) -> Prompt:
     """Measure offsets, check every planted value is where it was planted only, check the template is
     verbatim, and make the Prompt."""
-    server = _server_offsets(builder, pieces, plant_at) if builder.full_count else None
-    start, body_end, spans = server or _counted_offsets(builder, pieces, plant_at)
+    shared = bool(builder.needle.haystack)
+    # a shared haystack's prompt is the longer prompts' prefix up to its last whole atom
+    follow = [1 + max((i for i, p in enumerate(pieces) if isinstance(p, tuple)), default=0)] if shared else []
+    server = _server_offsets(builder, pieces, [*plant_at, *follow]) if builder.full_count else None
+    start, body_end, spans = server or _counted_offsets(builder, pieces, [*plant_at, *follow])
+    reuse_end = spans.pop()[0] if shared else None
     body = builder.text_of(pieces[1:-1])
     needle = builder.needle
     plants = builder.plants
@@ -389,4 +399,5 @@ def _finish(
         corpus=tc.corpus.name,
         corpus_repeats=max(1, -(-atoms_used // tc.atoms)) if tc.complete else 1,
         planted=tuple(planted),
+        reuse_end=reuse_end,
     )

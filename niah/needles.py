@@ -42,11 +42,16 @@ class Plant:
     value: str = ""
     """The value it carries (a number, or a variable's name for a chain hop)."""
     role: str = "target"
-    """`target` (at the cell's depth), `distractor`, `value`, `query` or `hop`."""
+    """`target` (at the cell's depth), `distractor`, `value`, `query`, `hop`, or `key` (another cell's
+    needle in a shared haystack)."""
     depth: float | None = None
     """Nominal depth in percent; None = the cell's depth."""
     apart: bool = False
     """Kept off the target's position (and off the other `apart` plants' positions)."""
+    cell: tuple[int, float] | None = None
+    """The (length, depth) cell whose question asks for it, in a shared haystack (niah.shared_haystack)."""
+    atom: int | None = None
+    """The corpus atom it precedes: a fixed place in a shared haystack; None = placed by depth."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Needle:
     """Every sentence planted, the target first; empty = `text` alone at the cell's depth."""
     answers: tuple[str, ...] = ()
     """What an all-of answer must contain, every one; empty = `value` alone (the exact scorer)."""
+    haystack: str = ""
+    """The shared haystack it is cut from (`shared:SEED:TRIAL`); empty = the corpus, up to the first plant."""
 
     @property
     def planted(self) -> tuple[Plant, ...]:

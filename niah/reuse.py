@@ -10,7 +10,9 @@ Facts of the bundled llama.cpp (11434, tools/server/server-context.cpp) behind t
   one user message gets no checkpoint from any flag. So niah *primes* such a server: before a
   cell it sends the cell's own prompt tokens up to the needle (`/completion`, no answer), the
   server checkpoints 4 tokens before that end, and the next cell, which shares the haystack up to
-  this needle, restores it. The prompt sent is unchanged; the primer's computed tokens are counted.
+  this needle, restores it. A shared haystack's prompt is primed up to its last whole corpus atom,
+  where the longer prompts cut from the same haystack part from it (niah.shared_haystack). The
+  prompt sent is unchanged; the primer's computed tokens are counted.
 """
 
 from __future__ import annotations
@@ -105,17 +107,22 @@ def first_plant(prompt: Prompt) -> int:
 
 
 def priming_prefix(prompt: Prompt) -> int:
-    """Prompt tokens before the first planted sentence: the most the next cell can share with this one."""
+    """Prompt tokens the next cell can share with this one at most: up to the first planted sentence
+    (a shared haystack: up to what follows its last whole atom, `Prompt.reuse_end`)."""
+    if prompt.reuse_end is not None:
+        return prompt.reuse_end
     return prompt.haystack_token_start + first_plant(prompt)
 
 
 def reusable_tokens(previous: Prompt | None, prompt: Prompt) -> int:
-    """Prompt tokens `prompt` shares with `previous` (the last prompt sent to the same server):
-    the template and instructions before the haystack, then the haystack up to the earlier of the
-    two prompts' first planted sentences."""
+    """Prompt tokens `prompt` shares with `previous` (the last prompt sent to the same server): the
+    template and instructions before the haystack, then the haystack up to the earlier of the two
+    prompts' `priming_prefix`; prompts cut from different haystacks share nothing counted."""
     if previous is None or previous.haystack_token_start != prompt.haystack_token_start:
         return 0
-    return prompt.haystack_token_start + min(first_plant(previous), first_plant(prompt))
+    if previous.needle.haystack != prompt.needle.haystack:
+        return 0
+    return min(priming_prefix(previous), priming_prefix(prompt))
 
 
 def shortfall(expected: int, cache_n: int | None) -> bool:

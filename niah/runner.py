@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections import Counter
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from niah import __version__
-from niah.cells import Cell, plan_cells
+from niah.cells import SHARED, Cell, plan_cells
 from niah.client import ChatResult
 from niah.config import RETRYABLE, RunConfig
+from niah.confirm import Confirmations, confirmation
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import RunState, dispatch, keep_serving, start_endpoints
 from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
@@ -39,7 +41,7 @@ from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
 from niah.results import RETRIEVAL_OUTCOMES, CellResult, ResultsFile
 from niah.reuse import priming_prefix, reusable_tokens
-from niah.rounds import Rounds
+from niah.rounds import Key, Rounds
 from niah.rpc import RPC_WARNING
 from niah.server import stop_on_termination_signals
 from niah.session import ServerSpec, ServerUnreachable
@@ -118,6 +120,9 @@ def run_fingerprint(
         fingerprint["answer_budget_explicit"] = True
     if config.policy != TrialPolicy():  # --trials auto, a threshold or clustering of its own
         fingerprint["trials"] = config.policy.record()
+    if config.shared:
+        fingerprint["haystack"] = SHARED
+        fingerprint["confirm"] = config.confirm
     if corpus.about:
         fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
@@ -223,7 +228,9 @@ def run(config: RunConfig) -> RunSummary:
     from niah.report import render_report
 
     report = render_report(config.results_path, config.out_dir)
-    outcomes = Counter(results.outcomes({c.key for c in cells}))  # this grid's cells decide the exit code
+    # this grid's cells decide the exit code; a screen cell's confirmation, where it ran, stands for it
+    confirmed = {c.key: confirmation(c).key for c in cells if config.confirm and results.outcome(confirmation(c).key)}
+    outcomes = Counter(results.outcomes({confirmed.get(c.key, c.key) for c in cells}))
     return RunSummary(
         results_path=config.results_path,
         report_dir=config.out_dir,
@@ -251,9 +258,17 @@ def run_group(
     done = state.results.done_keys(redo=redo)
     state.progress.skip([c for c in group if c.key in done])
     rounds = Rounds(group, config.policy, state.results.outcome, redo) if config.policy.auto else None
+    confirms = Confirmations(group, config.confirm, state.results.outcome, redo) if config.confirm else None
+
+    def more(in_flight: Collection[Key]) -> list[Cell]:
+        """What the loop runs next: the next rounds of --trials auto, the screen's confirmations."""
+        return [*(rounds.next(in_flight) if rounds else []), *(confirms.next(in_flight) if confirms else [])]
+
     todo = rounds.next() if rounds else [c for c in group if c.key not in done]
-    if rounds:
-        state.progress.add(todo)
+    later = confirms.next({c.key for c in todo}) if confirms else []  # a resumed screen's
+    if rounds or later:
+        state.progress.add(todo + later if rounds else later)
+    todo += later
     if not todo:
         return
     needed = max(c.length + config.task_budget(c.task) for c in group)
@@ -265,7 +280,7 @@ def run_group(
     with ExitStack() as stack:
         endpoints = keep_serving(start_endpoints(starters, lambda e: stack.callback(e.session.close)))
         builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
-        dispatch(state, endpoints, builders, todo, run_cell, rounds.next if rounds else None)
+        dispatch(state, endpoints, builders, todo, run_cell, more if rounds or confirms else None)
 
 
 def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:

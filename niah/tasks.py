@@ -16,6 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +85,12 @@ class CustomTask:
     source: str
 
 
+class NeedleSource(Protocol):
+    """What makes a cell's needle when a task does not (a shared haystack)."""
+
+    def needle(self, seed: int, length: int, depth: float, trial: int) -> Needle: ...
+
+
 @dataclass(frozen=True)
 class Task:
     """A parsed `--task`: its name as recorded (`multikey:4`), its kind and count, or a custom file."""
@@ -92,6 +99,9 @@ class Task:
     kind: str
     count: int = 1
     custom: CustomTask | None = None
+    shared: NeedleSource | None = None
+    """`--haystack shared`: every cell's question over one haystack per trial (name `single@shared`,
+    niah.shared_haystack.SharedHaystack)."""
 
     @property
     def answers(self) -> int:
@@ -102,6 +112,8 @@ class Task:
 
     def needle(self, seed: int, length: int, depth: float, trial: int, spec: NeedleSpec | None = None) -> Needle:
         """What the cell (length, depth, trial) of this task plants and asks."""
+        if self.shared is not None:
+            return self.shared.needle(seed, length, depth, trial)
         if self.kind == SINGLE:
             return make_needle(seed, length, depth, trial, spec)
         rng = random.Random(_digest(f"niah-task:{seed}:{self.name}:{length}:{float(depth)!r}:{trial}"))

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from niah.api_key import api_key
-from niah.cells import answer_budget, parse_depths, parse_lengths, parse_trials, plan_cells
+from niah.cells import (
+    SHARED,
+    SHARED_SUFFIX,
+    answer_budget,
+    parse_depths,
+    parse_lengths,
+    parse_trials,
+    plan_cells,
+)
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.verdict import MAX_TRIALS
@@ -68,7 +76,8 @@ def plan_command(args: argparse.Namespace) -> int:
 
     lengths = parse_lengths(args.lengths)
     trials = parse_trials(args.trials) or MAX_TRIALS  # auto: the most it may send
-    cells = plan_cells(tuple((length, parse_depths(args.depths)) for length in lengths), trials)
+    task = "single" + (SHARED_SUFFIX if args.haystack == SHARED else "")
+    cells = plan_cells(tuple((length, parse_depths(args.depths)) for length in lengths), trials, (task,))
     managed = bool(args.profile or args.profile_for_length)
     if args.url and managed:
         raise NiahError("give either --url, or launch profiles (--profile / --profile-for-length), not both")

@@ -7,12 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from niah.api_key import api_key
-from niah.cells import parse_depths, parse_length, parse_lengths, parse_trials
+from niah.cells import (
+    HAYSTACKS,
+    SHARED,
+    SHARED_SUFFIX,
+    parse_depths,
+    parse_length,
+    parse_lengths,
+    parse_trials,
+)
+from niah.confirm import CONFIRMS
 from niah.errors import NiahError
 from niah.verdict import INTERVALS, MAX_TRIALS, RULER_PASS_RATE, TrialPolicy
 
 if TYPE_CHECKING:
     from niah.runner import RunSummary
+    from niah.tasks import Task
+
+Grid = tuple[tuple[int, tuple[float, ...]], ...]
 
 EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
@@ -49,6 +61,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--out", required=True, type=Path, help="run folder: results.jsonl and the report")
     parser.add_argument("--retry", action="store_true",
                         help="on resume, also rerun the cells recorded CRASH, TIMEOUT or HTTP_ERROR")
+    parser.add_argument(
+        "--confirm", nargs="?", const="fails", choices=CONFIRMS,
+        help="with --haystack shared: rerun every cell the screen did not pass one needle per prompt (fresh "
+        "prefill), side by side with the screen; --confirm all also every cell of the longest length",
+    )
     verdict = parser.add_argument_group("verdict (--trials auto)")
     verdict.add_argument("--pass-rate", type=float,
                          help=f"the threshold a length's pass rate must clear (default {RULER_PASS_RATE}, RULER's)")
@@ -68,6 +85,12 @@ def add_grid_options(parser: argparse.ArgumentParser) -> None:
         "--trials", default="1",
         help="prompts per cell (different values and distractor positions), or auto: per length, add trials "
         f"until the pass rate's 95%% interval lies above or below --pass-rate (planned at the cap, {MAX_TRIALS})",
+    )
+    parser.add_argument(
+        "--haystack", choices=HAYSTACKS, default="single",
+        help="single: a prompt per cell (default); shared: per trial one haystack holding a keyed needle for "
+        "every cell, cut at each length (a screen for about one prefill of the longest length; --confirm "
+        "reruns its FAILs one needle per prompt)",
     )
 
 
@@ -167,9 +190,10 @@ def run_command(args: argparse.Namespace) -> int:
     from niah.runner import RunConfig, check_out_dir, run
     from niah.tasks import parse_tasks
 
-    tasks = parse_tasks(args.task)
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
+    grid = tuple((length, depths) for length in lengths)
+    tasks = haystack_tasks(args, parse_tasks(args.task), grid)
     managed = bool(args.profile or args.profile_for_length)
     if bool(args.url) == managed:
         raise NiahError("give either --url, or --model with --profile / --profile-for-length")
@@ -181,7 +205,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.model and not args.model.is_file():
         raise NiahError(f"model file {args.model} does not exist")
     config = RunConfig(
-        grid=tuple((length, depths) for length in lengths),
+        grid=grid,
         trials=parse_trials(args.trials) or 1,
         policy=trial_policy(args),
         tasks=tasks,
@@ -193,11 +217,24 @@ def run_command(args: argparse.Namespace) -> int:
         arch=args.arch,
         profiles=profile_mapping(args, lengths) if managed else (),
         retry=args.retry,
+        confirm=args.confirm,
         **common_config(args),  # type: ignore[arg-type]
     )
     check_out_dir(args.out)
     with run_folder_lock(args.out):
         return print_summary(run(config))
+
+
+def haystack_tasks(args: argparse.Namespace, tasks: tuple[Task, ...], grid: Grid) -> tuple[Task, ...]:
+    """The run's tasks: as given, or with `--haystack shared` the one task it runs, `single@shared`."""
+    from niah.shared_haystack import SharedHaystack
+    from niah.tasks import SINGLE, Task
+
+    if args.haystack != SHARED:
+        return tasks
+    if [t.name for t in tasks] != [SINGLE] or args.needle:
+        raise NiahError("--haystack shared plants its own keyed needles: it runs --task single, without --needle")
+    return (Task(SINGLE + SHARED_SUFFIX, SINGLE, shared=SharedHaystack.of_grid(grid)),)
 
 
 def trial_policy(args: argparse.Namespace) -> TrialPolicy:
@@ -207,7 +244,9 @@ def trial_policy(args: argparse.Namespace) -> TrialPolicy:
     if args.max_trials is not None and not auto:
         raise NiahError("--max-trials goes with --trials auto")
     given = {"pass_rate": args.pass_rate, "max_trials": args.max_trials, "interval": args.interval}
-    return TrialPolicy(auto=auto, **{k: v for k, v in given.items() if v is not None})
+    # questions on one shared haystack are not independent: bounds count haystacks (a design effect)
+    clusters = "haystack" if args.haystack == SHARED else "independent"
+    return TrialPolicy(auto=auto, clusters=clusters, **{k: v for k, v in given.items() if v is not None})
 
 
 def print_summary(summary: RunSummary) -> int:
