@@ -47,7 +47,7 @@ TRANSIENT = ("TIMEOUT", "HTTP_ERROR")
 ALPHA = 0.05
 """One-sided level of the sign test."""
 MEASURED = ("needle_seed", "corpus", "corpus_sha256", "needle_spec", "task_files", "answer_budget",
-            "answer_budget_explicit", "thinking", "temperature", "mode")
+            "answer_budget_explicit", "thinking", "temperature", "haystack")
 """Fingerprint keys that decide what a cell measures: runs differing in one are not paired."""
 TRIAL_KEYS = ["task", "length", "depth", "trial"]
 LEVELS = {"cells": ["task", "length", "depth"], "lengths": ["task", "length"], "tasks": ["task"]}

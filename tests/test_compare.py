@@ -130,7 +130,7 @@ def test_a_partial_b_is_incomplete_unless_allowed(tmp_path: Path, capsys: pytest
         ("answer_budget", 64, "answer_budget: "),
         ("answer_budget_explicit", True, "answer_budget_explicit: "),
         ("thinking", "on", 'thinking: "not recorded" → "on"'),
-        ("mode", "shared", "mode: "),
+        ("haystack", "shared", "haystack: "),
     ],
 )
 def test_runs_that_measured_different_things_are_refused_unless_forced(
