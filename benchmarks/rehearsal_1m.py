@@ -17,7 +17,8 @@ About an hour on 2 cores; run it on a quiet machine.
 
     python benchmarks/rehearsal_1m.py [--work DIR] [--json FILE] [--steps 1,2,3,4,5,6]
 
-Each step stands alone on the launch (step 6 measures against step 4's cells, or skips when step 4
+`--haystack shared` runs step 4's row as one shared haystack (one 131K prefill for the three cells)
+and plans step 6 the same way. Each step stands alone on the launch (step 6 measures against step 4's cells, or skips when step 4
 did not run), so a session short of time can run the long ones (4 and 5) on their own.
 """
 
@@ -151,11 +152,12 @@ def cells_of(out: Path) -> list[dict[str, Any]]:
     return [r for r in lines if r.get("record") == "cell"]
 
 
-def row_131k(session: ServerSession, work: Path) -> float:
-    """Step 4: the 131,072 row at 0/50/100; SIGKILL after the first finished cell, then rerun."""
+def row_131k(session: ServerSession, work: Path, haystack: str) -> float:
+    """Step 4: the 131,072 row at 0/50/100 (one needle per prompt, or one shared haystack); SIGKILL
+    after the first finished cell, then rerun."""
     out = work / "run-131k"
     argv = [sys.executable, "-m", "niah", "run", "--url", session.url, "--lengths", str(ROW),
-            "--depths", "0,50,100", "--out", str(out), "--no-progress"]
+            "--depths", "0,50,100", "--haystack", haystack, "--out", str(out), "--no-progress"]
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while proc.poll() is None and not ((out / "results.jsonl").is_file() and cells_of(out)):
@@ -163,13 +165,12 @@ def row_131k(session: ServerSession, work: Path) -> float:
     first = cells_of(out)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = niah("run", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--out", str(out),
-                "--no-progress")
+    done = niah(*argv[3:])
     wall = time.monotonic() - started
     cells = cells_of(out)
     keys = [(c["length"], c["depth"], c["trial"]) for c in cells]
     kept = all(c in cells for c in first)
-    say("row_131k", {
+    say(f"row_131k_{haystack}", {
         "killed_after": len(first), "cells": len(cells), "distinct": len(set(keys)), "first_kept": kept,
         "rerun_rc": done.returncode, "wall_s": round(wall, 1),
         "per_cell": [{k: c.get(k) for k in ("depth", "outcome", "wall_s", "prime_n", "prime_cache_n", "prime_ms",
@@ -194,10 +195,10 @@ def fresh_100(session: ServerSession, work: Path) -> None:
         f"{(cell.get('prime_ms') or 0) / 1000:.1f} s, cell wall {cell['wall_s']} s")
 
 
-def plan_probe(session: ServerSession, measured_s: float) -> None:
+def plan_probe(session: ServerSession, measured_s: float, haystack: str) -> None:
     """Step 6: the plan's seconds for the 131K row against the measured cells."""
-    done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--probe",
-                "--probe-lengths", "8k,16k,32k", "--json")
+    done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--haystack", haystack,
+                "--probe", "--probe-lengths", "8k,16k,32k", "--json")
     if done.returncode != 0:
         say("plan_probe", None, f"niah plan --probe failed: {done.stderr.strip()[-300:]}")
         return
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the model, runs and logs (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--steps", default="1,2,3,4,5,6", help="which steps to run (default: all)")
+    parser.add_argument("--haystack", choices=("single", "shared"), default="single",
+                        help="steps 4 and 6: one needle per prompt (default), or one shared haystack")
     args = parser.parse_args()
     steps = {int(s) for s in args.steps.split(",")}
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-rehearsal-"))
@@ -239,7 +242,7 @@ def main() -> None:
             count_1m(session)
             run_1m(session, work)
         if 4 in steps:
-            measured = row_131k(session, work)
+            measured = row_131k(session, work, args.haystack)
     finally:
         session.close()
     if steps & {5, 6}:
@@ -248,7 +251,7 @@ def main() -> None:
             if 5 in steps:
                 fresh_100(session, work)
             if 6 in steps and measured is not None:
-                plan_probe(session, measured)
+                plan_probe(session, measured, args.haystack)
         finally:
             session.close()
     if args.json:
