@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from niah.card_reproduce import reproduce
+from niah.card_shared import confirmations, shared_meaning
 from niah.card_tasks import task_budgets, task_example
 from niah.cells import SHARED_SUFFIX
 from niah.filenames import file_names
@@ -62,7 +63,8 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     df = with_tasks(df)
     fp = redact(fingerprint)
     model = _model_name(fp)
-    parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df), _legend(df)]
+    parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df),
+             confirmations(df), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
     verdicts = task_verdicts(df, fp)
@@ -256,19 +258,6 @@ def _tasks_line(df: pd.DataFrame, fp: dict[str, Any]) -> list[str]:
         budget = f"; answer budget {budgets[task]} tokens" if task in budgets else ""
         lines.append(f"  - `{task}`: {meaning}{budget}." + (f" Example {example}." if example else ""))
     return lines
-
-
-def shared_meaning(cells: pd.DataFrame) -> str:
-    """What a shared-haystack task planted and asked: how many keyed needles its prompts held."""
-    held = cells["planted"].map(lambda p: len(p) if isinstance(p, list) else 0)
-    counts = f"{held.min()}" if held.min() == held.max() else f"{held.min()}–{held.max()}"
-    return (
-        "a screen on one shared haystack per trial (`--haystack shared`): one keyed number (\"The special magic "
-        "number for KEY is: N.\") per cell of the grid, each cell its own key and value; the prompt of a cell is "
-        f"that haystack cut at its length (holding {counts} keyed numbers), asked the key planted at its depth; "
-        "PASS = the asked number and no other planted one; the questions on one haystack count as one cluster "
-        "in the pass-rate bounds"
-    )
 
 
 def _launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:

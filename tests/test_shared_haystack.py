@@ -158,6 +158,8 @@ def test_full_attention_screen_with_every_longest_cell_confirmed(llama_server, t
     assert f"task {SHARED_TASK}" in grid and "task single\n" in grid
     card = (tmp_path / "card.md").read_text()
     assert "--haystack shared --confirm all" in card and "holding 4–6 keyed numbers" in card
+    assert "| length | depth | trial | screen | one needle |" in card  # side by side, cell by cell
+    assert "agrees with the confirmation in" in card and f"of {len(confirmed)} cells" in card
     assert json.loads((tmp_path / "summary.json").read_text())["fingerprint"]["haystack"] == "shared"
     again = run(config)  # resume: every screen cell and confirmation is recorded
     assert len(cells(again.results_path)) == len(records)

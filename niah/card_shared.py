@@ -1,0 +1,39 @@
+"""The card's account of a shared-haystack screen (`--haystack shared`): what its prompts held, and
+each confirmed cell's screen verdict beside its single-needle one (`--confirm`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from niah.cells import SHARED_SUFFIX
+
+
+def shared_meaning(cells: pd.DataFrame) -> str:
+    """What a shared-haystack task planted and asked: how many keyed needles its prompts held."""
+    held = cells["planted"].map(lambda p: len(p) if isinstance(p, list) else 0)
+    counts = f"{held.min()}" if held.min() == held.max() else f"{held.min()}–{held.max()}"
+    return (
+        "a screen on one shared haystack per trial (`--haystack shared`): one keyed number (\"The special magic "
+        "number for KEY is: N.\") per cell of the grid, each cell its own key and value; the prompt of a cell is "
+        f"that haystack cut at its length (holding {counts} keyed numbers), asked the key planted at its depth; "
+        "PASS = the asked number and no other planted one; the questions on one haystack count as one cluster "
+        "in the pass-rate bounds"
+    )
+
+
+def confirmations(df: pd.DataFrame) -> str:
+    """Each screen cell that was rerun one needle per prompt: the screen's outcome beside the
+    confirmation's (empty without confirmations)."""
+    screen = df[df["task"].str.endswith(SHARED_SUFFIX)]
+    if screen.empty:
+        return ""
+    single = df.assign(task=df["task"] + SHARED_SUFFIX)
+    pairs = screen.merge(single, on=["task", "length", "depth", "trial"], suffixes=("", "_confirmed"))
+    if pairs.empty:
+        return ""
+    lines = ["Confirmations (`--confirm`: the screen's cell rerun with one needle per prompt and a fresh prefill):\n",
+             "| length | depth | trial | screen | one needle |", "|---|---|---|---|---|"]
+    lines += [f"| {int(r.length):,} | {r.depth:g}% | {int(r.trial)} | {r.outcome} | {r.outcome_confirmed} |"
+              for r in pairs.sort_values(["length", "depth", "trial"]).itertuples()]
+    agree = int((pairs["outcome"].eq("PASS") == pairs["outcome_confirmed"].eq("PASS")).sum())
+    return "\n".join(lines) + f"\n\nThe screen's verdict (PASS or not) agrees with the confirmation in {agree} of {len(pairs)} cells.\n"
