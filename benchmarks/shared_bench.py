@@ -99,7 +99,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-shared-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     steps = {"ratio": ratio, "hybrid": hybrid, "agreement": agreement}
-    figures = {name: steps[name](work / name) for name in args.only.split(",")}
+    figures = {}
+    for name in args.only.split(","):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        figures[name] = steps[name](work / name)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
