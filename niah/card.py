@@ -63,8 +63,9 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     df = with_tasks(df)
     fp = redact(fingerprint)
     model = _model_name(fp)
+    confirmed = confirmations(df)
     parts = [f"## Needle in a haystack: {model}\n", _intro(fp, tasks_of(df) != [SINGLE_TASK]), *_grids(df),
-             confirmations(df), _legend(df)]
+             *([confirmed] if confirmed else []), _legend(df)]
     parts += ["### Method\n", "\n".join(_method(df, fp, header)) + "\n"]
     parts += ["### Launches\n", _launches(df, fp)]
     verdicts = task_verdicts(df, fp)
