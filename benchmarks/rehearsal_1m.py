@@ -195,10 +195,10 @@ def fresh_100(session: ServerSession, work: Path) -> None:
         f"{(cell.get('prime_ms') or 0) / 1000:.1f} s, cell wall {cell['wall_s']} s")
 
 
-def plan_probe(session: ServerSession, measured_s: float, haystack: str) -> None:
+def plan_probe(session: ServerSession, measured_s: float, haystack: str, probes: str) -> None:
     """Step 6: the plan's seconds for the 131K row against the measured cells."""
     done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--haystack", haystack,
-                "--probe", "--probe-lengths", "8k,16k,32k", "--json")
+                "--probe", "--probe-lengths", probes, "--json")
     if done.returncode != 0:
         say("plan_probe", None, f"niah plan --probe failed: {done.stderr.strip()[-300:]}")
         return
@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1,2,3,4,5,6", help="which steps to run (default: all)")
     parser.add_argument("--haystack", choices=("single", "shared"), default="single",
                         help="steps 4 and 6: one needle per prompt (default), or one shared haystack")
+    parser.add_argument("--probe-lengths", default="8k,16k,32k", help="step 6: the prefills `niah plan --probe` times")
     args = parser.parse_args()
     steps = {int(s) for s in args.steps.split(",")}
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-rehearsal-"))
@@ -251,7 +252,7 @@ def main() -> None:
             if 5 in steps:
                 fresh_100(session, work)
             if 6 in steps and measured is not None:
-                plan_probe(session, measured, args.haystack)
+                plan_probe(session, measured, args.haystack, args.probe_lengths)
         finally:
             session.close()
     if args.json:
