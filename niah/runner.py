@@ -1,15 +1,13 @@
-"""The runner: plan length × depth × trial cells, hand them to llama-server endpoints, record outcomes.
-
-Every cell's outcome is decided from evidence (DESIGN.md): preflight context, the server's own
-count of the rendered prompt before sending, the served prompt tokens, HTTP errors, the finish
-reason and the managed process's liveness. One writer appends finished cells to results.jsonl.
+"""The runner: plan length × depth × trial cells, start or reach each launch group's servers, hand
+the cells to the one dispatch loop (niah.dispatch) with what runs next (auto rounds, confirmations),
+render the report and decide the exit code. Each cell's stages are niah.cell_pipeline's; one
+writer appends finished cells to results.jsonl.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import Counter
 from collections.abc import Collection
 from contextlib import ExitStack
@@ -19,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from niah import __version__
+from niah.cell_pipeline import run_cell
 from niah.cells import SHARED, Cell, plan_cells
-from niah.client import ChatResult
 from niah.config import RETRYABLE, RunConfig
 from niah.confirm import Confirmations, confirmation
 from niah.corpus import Corpus, get_corpus
 from niah.dispatch import RunState, dispatch, keep_serving, start_endpoints
-from niah.endpoints import Endpoint, PromptBuilder, start_endpoint
+from niah.endpoints import start_endpoint
 from niah.errors import (
     EXIT_FAIL_CELLS,
     EXIT_LAUNCH_INVALID,
@@ -35,16 +33,14 @@ from niah.errors import (
 )
 from niah.facts import check_endpoints
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.haystack import LengthUnreachable, Prompt
-from niah.needles import judge, load_needle_spec
+from niah.needles import load_needle_spec
 from niah.profiles import LaunchProfile, load_profile, server_args
 from niah.progress import RunProgress
-from niah.results import RETRIEVAL_OUTCOMES, CellResult, ResultsFile
-from niah.reuse import priming_prefix, reusable_tokens
+from niah.results import RETRIEVAL_OUTCOMES, ResultsFile
 from niah.rounds import Key, Rounds
 from niah.rpc import RPC_WARNING
 from niah.server import stop_on_termination_signals
-from niah.session import ServerSpec, ServerUnreachable
+from niah.session import ServerSpec
 from niah.verdict import CLEARS, TrialPolicy
 
 
@@ -283,110 +279,6 @@ def run_group(
         dispatch(state, endpoints, builders, todo, run_cell, more if rounds or confirms else None)
 
 
-def run_cell(state: RunState, endpoint: Endpoint, build: PromptBuilder, cell: Cell) -> CellResult:
-    """One cell in its stages: build and count the prompt, prime the server's cache (hybrid models),
-    send it, score the answer.
-
-    Never sent: CLAMPED (the served context cannot hold it), TOKEN_MISMATCH (no prompt of exactly L
-    server tokens), CRASH (the server died while the prompt was counted or primed), and a primer
-    that stalled or failed (TIMEOUT, HTTP_ERROR).
-    """
-    config = state.config
-    budget = config.task_budget(cell.task)
-    needle = config.task(cell.task).needle(config.seed, cell.length, cell.depth, cell.trial, state.needle_spec)
-    state.progress.start_cell(cell)
-    base: dict[str, Any] = {
-        "task": cell.task, "length": cell.length, "depth": cell.depth, "trial": cell.trial,
-        "needle_value": ",".join(needle.expected),
-        "prompt_tokens_planned": cell.length, "server_n_ctx": endpoint.served_n_ctx,
-        "profile": endpoint.profile_name, "factor": endpoint.factor, "wall_s": 0.0,
-    }
-    if cell.length + budget > endpoint.served_n_ctx:
-        return CellResult(**base, outcome="CLAMPED", error=(
-            f"served per-slot context {endpoint.served_n_ctx:,} < {cell.length:,} + answer budget {budget}"
-        ))
-    started, waited = time.monotonic(), endpoint.session.wait_s
-    try:
-        prompt, counted, built_with = build(cell, needle)
-    except LengthUnreachable as exc:
-        return CellResult(**base, outcome="TOKEN_MISMATCH", error=str(exc))
-    except ServerUnreachable as exc:
-        return unreachable(endpoint, base, exc, "the prompt was counted")
-    base.update(
-        depth_actual=prompt.depth_actual, needle_offset=prompt.needle_token_offset,
-        prompt_tokens_planned=prompt.prompt_tokens, tokenizer=built_with,
-        planted=tuple(p.to_dict() for p in prompt.planted),
-    )
-    if counted != cell.length:
-        return CellResult(**base, outcome="TOKEN_MISMATCH", error=f"server counts {counted} tokens, cell length is {cell.length}")
-    if config.cache_reuse:
-        base["cache_expected"] = reusable_tokens(endpoint.last_prompt, prompt)  # what the previous cell left
-        if endpoint.model.primes:
-            try:
-                failed = prime(state, endpoint, prompt, base)
-            except ServerUnreachable as exc:
-                return unreachable(endpoint, base, exc, "the primer was sent")
-            if failed:
-                return failed
-    chat = endpoint.session.chat(
-        list(prompt.messages), max_tokens=budget, temperature=config.temperature, seed=config.seed,
-        cache_prompt=config.cache_reuse, on_progress=state.progress.prefill,
-    )
-    if chat.prompt_n is not None:  # the server processed it: its cache now holds this prompt
-        endpoint.last_prompt = prompt
-    return scored(chat, prompt, endpoint, base, started, waited)
-
-
-def prime(state: RunState, endpoint: Endpoint, prompt: Prompt, base: dict[str, Any]) -> CellResult | None:
-    """Have a hybrid model's server compute the prompt up to its first planted sentence, so it
-    checkpoints there for the next cell (niah.reuse); streamed with the chat's stall timeout and
-    progress. Records prime_n, prime_cache_n and prime_ms in `base`; a failed primer is the cell's
-    outcome (returned)."""
-    ids = endpoint.session.tokenize(prompt.text, parse_special=True, add_special=True)
-    primer = endpoint.session.prime(ids[: priming_prefix(prompt)], partial(state.progress.prefill, phase="prime"))
-    base.update(prime_n=primer.prompt_n, prime_cache_n=primer.cache_n, prime_ms=primer.prompt_ms)
-    if primer.status == "ok":
-        endpoint.last_prompt = prompt  # the server's cache now holds this prompt up to its needle
-        return None
-    outcome, error, _ = decide_outcome(primer, prompt, endpoint)
-    return CellResult(**base, outcome=outcome, error=f"primer: {error}")
-
-
-def unreachable(endpoint: Endpoint, base: dict[str, Any], exc: ServerUnreachable, when: str) -> CellResult:
-    """CRASH when the server died while `when`; a server that is alive but unreachable is a run error."""
-    if not endpoint.died():
-        raise exc
-    return CellResult(**base, outcome="CRASH", error=f"llama-server died while {when} ({exc})")
-
-
-def scored(
-    chat: ChatResult, prompt: Prompt, endpoint: Endpoint, base: dict[str, Any], started: float, waited: float
-) -> CellResult:
-    """The cell's record from its chat: outcome, score, the server's timings, niah's overhead."""
-    outcome, error, score = decide_outcome(chat, prompt, endpoint)
-    wall = time.monotonic() - started
-    server_s = ((chat.prompt_ms or 0) + (chat.predicted_ms or 0) + (base.get("prime_ms") or 0)) / 1000
-    overhead = wall - (endpoint.session.wait_s - waited) - server_s
-    base["wall_s"] = round(wall, 3)
-    return CellResult(
-        **base,
-        outcome=outcome,
-        score=score,
-        answer=chat.answer,
-        prompt_tokens_served=chat.prompt_tokens,
-        prompt_n=chat.prompt_n,
-        cache_n=chat.cache_n,
-        prompt_ms=chat.prompt_ms,
-        predicted_n=chat.predicted_n,
-        predicted_ms=chat.predicted_ms,
-        draft_n=chat.draft_n,
-        draft_n_accepted=chat.draft_n_accepted,
-        finish_reason=chat.finish_reason,
-        error=error,
-        overhead_s=round(max(0.0, overhead), 4),
-    )
-
-
 def exit_code(outcomes: Counter[str], cleared: bool | None = None) -> int:
     """3 clamped launch > 4 non-retrieval outcomes > 1 FAIL or WRONG_KEY cells > 0 all PASS. With
     `cleared` (--trials auto: whether every length's pass rate clears the threshold) a length that
@@ -402,24 +294,3 @@ def exit_code(outcomes: Counter[str], cleared: bool | None = None) -> int:
 def all_clear(summary: dict[str, Any]) -> bool:
     """Whether every length of every task clears the threshold (summary.json's verdicts)."""
     return all(v["decision"] == CLEARS for t in summary["tasks"].values() for v in t["verdict"]["lengths"])
-
-
-def decide_outcome(chat: ChatResult, prompt: Prompt, endpoint: Endpoint) -> tuple[str, str | None, float | None]:
-    """Map a chat result to an outcome and its score (the fraction of expected values answered;
-    None when not scored); a dropped connection is CRASH when the server is gone."""
-    if chat.status == "context_error":
-        return "CONTEXT_ERROR", chat.error, None
-    if chat.status == "timeout":
-        return "TIMEOUT", chat.error, None
-    if chat.status != "ok":
-        if endpoint.died():
-            return "CRASH", f"llama-server died during the cell ({chat.error})", None
-        return "HTTP_ERROR", chat.error, None
-    if chat.prompt_tokens != prompt.prompt_tokens:
-        return "TOKEN_MISMATCH", (
-            f"server counted {chat.prompt_tokens} prompt tokens, planned {prompt.prompt_tokens}"
-        ), None
-    outcome, score, why = judge(chat.answer, prompt.needle)
-    if outcome == "FAIL" and why is None and chat.finish_reason == "length":
-        return "TRUNCATED", f"answer budget of {chat.predicted_n} tokens ran out", score
-    return outcome, why, score
