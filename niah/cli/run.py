@@ -30,7 +30,7 @@ EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k --depths 0,50,100 --out runs/a --retry
            (resume, rerunning the cells that ended CRASH, TIMEOUT or HTTP_ERROR)
-  niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \
+  niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \\
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k,16k --trials auto --out runs/verdict
            (per length, trials until the pass rate's 95% interval is above or below 85.6%, at most 20)
