@@ -16,8 +16,8 @@ import pytest
 
 from niah.cells import Cell, parse_depths, parse_lengths, plan_cells
 from niah.corpus import get_corpus
+from niah.dispatch import WorkerProgress
 from niah.errors import NiahError
-from niah.progress import RunProgress
 from niah.results import ResultsFile
 from niah.runner import RunConfig, run, run_fingerprint
 from niah.server import find_server_binary
@@ -193,13 +193,22 @@ def child_llama_servers() -> list[int]:
     return pids
 
 
-def kill_server_at_cell(at: int, during: str = "count") -> type[RunProgress]:
-    """The run's progress bar, which also SIGKILLs the managed llama-server in cell `at`: when the
-    cell starts (`count`: while niah counts its prompt through the server) or at its first prefill
-    progress event (`prefill`: during the chat). Servers running before (the fixture's) are spared."""
+def zombie_or_gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie not yet reaped counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def kill_server_at_cell(at: int, during: str = "count") -> type[WorkerProgress]:
+    """A worker's progress reporter that also SIGKILLs the managed llama-server in cell `at`, in the
+    worker thread itself (so the kill lands in the stage named, whatever the machine's speed): when
+    the cell starts (`count`: before niah counts its prompt through the server) or at its first
+    prefill progress event (`prefill`: during the chat). Servers running before are spared."""
     spare = set(child_llama_servers())
 
-    class Killer(RunProgress):
+    class Killer(WorkerProgress):
         seen: ClassVar[list[Cell]] = []
         killed: ClassVar[list[int]] = []
 
@@ -207,9 +216,12 @@ def kill_server_at_cell(at: int, during: str = "count") -> type[RunProgress]:
             for pid in set(child_llama_servers()) - spare:
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append(pid)
+            deadline = time.monotonic() + 10
+            while any(zombie_or_gone(pid) is False for pid in self.killed) and time.monotonic() < deadline:
+                time.sleep(0.01)  # dead (its sockets closed) before the worker goes on
 
-        def start_cell(self, cell: Cell, endpoint: str | None = None) -> None:
-            super().start_cell(cell, endpoint)
+        def start_cell(self, cell: Cell) -> None:
+            super().start_cell(cell)
             self.seen.append(cell)
             if during == "count" and len(self.seen) == at:
                 self.kill()
@@ -240,7 +252,7 @@ def test_managed_server_killed_mid_run_is_crash_then_restarted(
 ) -> None:
     before = set(child_llama_servers())
     killer = kill_server_at_cell(2, during)
-    monkeypatch.setattr("niah.runner.RunProgress", killer)
+    monkeypatch.setattr("niah.dispatch.WorkerProgress", killer)
     summary = run(managed_config(tiny_model, tmp_path))
     assert killer.killed, "the managed llama-server was never found"
     records = cell_records(summary.results_path)
@@ -271,7 +283,7 @@ def test_crash_is_recorded_before_a_restart_that_fails(
     wrapper.chmod(0o755)
     before = set(child_llama_servers())
     killer = kill_server_at_cell(2)
-    monkeypatch.setattr("niah.runner.RunProgress", killer)
+    monkeypatch.setattr("niah.dispatch.WorkerProgress", killer)
     out = tmp_path / "run"
     with pytest.raises(NiahError, match="exited with code 1 during start-up"):
         run(managed_config(tiny_model, out, server_bin=str(wrapper)))

@@ -266,8 +266,8 @@ def test_custom_tasks_that_can_be_gamed_are_refused(tmp_path: Path, edit: tuple[
 
 @pytest.mark.parametrize("finish", ["stop", "length"])
 def test_a_cell_answering_a_distractor_is_wrong_key_not_pass_nor_truncated(finish: str, qwen, builtin) -> None:
-    from niah.client import ChatResult
     from niah.cell_pipeline import decide_outcome
+    from niah.client import ChatResult
 
     needle = parse_task("multikey:3").needle(0, 2048, 50, 0)
     prompt = build(2048, 50, qwen, builtin, needle, get_template("builtin"))
