@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.card_shared import confirmed_pairs
 from niah.cells import ANSWER_BUDGET, SHARED, THINKING_ANSWER_BUDGET
 from niah.filenames import file_names
 from niah.results import SINGLE_TASK
@@ -39,8 +40,7 @@ def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
              if k in ("pass_rate", "max_trials", "interval") and v != getattr(TrialPolicy(), k)]
     tasks = tasks_of(df)
     if fp.get("haystack") == SHARED:
-        confirm = fp.get("confirm")
-        args.append("--haystack shared" + (f" --confirm{' all' if confirm == 'all' else ''}" if confirm else ""))
+        args.append("--haystack shared" + confirm_flag(df))
     elif tasks != [SINGLE_TASK]:
         files = fp.get("task_files") if isinstance(fp.get("task_files"), dict) else {}
         names = [file_names(str(files[t].get("file"))) if t in files else t for t in tasks]
@@ -71,3 +71,12 @@ def option_flags(fp: dict[str, Any]) -> list[str]:
     if fp.get("cache_reuse") is False:
         flags.append("--no-cache-reuse")
     return flags
+
+
+def confirm_flag(df: pd.DataFrame) -> str:
+    """` --confirm` when the screen's cells were confirmed, ` --confirm all` when a confirmed cell had
+    passed the screen (only `all` confirms those), else nothing."""
+    pairs = confirmed_pairs(df)
+    if pairs.empty:
+        return ""
+    return " --confirm all" if (pairs["outcome"] == "PASS").any() else " --confirm"

@@ -21,14 +21,18 @@ def shared_meaning(cells: pd.DataFrame) -> str:
     )
 
 
+def confirmed_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Each screen cell that has a single-needle confirmation, one row with both: the screen's columns
+    as they are, the confirmation's suffixed `_confirmed`."""
+    screen = df[df["task"].str.endswith(SHARED_SUFFIX)]
+    single = df.assign(task=df["task"] + SHARED_SUFFIX)
+    return screen.merge(single, on=["task", "length", "depth", "trial"], suffixes=("", "_confirmed"))
+
+
 def confirmations(df: pd.DataFrame) -> str:
     """Each screen cell that was rerun one needle per prompt: the screen's outcome beside the
     confirmation's (empty without confirmations)."""
-    screen = df[df["task"].str.endswith(SHARED_SUFFIX)]
-    if screen.empty:
-        return ""
-    single = df.assign(task=df["task"] + SHARED_SUFFIX)
-    pairs = screen.merge(single, on=["task", "length", "depth", "trial"], suffixes=("", "_confirmed"))
+    pairs = confirmed_pairs(df)
     if pairs.empty:
         return ""
     lines = ["Confirmations (`--confirm`: the screen's cell rerun with one needle per prompt and a fresh prefill):\n",

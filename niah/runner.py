@@ -116,9 +116,8 @@ def run_fingerprint(
         fingerprint["answer_budget_explicit"] = True
     if config.policy != TrialPolicy():  # --trials auto, a threshold or clustering of its own
         fingerprint["trials"] = config.policy.record()
-    if config.shared:
+    if config.shared:  # --confirm is not here: it adds single-needle cells, a screen resumed with it confirms
         fingerprint["haystack"] = SHARED
-        fingerprint["confirm"] = config.confirm
     if corpus.about:
         fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
@@ -225,8 +224,8 @@ def run(config: RunConfig) -> RunSummary:
 
     report = render_report(config.results_path, config.out_dir)
     # this grid's cells decide the exit code; a screen cell's confirmation, where it ran, stands for it
-    confirmed = {c.key: confirmation(c).key for c in cells if config.confirm and results.outcome(confirmation(c).key)}
-    outcomes = Counter(results.outcomes({confirmed.get(c.key, c.key) for c in cells}))
+    twins = {c.key: confirmation(c).key for c in cells} if config.confirm else {}
+    outcomes = Counter(results.outcomes({k if results.outcome(k := twins.get(c.key, c.key)) else c.key for c in cells}))
     return RunSummary(
         results_path=config.results_path,
         report_dir=config.out_dir,
@@ -261,9 +260,10 @@ def run_group(
         return [*(rounds.next(in_flight) if rounds else []), *(confirms.next(in_flight) if confirms else [])]
 
     todo = rounds.next() if rounds else [c for c in group if c.key not in done]
-    later = confirms.next({c.key for c in todo}) if confirms else []  # a resumed screen's
-    if rounds or later:
-        state.progress.add(todo + later if rounds else later)
+    if rounds:
+        state.progress.add(todo)
+    later = confirms.next({c.key for c in todo}) if confirms else []  # the screen cells already recorded
+    state.progress.add(later)
     todo += later
     if not todo:
         return

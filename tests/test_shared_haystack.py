@@ -6,6 +6,7 @@ each stretch once, and the screen's non-PASS cells are confirmed one needle per 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -169,8 +170,11 @@ def test_full_attention_screen_with_every_longest_cell_confirmed(llama_server, t
 def test_hybrid_screen_primes_each_cut_and_confirms_its_fails(qwen35_server, tmp_path: Path) -> None:
     """The qwen35 test bed (random weights: it never passes): each length's primer restores the
     checkpoint the shorter length's primer left, so the screen computes about 0.15 of the naive
-    prefill (≤ 0.25); every cell is then confirmed one needle per prompt."""
+    prefill (≤ 0.25); the same folder rerun with `--confirm` then confirms every cell one needle per
+    prompt (the screen is not sent again)."""
     config = shared_config(tmp_path, (1024, 2048, 4000), DEPTHS, url=qwen35_server.url, confirm="fails")
+    run(replace(config, confirm=None))
+    assert {r["task"] for r in cells(tmp_path / "results.jsonl")} == {SHARED_TASK}
     run(config)
     records = cells(tmp_path / "results.jsonl")
     screen = [r for r in records if r["task"] == SHARED_TASK]
@@ -181,6 +185,7 @@ def test_hybrid_screen_primes_each_cut_and_confirms_its_fails(qwen35_server, tmp
     assert {(r["length"], r["depth"]) for r in records if r["task"] == SINGLE} == {
         (r["length"], r["depth"]) for r in screen if r["outcome"] != "PASS"
     }
+    assert "--haystack shared --confirm \\" in (tmp_path / "card.md").read_text()
 
 
 @pytest.mark.server
