@@ -263,7 +263,8 @@ def run_group(
     if rounds:
         state.progress.add(todo)
     later = confirms.next({c.key for c in todo}) if confirms else []  # the screen cells already recorded
-    state.progress.add(later)
+    if later:  # (adding nothing would still draw the bar, before any server answered)
+        state.progress.add(later)
     todo += later
     if not todo:
         return
