@@ -173,9 +173,7 @@ def server_spec(
     if launch is None:
         return ServerSpec(url=url or config.url, **common)  # type: ignore[arg-type]
     profile, args = launch
-    return ServerSpec(
-        model=config.model, args=tuple(args), name=name or profile.name, log_dir=config.out_dir / "logs", **common  # type: ignore[arg-type]
-    )
+    return ServerSpec.launch(config.model, name or profile.name, args, config.out_dir / "logs", **common)  # type: ignore[arg-type]
 
 
 def check_out_dir(out_dir: Path) -> None:

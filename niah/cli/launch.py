@@ -43,11 +43,8 @@ def launch_command(args: argparse.Namespace) -> int:
     budget = answer_budget(args.answer_budget, args.thinking)
     argv = server_args(profile, read_gguf_facts(args.model), answer_budget=budget)
     log_dir = args.log_dir or Path("runs") / "launch"
-    spec = ServerSpec(
-        model=args.model,
-        args=tuple(argv),
-        name=profile.name,
-        log_dir=log_dir,
+    spec = ServerSpec.launch(
+        args.model, profile.name, argv, log_dir,
         host=args.host,
         port=args.port,
         api_key=api_key(args.api_key),

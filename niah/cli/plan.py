@@ -145,9 +145,9 @@ def probe(
         where = spec.url
     elif launch_of and args.model:
         profile = load_profile(launch_of[min(lengths)])
-        spec = ServerSpec(
-            model=args.model, args=tuple(server_args(profile, facts, answer_budget=budget)), name=f"plan-probe-{profile.name}",
-            log_dir=Path(tempfile.gettempdir()) / "niah-plan", api_key=key, server_bin=args.server_bin,
+        spec = ServerSpec.launch(
+            args.model, f"plan-probe-{profile.name}", server_args(profile, facts, answer_budget=budget),
+            Path(tempfile.gettempdir()) / "niah-plan", api_key=key, server_bin=args.server_bin,
         )
         where = f"a launch of {profile.name}"
     else:
