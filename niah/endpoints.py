@@ -14,12 +14,13 @@ from niah.gguf_meta import GGUFFacts
 from niah.haystack import Prompt, build
 from niah.needles import Needle
 from niah.preflight import PreflightReport, preflight
-from niah.profiles import LaunchProfile, factor_label
+from niah.profiles import LaunchProfile
 from niah.reuse import ServerModel, kind_of_arch, probe_reuse, reuse_kind, shortfall_reason
 from niah.session import ServerSession, ServerSpec
 from niah.shared_haystack import place
 from niah.templates import ServerTemplate, count_prompt
 from niah.tokenizers import QwenTiktoken, ServerTokenizer, Tokenizer, get_tokenizer
+from niah.yarn import factor_label
 
 QWEN_PROBE = "Needle 4827193 in a haystack: naïve café, 東京, <tags> & emoji 🙂.\n\tEnd."
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.profiles import choose_rope_scale
+from niah.yarn import choose_rope_scale
 
 if TYPE_CHECKING:
     from niah.session import ServerSession

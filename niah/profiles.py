@@ -13,10 +13,8 @@ and caps every slot at it) lands on at least the target: a launch one token shor
 from __future__ import annotations
 
 import itertools
-import struct
 import sys
 from dataclasses import dataclass, field, fields
-from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
 from niah.cells import ANSWER_BUDGET
@@ -33,6 +31,7 @@ from niah.memory import (
 )
 from niah.reuse import SLIDING_WINDOW, reuse_kind
 from niah.rpc import check_rpc_address, check_tensor_split
+from niah.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +39,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KV_PAD = 256  # llama.cpp pads the context (and each slot's share) up to a multiple of 256
-RATIO_DECIMALS = 4
 
 
 @dataclass(frozen=True)
@@ -121,37 +119,6 @@ class LaunchPlan:
     predicted_slot_context: int | None
     """Per-slot context llama-server's arithmetic yields (None when native is unknown)."""
     memory: MemoryEstimate | None
-
-
-def factor_label(context: int, native: int) -> str:
-    """Per-slot context ÷ native, as the seed writes it: `native`, `1.5x YaRN`, `3.85x YaRN`."""
-    if context <= native:
-        return "native"
-    ratio = f"{context / native:.2f}".rstrip("0").rstrip(".")
-    return f"{ratio}x YaRN"
-
-
-def _f32(value: float) -> float:
-    return float(struct.unpack("f", struct.pack("f", value))[0])
-
-
-def yarn_n_ctx_train(native: int, rope_scale: str) -> int:
-    """The training context llama-server recomputes for `--rope-scale S --yarn-orig-ctx native`.
-
-    It parses S into a float, stores freq_scale = 1/S, and sets n_ctx_train to
-    native / freq_scale truncated, all in float32.
-    """
-    freq_scale = _f32(1.0 / _f32(float(rope_scale)))
-    return int(_f32(native / freq_scale))
-
-
-def choose_rope_scale(target: int, native: int) -> str:
-    """Smallest S with four decimals (ratio rounded up) whose recomputed context reaches `target`."""
-    step = Decimal(1).scaleb(-RATIO_DECIMALS)
-    scale = (Decimal(target) / Decimal(native)).quantize(step, rounding=ROUND_CEILING)
-    while yarn_n_ctx_train(native, str(scale)) < target:
-        scale += step
-    return format(scale.normalize(), "f")
 
 
 def _uses_yarn(profile: LaunchProfile, native: int | None, slot_context: int) -> bool:

@@ -18,16 +18,14 @@ from niah.memory import find_fit_params
 from niah.preflight import diagnose
 from niah.profiles import (
     LaunchProfile,
-    choose_rope_scale,
-    factor_label,
     list_profiles,
     load_profile,
     parse_profile,
     plan_launch,
     server_args,
-    yarn_n_ctx_train,
 )
 from niah.server import find_server_binary
+from niah.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
 
 SHIPPED = {
     "native-131k", "native-262k", "yarn-393k", "yarn-512k", "yarn-1m",
