@@ -93,8 +93,8 @@ class FaultProxy(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         fault = self.faults.pop(0) if self.faults else None
-        if fault is None or fault in ("usage+1", "think-pass", "think-fail"):
-            self._forward_stream(body, fault)
+        if fault in (None, "ok", "usage+1", "think-pass", "think-fail"):
+            self._forward_stream(body, None if fault == "ok" else fault)
             return
         if fault in ("400", "500"):
             payload = json.dumps(EXCEED if fault == "400" else {"error": {"code": 500, "message": "boom"}}).encode()
@@ -175,6 +175,21 @@ def test_each_fault_lands_as_its_outcome_and_the_run_goes_on(fault_proxy, tmp_pa
     assert summary.exit_code == 4
     grid = (tmp_path / "grid.md").read_text()
     assert "CONTEXT_ERROR" in grid and "TIMEOUT" in grid
+
+
+def test_cells_the_server_never_processed_count_no_reuse_and_warn_of_none(
+    fault_proxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first cell runs; the next two share most of it but the connection drops / the server answers 500
+    fault_proxy.faults.extend(["ok", "drop", "500"])
+    summary = run(RunConfig(grid=((1024, (0.0, 50.0, 100.0)),), out_dir=tmp_path, url=fault_proxy.url,  # type: ignore[attr-defined]
+                            show_progress=False))
+    records = [json.loads(line) for line in summary.results_path.read_text().splitlines()]
+    cells = {r["depth"]: r for r in records if r.get("record") == "cell"}
+    assert [cells[d]["outcome"] for d in (50.0, 100.0)] == ["HTTP_ERROR", "HTTP_ERROR"]
+    assert cells[50.0]["cache_expected"] > 0  # it shared a prefix with the first, but never reached the cache
+    assert summary.prefill_tokens_reusable == 0
+    assert "llama-server reused" not in capsys.readouterr().out
 
 
 def test_resume_with_retry_reruns_transient_cells_only(fault_proxy, tmp_path: Path) -> None:
