@@ -16,6 +16,7 @@ import itertools
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from niah.cells import ANSWER_BUDGET
 from niah.data import data_dir
@@ -31,6 +32,7 @@ from niah.memory import (
 )
 from niah.reuse import SLIDING_WINDOW, reuse_kind
 from niah.rpc import check_rpc_address, check_tensor_split
+from niah.session import ServerSpec
 from niah.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
 
 if sys.version_info >= (3, 11):
@@ -196,6 +198,16 @@ def server_args(
 ) -> list[str]:
     """llama-server flags for `profile` (no binary, -m, --host or --port): for start_server()."""
     return list(plan_launch(profile, facts, native_context, arch, answer_budget).args)
+
+
+def launch_spec(
+    profile: LaunchProfile, facts: GGUFFacts | None, model: Path, log_dir: Path, *,
+    answer_budget: int = ANSWER_BUDGET, name: str | None = None, **options: Any,
+) -> ServerSpec:
+    """niah's launch of `profile` serving `model`: its llama-server flags (server_args), named after
+    the profile unless `name` is given, logging under `log_dir`; `options` are the rest of ServerSpec."""
+    args = server_args(profile, facts, answer_budget=answer_budget)
+    return ServerSpec(model=model, name=name or profile.name, args=tuple(args), log_dir=log_dir, **options)
 
 
 def _option_args(profile: LaunchProfile) -> list[str]:

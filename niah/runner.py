@@ -34,7 +34,7 @@ from niah.errors import (
 from niah.facts import check_endpoints
 from niah.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.needles import load_needle_spec
-from niah.profiles import LaunchProfile, load_profile, server_args
+from niah.profiles import LaunchProfile, launch_spec, load_profile
 from niah.progress import RunProgress
 from niah.results import RETRIEVAL_OUTCOMES, ResultsFile
 from niah.rounds import Key, Rounds
@@ -96,7 +96,7 @@ def needle_identity(path: Path | None) -> object:
 
 
 def run_fingerprint(
-    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, list[str]]]
+    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]]
 ) -> dict[str, object]:
     """What must not change between a run and its resume (facts only a live server can tell are
     checked when it is up: `ResultsFile.check_facts`)."""
@@ -126,18 +126,18 @@ def run_fingerprint(
     if config.model:
         fingerprint["model"] = model_identity(config.model)
     if launches:
-        fingerprint["launches"] = {name: args for name, (_, args) in launches.items()}
+        fingerprint["launches"] = {name: list(spec.args) for name, (_, spec) in launches.items()}
     return fingerprint
 
 
-def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None) -> list[tuple[str, ServerSpec]]:
-    """(endpoint name, spec) of every server of a group: each --url, or `servers` managed launches
-    named `profile#n`, the n-th on the profile's n-th `devices` entry: `--device` DEV, or, written
+def server_specs(config: RunConfig, launch: tuple[LaunchProfile, ServerSpec] | None) -> list[tuple[str, ServerSpec]]:
+    """(endpoint name, spec) of every server of a group: each --url, or `servers` copies of the group's
+    launch named `profile#n`, the n-th on the profile's n-th `devices` entry: `--device` DEV, or, written
     NAME=VALUE (e.g. CUDA_VISIBLE_DEVICES=1), an environment variable of that launch."""
     if launch is None:
         urls = [u for u in (config.url, *config.urls) if u]
-        return [(spec.url or url, spec) for url in urls for spec in [server_spec(config, None, url)]]
-    profile, args = launch
+        return [(spec.url or url, spec) for url in urls for spec in [ServerSpec(url=url, **server_options(config))]]
+    profile, spec = launch
     devices = profile.devices
     if devices and config.servers > len(devices):
         raise NiahError(
@@ -147,21 +147,16 @@ def server_specs(config: RunConfig, launch: tuple[LaunchProfile, list[str]] | No
     for n in range(1, config.servers + 1):
         device = devices[n - 1] if devices else ""
         variable, is_env, value = device.partition("=")
-        flags = ["--device", device] if device and not is_env else []
+        flags = ("--device", device) if device and not is_env else ()
         name = profile.name if config.servers == 1 else f"{profile.name}-{n}"
-        spec = server_spec(config, (profile, [*args, *flags]), name=name)
-        if is_env:
-            spec = replace(spec, env=((variable.strip(), value.strip()),))
-        out.append((f"{profile.name}#{n}", spec))
+        env = ((variable.strip(), value.strip()),) if is_env else spec.env
+        out.append((f"{profile.name}#{n}", replace(spec, name=name, args=spec.args + flags, env=env)))
     return out
 
 
-def server_spec(
-    config: RunConfig, launch: tuple[LaunchProfile, list[str]] | None, url: str | None = None,
-    name: str | None = None,
-) -> ServerSpec:
-    """How the session reaches one server: a URL (the run's first by default), or a launch."""
-    common = {
+def server_options(config: RunConfig) -> dict[str, Any]:
+    """The run's settings every server of it gets, reached by URL or launched (ServerSpec's fields)."""
+    return {
         "host": config.host,
         "api_key": config.api_key,
         "server_bin": config.server_bin,
@@ -170,10 +165,6 @@ def server_spec(
         "start_timeout_s": config.start_timeout_s,
         "thinking": config.thinking,
     }
-    if launch is None:
-        return ServerSpec(url=url or config.url, **common)  # type: ignore[arg-type]
-    profile, args = launch
-    return ServerSpec.launch(config.model, name or profile.name, args, config.out_dir / "logs", **common)  # type: ignore[arg-type]
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -196,13 +187,14 @@ def run(config: RunConfig) -> RunSummary:
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
     cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
     facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
-    launches: dict[str, tuple[LaunchProfile, list[str]]] = {}
+    launches: dict[str, tuple[LaunchProfile, ServerSpec]] = {}
     if config.profiles:
         if facts is None:
             raise NiahError("a managed launch needs --model GGUF")
         for name in sorted({p for _, p in config.profiles}):
             profile = load_profile(name)
-            launches[name] = (profile, server_args(profile, facts, answer_budget=config.launch_budget))
+            launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
+                                                   answer_budget=config.launch_budget, **server_options(config)))
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
@@ -241,7 +233,7 @@ def run(config: RunConfig) -> RunSummary:
 def run_group(
     state: RunState,
     group: list[Cell],
-    launch: tuple[LaunchProfile, list[str]] | None,
+    launch: tuple[LaunchProfile, ServerSpec] | None,
     facts: GGUFFacts | None,
 ) -> None:
     """Run one launch group's unfinished cells on its servers (started only when cells are left),

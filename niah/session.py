@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,12 +122,6 @@ class ServerSpec:
             raise NiahError(f"thinking must be one of {', '.join(THINKING_MODES)}, not {self.thinking!r}")
         if self.model is not None and self.host not in LOCAL_HOSTS and not self.api_key:
             raise NiahError(f"binding llama-server to {self.host} requires an API key (--api-key or $NIAH_API_KEY)")
-
-    @classmethod
-    def launch(cls, model: Path, name: str, args: Sequence[str], log_dir: Path, **options: Any) -> ServerSpec:
-        """niah's launch `name` (a profile's, or `profile#n` of several) serving `model` with llama-server
-        `args` (profiles.server_args, plus a device's flags), logging under `log_dir`."""
-        return cls(model=model, name=name, args=tuple(args), log_dir=log_dir, **options)
 
     @property
     def managed(self) -> bool:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ from niah.progress import RunProgress
 from niah.results import load_cells
 from niah.runner import RunConfig, run, server_specs
 from niah.server import free_port
+from niah.session import ServerSpec
 
 GRID = ((512, (100.0, 50.0, 0.0)), (1024, (100.0, 50.0, 0.0)))
 """Six cells in two runs of three (one per length): each server can keep a whole run."""
@@ -136,15 +138,17 @@ def test_managed_servers_get_their_own_device_and_name(tmp_path: Path) -> None:
     profile = profile_with('devices = ["CUDA0", "CUDA1"]\n')
     config = RunConfig(grid=((1024, (50.0,)),), out_dir=tmp_path, model=Path(__file__), servers=2,
                        profiles=((1024, "p"),))
-    specs = server_specs(config, (profile, ["-c", "8192"]))  # type: ignore[arg-type]
+    launch = ServerSpec(model=Path(__file__), name="p", args=("-c", "8192"), log_dir=tmp_path)
+    specs = server_specs(config, (profile, launch))  # type: ignore[arg-type]
     assert [name for name, _ in specs] == ["p#1", "p#2"]
     assert [spec.args for _, spec in specs] == [("-c", "8192", "--device", "CUDA0"), ("-c", "8192", "--device", "CUDA1")]
     assert [spec.name for _, spec in specs] == ["p-1", "p-2"]  # log files p-1.1.log, p-2.1.log
-    by_env = server_specs(config, (profile_with('devices = ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]\n'), []))  # type: ignore[arg-type]
+    by_env = server_specs(config, (profile_with('devices = ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]\n'),
+                                   replace(launch, args=())))  # type: ignore[arg-type]
     assert [(spec.args, spec.env) for _, spec in by_env] == [((), (("CUDA_VISIBLE_DEVICES", "0"),)), ((), (("CUDA_VISIBLE_DEVICES", "1"),))]
     with pytest.raises(NiahError, match="--servers 3 needs as many devices"):
         server_specs(RunConfig(grid=config.grid, out_dir=tmp_path, model=Path(__file__), servers=3,
-                               profiles=config.profiles), (profile, []))  # type: ignore[arg-type]
+                               profiles=config.profiles), (profile, launch))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,10 +123,8 @@ def test_a_primer_longer_than_the_json_timeout_completes(
     import niah.runner
 
     json_timeout_s = 0.3
-    original = niah.runner.server_spec
-    monkeypatch.setattr(
-        niah.runner, "server_spec", lambda *a, **k: replace(original(*a, **k), request_timeout_s=json_timeout_s)
-    )
+    original = niah.runner.server_options
+    monkeypatch.setattr(niah.runner, "server_options", lambda config: {**original(config), "request_timeout_s": json_timeout_s})
     records = managed_run(qwen35_testbed, tmp_path, "context = 4064\n", length=4064)
     # answered (the random test bed rambles: FAIL or TRUNCATED), not TIMEOUT or unreachable
     assert len(records) == 3 and all(r["outcome"] in ("PASS", "FAIL", "TRUNCATED") for r in records), [

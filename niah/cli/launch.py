@@ -36,15 +36,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def launch_command(args: argparse.Namespace) -> int:
     from niah.gguf_meta import read_gguf_facts
     from niah.preflight import preflight
-    from niah.profiles import load_profile, server_args
-    from niah.session import ServerSession, ServerSpec
+    from niah.profiles import launch_spec, load_profile
+    from niah.session import ServerSession
 
     profile = load_profile(args.profile)
     budget = answer_budget(args.answer_budget, args.thinking)
-    argv = server_args(profile, read_gguf_facts(args.model), answer_budget=budget)
     log_dir = args.log_dir or Path("runs") / "launch"
-    spec = ServerSpec.launch(
-        args.model, profile.name, argv, log_dir,
+    spec = launch_spec(
+        profile, read_gguf_facts(args.model), args.model, log_dir, answer_budget=budget,
         host=args.host,
         port=args.port,
         api_key=api_key(args.api_key),

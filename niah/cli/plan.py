@@ -136,7 +136,7 @@ def probe(
     also the per-slot context the server serves."""
     from niah.corpus import get_corpus
     from niah.plan import probe_lengths, probe_points
-    from niah.profiles import load_profile, server_args
+    from niah.profiles import launch_spec, load_profile
     from niah.session import ServerSession, ServerSpec
 
     key = api_key(args.api_key)
@@ -145,9 +145,9 @@ def probe(
         where = spec.url
     elif launch_of and args.model:
         profile = load_profile(launch_of[min(lengths)])
-        spec = ServerSpec.launch(
-            args.model, f"plan-probe-{profile.name}", server_args(profile, facts, answer_budget=budget),
-            Path(tempfile.gettempdir()) / "niah-plan", api_key=key, server_bin=args.server_bin,
+        spec = launch_spec(
+            profile, facts, args.model, Path(tempfile.gettempdir()) / "niah-plan", answer_budget=budget,
+            name=f"plan-probe-{profile.name}", api_key=key, server_bin=args.server_bin,
         )
         where = f"a launch of {profile.name}"
     else:
