@@ -24,10 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from niah.cells import SHARED_SUFFIX
 from niah.runner import RunConfig, run
 from niah.server import find_tiny_model
-from niah.shared_haystack import SharedHaystack
+from niah.shared_haystack import shared_task
 from niah.tasks import SINGLE, Task
 from niah.testbed import build_testbed
 
@@ -37,7 +36,7 @@ DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 def measure(out: Path, model: Path, profile: str, lengths: tuple[int, ...], shared: bool) -> dict[str, Any]:
     """One run on its own launch: computed and naive prefill tokens, wall time, each cell's outcome."""
     grid = tuple((n, DEPTHS) for n in lengths)
-    tasks = (Task(SINGLE + SHARED_SUFFIX, SINGLE, shared=SharedHaystack.of_grid(grid)),) if shared else (Task(SINGLE, SINGLE),)
+    tasks = (shared_task(grid),) if shared else (Task(SINGLE, SINGLE),)
     config = RunConfig(grid=grid, out_dir=out, model=model, profiles=tuple((n, profile) for n in lengths),
                        tasks=tasks, show_progress=False)
     started = time.monotonic()

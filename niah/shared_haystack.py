@@ -25,12 +25,12 @@ import random
 import threading
 from dataclasses import dataclass, replace
 
-from niah.cells import SHARED
+from niah.cells import SHARED, SHARED_SUFFIX
 from niah.corpus import Corpus
 from niah.corpus_tokens import tokenized
 from niah.errors import NiahError
 from niah.needles import Needle, Plant, needle_value
-from niah.tasks import KEY_NOUNS, KEY_WORDS, KEYED_NEEDLE, MULTI_INTRO
+from niah.tasks import KEY_NOUNS, KEY_WORDS, KEYED_NEEDLE, MULTI_INTRO, SINGLE, Task
 from niah.templates import ChatTemplate, count_prompt, count_text, frame
 from niah.tokenizers import Tokenizer
 
@@ -88,6 +88,12 @@ class SharedHaystack:
         question = QUESTION.format(key=keys[index])
         return Needle(plants[0].text, values[index], question, MULTI_INTRO, tuple(plants),
                       haystack=f"{SHARED}:{seed}:{trial}")
+
+
+def shared_task(grid: tuple[tuple[int, tuple[float, ...]], ...]) -> Task:
+    """The screen's one task (`--haystack shared`), `single@shared`: the single needle's question
+    asked of one haystack per trial that holds a keyed needle for every cell of `grid`."""
+    return Task(SINGLE + SHARED_SUFFIX, SINGLE, shared=SharedHaystack.of_grid(grid))
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from niah.haystack import build, get_template
 from niah.needles import judge
 from niah.progress import expected_prefill
 from niah.runner import RunConfig, run
-from niah.shared_haystack import SharedHaystack, place
-from niah.tasks import SINGLE, Task
+from niah.shared_haystack import SharedHaystack, place, shared_task
+from niah.tasks import SINGLE
 from niah.templates import count_prompt
 from niah.tokenizers import Tokenizer
 from niah.verdict import TrialPolicy
@@ -126,8 +126,7 @@ def cells(path: Path) -> list[dict]:
 
 def shared_config(out: Path, lengths: tuple[int, ...], depths: tuple[float, ...], **config: object) -> RunConfig:
     grid = tuple((n, depths) for n in lengths)
-    task = Task(SHARED_TASK, SINGLE, shared=SharedHaystack.of_grid(grid))
-    return RunConfig(grid=grid, out_dir=out, tasks=(task,), show_progress=False, **config)  # type: ignore[arg-type]
+    return RunConfig(grid=grid, out_dir=out, tasks=(shared_task(grid),), show_progress=False, **config)  # type: ignore[arg-type]
 
 
 def reuse_held(records: list[dict]) -> None:

@@ -10,7 +10,6 @@ from niah.api_key import api_key
 from niah.cells import (
     HAYSTACKS,
     SHARED,
-    SHARED_SUFFIX,
     parse_depths,
     parse_length,
     parse_lengths,
@@ -229,14 +228,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 def haystack_tasks(args: argparse.Namespace, tasks: tuple[Task, ...], grid: Grid) -> tuple[Task, ...]:
     """The run's tasks: as given, or with `--haystack shared` the one task it runs, `single@shared`."""
-    from niah.shared_haystack import SharedHaystack
-    from niah.tasks import SINGLE, Task
+    from niah.shared_haystack import shared_task
+    from niah.tasks import SINGLE
 
     if args.haystack != SHARED:
         return tasks
     if [t.name for t in tasks] != [SINGLE] or args.needle:
         raise NiahError("--haystack shared plants its own keyed needles: it runs --task single, without --needle")
-    return (Task(SINGLE + SHARED_SUFFIX, SINGLE, shared=SharedHaystack.of_grid(grid)),)
+    return (shared_task(grid),)
 
 
 def trial_policy(args: argparse.Namespace) -> TrialPolicy:
