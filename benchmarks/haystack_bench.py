@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 
-from niah.corpus import get_corpus
-from niah.corpus_tokens import tokenized
-from niah.haystack import build, get_template
-from niah.needles import make_needle
-from niah.templates import count_prompt, frame
-from niah.tokenizers import get_tokenizer
+from niah.prompts.corpus import get_corpus
+from niah.prompts.corpus_tokens import tokenized
+from niah.prompts.haystack import build, get_template
+from niah.prompts.needles import make_needle
+from niah.prompts.templates import count_prompt, frame
+from niah.prompts.tokenizers import get_tokenizer
 
 LENGTHS = (131_072, 262_144, 393_216, 524_288, 1_010_000)
 DEPTHS = (0, 25, 50, 75, 100)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from niah.cells import parse_lengths
-from niah.results import load_cells
-from niah.rpc import find_rpc_server
-from niah.runner import RunConfig, run
-from niah.server import find_tiny_model, free_port
+from niah.launch.rpc import find_rpc_server
+from niah.launch.server import find_tiny_model, free_port
+from niah.publish.results import load_cells
+from niah.run.runner import RunConfig, run
 
 DEPTHS = (100.0, 50.0, 0.0)
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from niah.server import find_tiny_model
+from niah.launch.server import find_tiny_model
 
 
 def niah(*args: str) -> str:

@@ -38,17 +38,17 @@ from pathlib import Path
 from typing import Any
 
 from niah.cells import ANSWER_BUDGET, Cell
-from niah.corpus import get_corpus
-from niah.endpoints import Endpoint
-from niah.gguf_meta import read_gguf_facts
-from niah.haystack import build
-from niah.memory import parse_fit_params, project
-from niah.profiles import load_profile, plan_launch
-from niah.server import find_server_binary
-from niah.session import ServerSession, ServerSpec
-from niah.tasks import SINGLE, Task
-from niah.testbed import build_testbed
-from niah.tokenizers import get_tokenizer
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.memory import parse_fit_params, project
+from niah.launch.profiles import load_profile, plan_launch
+from niah.launch.server import find_server_binary
+from niah.launch.session import ServerSession, ServerSpec
+from niah.prompts.corpus import get_corpus
+from niah.prompts.haystack import build
+from niah.prompts.tasks import SINGLE, Task
+from niah.prompts.tokenizers import get_tokenizer
+from niah.run.endpoints import Endpoint
+from niah.testbed.model import build_testbed
 
 TARGET = 1_010_000
 ROW = 131_072

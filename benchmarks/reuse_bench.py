@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from niah.packaged_models import find_gemma3_270m
-from niah.runner import RunConfig, run
-from niah.server import find_tiny_model
-from niah.testbed import build_testbed
+from niah.launch.packaged_models import find_gemma3_270m
+from niah.launch.server import find_tiny_model
+from niah.run.runner import RunConfig, run
+from niah.testbed.model import build_testbed
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 

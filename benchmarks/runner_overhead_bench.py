@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from niah.cells import ANSWER_BUDGET
-from niah.results import load_cells
-from niah.runner import RunConfig, run
-from niah.server import find_tiny_model
+from niah.launch.server import find_tiny_model
+from niah.publish.results import load_cells
+from niah.run.runner import RunConfig, run
 
 CELLS = ((8192 - ANSWER_BUDGET, "tiny-native-8k"), (31540 - ANSWER_BUDGET, "tiny-yarn-32k"))
 

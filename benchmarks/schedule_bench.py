@@ -1,7 +1,7 @@
 """Prefill the sending order computes, on paper, as a share of the naive sum of cell lengths.
 
 Each cell computes its length less the haystack it shares with the cell before on the same server
-(`niah.progress.expected_prefill`). Printed for one length at 5 depths, and for the seed's grid
+(`niah.run.progress.expected_prefill`). Printed for one length at 5 depths, and for the seed's grid
 (5 lengths × 5 depths to 1,010,000) on one server, on one launch per length, and as one shared
 haystack on one launch (`--haystack shared`: each length computes only what extends the shorter
 one, plus each cell's last sentence and question, SHARED_TAIL tokens). Nothing is asserted;
@@ -13,7 +13,7 @@ a real-server measurement is benchmarks/reuse_bench.py.
 from __future__ import annotations
 
 from niah.cells import SHARED_SUFFIX, plan_cells
-from niah.progress import expected_prefill
+from niah.run.progress import expected_prefill
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 SEED_LENGTHS = (131072, 262144, 393216, 524288, 1010000)

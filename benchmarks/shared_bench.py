@@ -24,11 +24,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from niah.runner import RunConfig, run
-from niah.server import find_tiny_model
-from niah.shared_haystack import shared_task
-from niah.tasks import SINGLE, Task
-from niah.testbed import build_testbed
+from niah.launch.server import find_tiny_model
+from niah.prompts.shared_haystack import shared_task
+from niah.prompts.tasks import SINGLE, Task
+from niah.run.runner import RunConfig, run
+from niah.testbed.model import build_testbed
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 

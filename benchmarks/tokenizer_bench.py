@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from niah.corpus import get_corpus
-from niah.gguf_tokenizer import GGUFTokenizer
-from niah.server import find_tiny_model
-from niah.session import ServerSession, ServerSpec
-from niah.tokenizers import get_tokenizer
+from niah.launch.server import find_tiny_model
+from niah.launch.session import ServerSession, ServerSpec
+from niah.prompts.corpus import get_corpus
+from niah.prompts.gguf_tokenizer import GGUFTokenizer
+from niah.prompts.tokenizers import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_tokenizers import write_hf_tokenizer

@@ -22,7 +22,7 @@ SHARED_TAIL = 64
 the template's close), computed afresh for every cell, on paper."""
 SHARED_SUFFIX = "@shared"
 """Appended to a task's name when its cells are cut from one shared haystack per trial
-(`--haystack shared`, niah.shared_haystack): `single@shared` is recorded apart from `single`."""
+(`--haystack shared`, niah.prompts.shared_haystack): `single@shared` is recorded apart from `single`."""
 
 
 def answer_budget(explicit: int | None, thinking: str) -> int:
@@ -42,7 +42,7 @@ class Cell:
     depth: float
     trial: int
     task: str = "single"
-    """The task's name (niah.tasks): `single`, `multikey:4`, ..."""
+    """The task's name (niah.prompts.tasks): `single`, `multikey:4`, ..."""
 
     @property
     def key(self) -> tuple[str, int, float, int]:
@@ -50,7 +50,7 @@ class Cell:
 
     @property
     def shared(self) -> bool:
-        """Cut from its trial's shared haystack (niah.shared_haystack)."""
+        """Cut from its trial's shared haystack (niah.prompts.shared_haystack)."""
         return self.task.endswith(SHARED_SUFFIX)
 
 

@@ -16,12 +16,12 @@ from typing import TypeVar
 
 import pytest
 
-from niah.corpus import Corpus, get_corpus
 from niah.errors import NiahError
-from niah.server import HOW_TO_GET_SERVER, find_server_binary, find_tiny_model
-from niah.session import ServerSession, ServerSpec
-from niah.testbed import build_testbed
-from niah.tokenizers import Tokenizer, get_tokenizer
+from niah.launch.server import HOW_TO_GET_SERVER, find_server_binary, find_tiny_model
+from niah.launch.session import ServerSession, ServerSpec
+from niah.prompts.corpus import Corpus, get_corpus
+from niah.prompts.tokenizers import Tokenizer, get_tokenizer
+from niah.testbed.model import build_testbed
 
 T = TypeVar("T")
 
@@ -104,7 +104,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 @pytest.fixture(scope="session")
 def gemma3() -> Path:
     """Gemma 3 270M (sliding-window attention), installed by scripts/setup.sh."""
-    from niah.packaged_models import find_gemma3_270m
+    from niah.launch.packaged_models import find_gemma3_270m
 
     return need(find_gemma3_270m)
 
@@ -155,7 +155,7 @@ def render_gguf_template(model: Path, messages: list[dict[str, str]], **kwargs: 
     """A GGUF's chat template rendered offline with jinja2 (header read with niah's fast reader)."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from niah.gguf_meta import read_header
+    from niah.launch.gguf_meta import read_header
 
     source = str(read_header(model)["tokenizer.chat_template"])
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

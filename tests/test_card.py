@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from niah.card import file_names, render_card, write_card
 from niah.cli import main
-from niah.report import render_report
-from niah.results import CellResult, ResultsFile, read_header
-from niah.runs import load_run
-from niah.stats import wilson_interval, wilson_lower
+from niah.publish.card import render_card, write_card
+from niah.publish.filenames import file_names
+from niah.publish.report import render_report
+from niah.publish.results import CellResult, ResultsFile, read_header
+from niah.publish.runs import load_run
+from niah.publish.stats import wilson_interval, wilson_lower
 
 DEMO = Path(__file__).parent.parent / "reports" / "demo"
 TASKS = Path(__file__).parent.parent / "reports" / "tasks-smollm2"
@@ -260,7 +261,7 @@ def test_a_question_is_shown_only_when_the_recorded_sentences_regenerate(tmp_pat
 
 
 def test_card_states_the_corpus(tmp_path: Path) -> None:
-    from niah import essays
+    from niah.prompts import essays
 
     fingerprint = {**FINGERPRINT, "corpus_about": essays.ABOUT}
     run = load_run(write_run(tmp_path / "new", [cell(2048, 50.0, 0, "PASS")], fingerprint))
@@ -273,7 +274,7 @@ def test_card_states_the_corpus(tmp_path: Path) -> None:
 def test_todays_tasks_are_described_as_they_plant(tmp_path: Path) -> None:
     """Cells whose sentences today's generator makes from the recorded seed get today's description
     of the task: multikey's distractors around the target, chain's distractor chain."""
-    from niah.tasks import parse_task
+    from niah.prompts.tasks import parse_task
 
     cells = []
     for task in ("multikey:4", "chain:2"):

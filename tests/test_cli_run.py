@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from niah.server import free_port
+from niah.launch.server import free_port
 
 
 class HTMLPage(BaseHTTPRequestHandler):

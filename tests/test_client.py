@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from niah.client import ChatResult
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-from niah.server import free_port
-from niah.session import ServerSession, ServerSpec
+from niah.launch.client import ChatResult
+from niah.launch.server import free_port
+from niah.launch.session import ServerSession, ServerSpec
 
 QUESTION = [
     {"role": "system", "content": "You answer with the number only."},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from niah.report import render_report
+from niah.publish.report import render_report
 
 REPORTS = Path(__file__).parent.parent / "reports"
 TEXT_FILES = ("grid.md", "cells.csv", "summary.json", "card.md")

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from niah.cli import main
-from niah.compare import compare, compare_runs, to_markdown
-from niah.results import CellResult, ResultsFile
-from niah.runs import load_run
-from niah.stats import sign_test
+from niah.publish.compare import compare, compare_runs, to_markdown
+from niah.publish.results import CellResult, ResultsFile
+from niah.publish.runs import load_run
+from niah.publish.stats import sign_test
 
 FINGERPRINT = {"model": {"file": "m.gguf"}, "launches": {"p": ["-c", "8192"]}, "needle_seed": 0}
 NAMES = {"P": "PASS", "F": "FAIL", "C": "CLAMPED", "X": "CRASH", "T": "TIMEOUT", "H": "HTTP_ERROR", "N": "TRUNCATED", "W": "WRONG_KEY"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from niah.cli import main
-from niah.results import CellResult, ResultsFile, load_cells, read_header
+from niah.publish.results import CellResult, ResultsFile, load_cells, read_header
 
 pytestmark = pytest.mark.server
 LENGTH = 1024

@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from niah import essays
-from niah.corpus import NOISE_SENTENCES, get_corpus, normalize
-from niah.corpus_tokens import TokenizedCorpus, cache_path, measure_units, tokenized
 from niah.errors import NiahError
-from niah.tokenizers import get_tokenizer
+from niah.prompts import essays
+from niah.prompts.corpus import NOISE_SENTENCES, get_corpus, normalize
+from niah.prompts.corpus_tokens import TokenizedCorpus, cache_path, measure_units, tokenized
+from niah.prompts.tokenizers import get_tokenizer
 
 
 def sentences(corpus) -> list[str]:
@@ -116,7 +116,7 @@ def test_token_cache_roundtrip(tmp_path, monkeypatch):
 
 
 def test_the_run_records_what_the_builtin_corpus_is(builtin, tmp_path):
-    from niah.runner import RunConfig, run_fingerprint
+    from niah.run.runner import RunConfig, run_fingerprint
 
     config = RunConfig(grid=((1024, (50.0,)),), out_dir=tmp_path, url="http://127.0.0.1:1")
     assert run_fingerprint(config, builtin, {})["corpus_about"] == essays.ABOUT

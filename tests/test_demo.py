@@ -10,8 +10,8 @@ from pathlib import Path
 
 from niah.cells import ANSWER_BUDGET
 from niah.cli.demo import ALL_DEPTHS, DEMO_ROWS
-from niah.corpus import get_corpus
-from niah.profiles import load_profile, plan_launch
+from niah.launch.profiles import load_profile, plan_launch
+from niah.prompts.corpus import get_corpus
 
 SMOLLM2_NATIVE = 8192
 REPO = Path(__file__).resolve().parents[1]

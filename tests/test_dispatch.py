@@ -19,14 +19,14 @@ import pytest
 from conftest import niah_process, stop_with
 
 from niah.cells import Cell, plan_cells
-from niah.dispatch import Batch, CellQueue, WorkerProgress, batches
 from niah.errors import NiahError
-from niah.profiles import parse_profile
-from niah.progress import RunProgress
-from niah.results import load_cells
-from niah.runner import RunConfig, run, server_specs
-from niah.server import free_port
-from niah.session import ServerSpec
+from niah.launch.profiles import parse_profile
+from niah.launch.server import free_port
+from niah.launch.session import ServerSpec
+from niah.publish.results import load_cells
+from niah.run.dispatch import Batch, CellQueue, WorkerProgress, batches
+from niah.run.progress import RunProgress
+from niah.run.runner import RunConfig, run, server_specs
 
 GRID = ((512, (100.0, 50.0, 0.0)), (1024, (100.0, 50.0, 0.0)))
 """Six cells in two runs of three (one per length): each server can keep a whole run."""
@@ -254,7 +254,7 @@ def test_a_url_server_killed_mid_cell_is_dropped_and_the_other_finishes_every_ce
 ) -> None:
     servers = [start_llama_server(*SERVER_ARGS) for _ in range(2)]
     kill = killer("prefill", {s.url: s.session.process.process.pid for s in servers})  # type: ignore[union-attr]
-    monkeypatch.setattr("niah.dispatch.WorkerProgress", kill)
+    monkeypatch.setattr("niah.run.dispatch.WorkerProgress", kill)
     summary = run(url_config([s.url for s in servers], tmp_path))
     (dead,) = kill.killed
     (alive,) = {s.url for s in servers} - {dead}
@@ -277,7 +277,7 @@ def test_a_managed_server_killed_mid_cell_is_restarted_and_its_cell_runs_elsewhe
     profile.write_text('context = 4096\nnative_context = 8192\nthreads = 1\n'
                        'devices = ["NIAH_TEST_DEVICE=first", "NIAH_TEST_DEVICE=second"]\n')
     kill = killer("count")
-    monkeypatch.setattr("niah.dispatch.WorkerProgress", kill)
+    monkeypatch.setattr("niah.run.dispatch.WorkerProgress", kill)
     config = RunConfig(grid=GRID, out_dir=tmp_path / "run", model=tiny_model, servers=2,
                        profiles=((512, str(profile)), (1024, str(profile))), show_progress=False)
     summary = run(config)
@@ -334,7 +334,7 @@ def test_an_interrupt_stops_every_server_and_thread(tiny_model: Path, tmp_path: 
             super().start_cell(cell, endpoint)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("niah.runner.RunProgress", Interrupt)
+    monkeypatch.setattr("niah.run.runner.RunProgress", Interrupt)
     before = child_llama_servers()
     config = RunConfig(grid=GRID, out_dir=tmp_path, model=tiny_model, servers=2,
                        profiles=((512, "tiny-native-8k"), (1024, "tiny-native-8k")), show_progress=False)

@@ -8,7 +8,7 @@ import gguf
 import pytest
 
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
+from niah.launch.gguf_meta import read_gguf_facts
 
 
 def write_gguf(path: Path, arch: str, values: dict[str, object], vocab: int = 0) -> Path:

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from niah.cli import main
-from niah.corpus import get_corpus
-from niah.corpus_tokens import tokenized
 from niah.errors import NiahError
-from niah.haystack import Prompt, build, get_template
-from niah.needles import make_needle, score_answer
-from niah.tokenizers import get_tokenizer
+from niah.prompts.corpus import get_corpus
+from niah.prompts.corpus_tokens import tokenized
+from niah.prompts.haystack import Prompt, build, get_template
+from niah.prompts.needles import make_needle, score_answer
+from niah.prompts.tokenizers import get_tokenizer
 
 LENGTHS = (1_000, 4_096, 32_768, 131_072, 262_144, 1_010_000)
 DEPTHS = (0, 25, 50, 75, 100)

@@ -14,10 +14,10 @@ from conftest import need
 
 from niah.cli import main
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
-from niah.memory import MIB, find_fit_params, fit_params, fit_params_args, parse_fit_params
-from niah.profiles import parse_profile, plan_launch
-from niah.server import find_server_binary
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.memory import MIB, find_fit_params, fit_params, fit_params_args, parse_fit_params
+from niah.launch.profiles import parse_profile, plan_launch
+from niah.launch.server import find_server_binary
 
 QUANTIZED = 'cache_type_k = "q8_0"\ncache_type_v = "q4_0"\nflash_attn = "on"\n'
 

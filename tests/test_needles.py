@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from niah.errors import NiahError
-from niah.needles import (
+from niah.prompts.needles import (
     DEFAULT_QUESTION,
     Needle,
     Plant,

@@ -13,7 +13,8 @@ from conftest import readme_seed_plan
 from niah.cells import plan_cells
 from niah.cli import main
 from niah.errors import NiahError
-from niah.plan import (
+from niah.publish.results import CellResult, ResultsFile
+from niah.run.plan import (
     PrefillCurve,
     PrefillPoint,
     fit_curve,
@@ -23,9 +24,8 @@ from niah.plan import (
     probe_lengths,
     sending_order,
 )
-from niah.progress import expected_prefill
-from niah.results import CellResult, ResultsFile
-from niah.runner import RunConfig, launch_groups
+from niah.run.progress import expected_prefill
+from niah.run.runner import RunConfig, launch_groups
 
 A, B = 4e-4, 2e-9
 

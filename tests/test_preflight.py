@@ -19,11 +19,11 @@ from conftest import LiveServer, need, readme_seed_plan
 
 from niah.cli import main
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
-from niah.preflight import preflight
-from niah.profiles import LaunchProfile, load_profile, server_args
-from niah.server import ManagedServer, WaitProgress, find_server_binary, free_port
-from niah.session import ServerSession, ServerSpec
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.preflight import preflight
+from niah.launch.profiles import LaunchProfile, load_profile, server_args
+from niah.launch.server import ManagedServer, WaitProgress, find_server_binary, free_port
+from niah.launch.session import ServerSession, ServerSpec
 
 
 def props_n_ctx(url: str) -> int:
@@ -123,7 +123,7 @@ def test_interrupting_niah_stops_the_server(signum: int, tmp_path: Path, tiny_mo
         f"""
         import signal, sys, time
         from pathlib import Path
-        from niah.session import ServerSession, ServerSpec
+        from niah.launch.session import ServerSession, ServerSpec
         # as in a terminal: a shell that starts jobs in the background hands them SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
         spec = ServerSpec(model=Path({str(tiny_model)!r}), args=("-c", "2048"), log_dir=Path({str(tmp_path)!r}))

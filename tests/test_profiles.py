@@ -13,10 +13,10 @@ import pytest
 from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.cli import main
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
-from niah.memory import find_fit_params
-from niah.preflight import diagnose
-from niah.profiles import (
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.memory import find_fit_params
+from niah.launch.preflight import diagnose
+from niah.launch.profiles import (
     LaunchProfile,
     list_profiles,
     load_profile,
@@ -24,8 +24,8 @@ from niah.profiles import (
     plan_launch,
     server_args,
 )
-from niah.server import find_server_binary
-from niah.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
+from niah.launch.server import find_server_binary
+from niah.launch.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
 
 SHIPPED = {
     "native-131k", "native-262k", "yarn-393k", "yarn-512k", "yarn-1m",

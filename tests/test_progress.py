@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from niah.cells import plan_cells
-from niah.progress import RunProgress, expected_prefill
+from niah.run.progress import RunProgress, expected_prefill
 
 
 def test_each_cell_expects_to_compute_all_but_what_it_shares_with_the_cell_before() -> None:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from niah.cli import main
-from niah.grid import cell_label, grid_markdown
-from niah.report import render_report
-from niah.results import CellResult, ResultsFile, load_cells
+from niah.publish.grid import cell_label, grid_markdown
+from niah.publish.report import render_report
+from niah.publish.results import CellResult, ResultsFile, load_cells
 
 FINGERPRINT = {"model": {"path": "m.gguf", "size": 1}, "needle_seed": 0}
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -146,7 +146,7 @@ def test_niah_report_cli_bad_input_is_one_line_exit_2(
 def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
     """Several tasks: a grid per task, summary.json rows per task and length with the Wilson 95%
     bounds of stats.wilson_interval, mean scores, the planted pieces as JSON in cells.csv."""
-    from niah.stats import wilson_interval
+    from niah.publish.stats import wilson_interval
 
     path = tmp_path / "results.jsonl"
     results = ResultsFile(path, {"needle_seed": 0})
@@ -177,7 +177,7 @@ def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
 def test_truncated_answers_count_in_one_denominator_everywhere(tmp_path: Path) -> None:
     """3/3 PASS at native and PASS, PASS, TRUNCATED beyond: the grid's k/n, summary.json's rows and the
     card's per-length table all say 2 of 3 (not 2/2, better than native), TRUNCATED named beside it."""
-    from niah.card import CARD_NAME
+    from niah.publish.card import CARD_NAME
 
     path = tmp_path / "results.jsonl"
     results = ResultsFile(path, {"needle_seed": 0})
@@ -199,7 +199,7 @@ def test_truncated_answers_count_in_one_denominator_everywhere(tmp_path: Path) -
 def test_wrong_key_answers_are_named_and_count_as_not_retrieved(tmp_path: Path) -> None:
     """A multikey answer holding a distractor's value: its own name in the grid, the per-length table,
     summary.json's outcomes and the card, and in the denominator as not passed."""
-    from niah.card import CARD_NAME
+    from niah.publish.card import CARD_NAME
 
     path = tmp_path / "results.jsonl"
     results = ResultsFile(path, {"needle_seed": 0})

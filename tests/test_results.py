@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from niah.errors import NiahError
-from niah.results import SCHEMA_VERSION, CellResult, ResultsFile, load_cells, read_header
+from niah.publish.results import SCHEMA_VERSION, CellResult, ResultsFile, load_cells, read_header
 
 FINGERPRINT = {
     "model": {"path": "m.gguf", "size": 123},

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from niah.gguf_meta import read_gguf_facts
-from niah.memory import MIB
-from niah.profiles import parse_profile, plan_launch
-from niah.runner import RunConfig, run
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.memory import MIB
+from niah.launch.profiles import parse_profile, plan_launch
+from niah.run.runner import RunConfig, run
 
 pytestmark = pytest.mark.server
 
@@ -120,11 +120,11 @@ def test_a_primer_longer_than_the_json_timeout_completes(
     """Primers stream under the stall timeout like the chat; the JSON timeout (lowered here to
     0.3 s, like 120 s against a 1M prefix) no longer bounds them. The longest primer computes about
     2,000 tokens: 0.9 s on a quiet 2-core machine, longer under load."""
-    import niah.runner
+    import niah.run.runner
 
     json_timeout_s = 0.3
-    original = niah.runner.server_options
-    monkeypatch.setattr(niah.runner, "server_options", lambda config: {**original(config), "request_timeout_s": json_timeout_s})
+    original = niah.run.runner.server_options
+    monkeypatch.setattr(niah.run.runner, "server_options", lambda config: {**original(config), "request_timeout_s": json_timeout_s})
     records = managed_run(qwen35_testbed, tmp_path, "context = 4064\n", length=4064)
     # answered (the random test bed rambles: FAIL or TRUNCATED), not TIMEOUT or unreachable
     assert len(records) == 3 and all(r["outcome"] in ("PASS", "FAIL", "TRUNCATED") for r in records), [

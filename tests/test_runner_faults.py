@@ -22,7 +22,7 @@ import httpx
 import pytest
 from conftest import niah_process, stop_with
 
-from niah.runner import RunConfig, run
+from niah.run.runner import RunConfig, run
 
 pytestmark = pytest.mark.server
 

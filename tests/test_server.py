@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from niah import server
 from niah.errors import NiahError
-from niah.server import ManagedServer, free_port
-from niah.session import ServerSession, ServerSpec
+from niah.launch import server
+from niah.launch.server import ManagedServer, free_port
+from niah.launch.session import ServerSession, ServerSpec
 
 
 def test_ports_handed_out_at_once_are_all_different() -> None:

@@ -14,17 +14,17 @@ import pytest
 
 from niah.cells import SHARED_SUFFIX, Cell, plan_cells
 from niah.cli import main
-from niah.confirm import Confirmations
-from niah.corpus import Corpus
-from niah.haystack import build, get_template
-from niah.needles import judge
-from niah.progress import expected_prefill
-from niah.runner import RunConfig, run
-from niah.shared_haystack import SharedHaystack, place, shared_task
-from niah.tasks import SINGLE
-from niah.templates import count_prompt
-from niah.tokenizers import Tokenizer
-from niah.verdict import TrialPolicy
+from niah.prompts.corpus import Corpus
+from niah.prompts.haystack import build, get_template
+from niah.prompts.needles import judge
+from niah.prompts.shared_haystack import SharedHaystack, place, shared_task
+from niah.prompts.tasks import SINGLE
+from niah.prompts.templates import count_prompt
+from niah.prompts.tokenizers import Tokenizer
+from niah.publish.verdict import TrialPolicy
+from niah.run.confirm import Confirmations
+from niah.run.progress import expected_prefill
+from niah.run.runner import RunConfig, run
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 SHARED_TASK = SINGLE + SHARED_SUFFIX

@@ -14,9 +14,9 @@ import pytest
 from niah.cells import plan_cells
 from niah.cli import main
 from niah.errors import NiahError
-from niah.haystack import Prompt, build, get_template
-from niah.needles import Needle, judge, make_needle, score_needle
-from niah.tasks import AROUND, load_task_file, parse_task, parse_tasks
+from niah.prompts.haystack import Prompt, build, get_template
+from niah.prompts.needles import Needle, judge, make_needle, score_needle
+from niah.prompts.tasks import AROUND, load_task_file, parse_task, parse_tasks
 
 DATA = Path(__file__).resolve().parent / "data"
 TASKS = ("single", "multikey:4", "multivalue:3", "multiquery:3", "chain:2", "chain:4")
@@ -266,8 +266,8 @@ def test_custom_tasks_that_can_be_gamed_are_refused(tmp_path: Path, edit: tuple[
 
 @pytest.mark.parametrize("finish", ["stop", "length"])
 def test_a_cell_answering_a_distractor_is_wrong_key_not_pass_nor_truncated(finish: str, qwen, builtin) -> None:
-    from niah.cell_pipeline import decide_outcome
-    from niah.client import ChatResult
+    from niah.launch.client import ChatResult
+    from niah.run.cell_pipeline import decide_outcome
 
     needle = parse_task("multikey:3").needle(0, 2048, 50, 0)
     prompt = build(2048, 50, qwen, builtin, needle, get_template("builtin"))

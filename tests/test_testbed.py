@@ -15,10 +15,10 @@ import pytest
 from conftest import render_gguf_template
 
 from niah.cli import main
-from niah.corpus import get_corpus
-from niah.gguf_meta import read_gguf_facts, read_header
-from niah.testbed_vocab import QWEN36_CHAT_TEMPLATE
-from niah.tokenizers import get_tokenizer
+from niah.launch.gguf_meta import read_gguf_facts, read_header
+from niah.prompts.corpus import get_corpus
+from niah.prompts.tokenizers import get_tokenizer
+from niah.testbed.vocab import QWEN36_CHAT_TEMPLATE
 
 THINKING_OFF = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 THINKING_ON = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"

@@ -14,10 +14,10 @@ import pytest
 from conftest import LiveServer, render_gguf_template
 
 from niah.cli import main
-from niah.corpus import get_corpus
-from niah.haystack import build
-from niah.needles import make_needle
-from niah.tokenizers import get_tokenizer
+from niah.prompts.corpus import get_corpus
+from niah.prompts.haystack import build
+from niah.prompts.needles import make_needle
+from niah.prompts.tokenizers import get_tokenizer
 
 NOT_SENT_OR_BROKEN = {"CLAMPED", "CONTEXT_ERROR", "TOKEN_MISMATCH", "CRASH", "HTTP_ERROR", "TIMEOUT"}
 

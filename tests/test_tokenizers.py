@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from niah.gguf_meta import read_header
-from niah.gguf_tokenizer import GGUFTokenizer
-from niah.server import free_port
-from niah.tokenizers import QwenTiktoken, ServerTokenizer, get_tokenizer
+from niah.launch.gguf_meta import read_header
+from niah.launch.server import free_port
+from niah.prompts.gguf_tokenizer import GGUFTokenizer
+from niah.prompts.tokenizers import QwenTiktoken, ServerTokenizer, get_tokenizer
 
 TEXTS = [
     "Plain English prose about rivers, mills and the farmers who traded grain there.",
@@ -154,7 +154,7 @@ def test_haystack_hf_counts_what_the_server_counts(llama_server, tmp_path: Path)
 
 
 def test_gguf_tokenizer_knows_its_control_tokens_and_bos(tiny_model: Path, qwen35_testbed: Path) -> None:
-    from niah.templates import count_prompt
+    from niah.prompts.templates import count_prompt
 
     smol = GGUFTokenizer(tiny_model)
     assert smol.special_tokens["<|im_start|>"] == smol._ids["<|im_start|>"] and smol.bos_tokens == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from niah.cli import main
-from niah.runner import RunConfig, run
-from niah.tasks import parse_tasks
-from niah.verdict import TrialPolicy
+from niah.prompts.tasks import parse_tasks
+from niah.publish.verdict import TrialPolicy
+from niah.run.runner import RunConfig, run
 
 pytestmark = pytest.mark.server
 

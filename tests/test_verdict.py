@@ -7,9 +7,8 @@ import pytest
 
 from niah.cells import Cell, plan_cells
 from niah.errors import NiahError
-from niah.rounds import Rounds, next_trial
-from niah.stats import wilson_interval
-from niah.verdict import (
+from niah.publish.stats import wilson_interval
+from niah.publish.verdict import (
     BELOW,
     CLEARS,
     UNDECIDED,
@@ -21,6 +20,7 @@ from niah.verdict import (
     pass_interval,
     policy_of,
 )
+from niah.run.rounds import Rounds, next_trial
 
 
 @pytest.mark.parametrize(

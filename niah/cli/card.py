@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run(args: argparse.Namespace) -> int:
-    from niah.card import write_card
+    from niah.publish.card import write_card
 
     path = write_card(args.dir)
     print(path.read_text(encoding="utf-8"), end="")

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.api_key import api_key
 from niah.cells import answer_budget, parse_length
 from niah.cli.run import add_answer_options
 from niah.errors import EXIT_LAUNCH_INVALID
+from niah.launch.api_key import api_key
 
 if TYPE_CHECKING:
-    from niah.preflight import PreflightReport
+    from niah.launch.preflight import PreflightReport
 
 
 
@@ -40,8 +40,8 @@ def print_report(report: PreflightReport) -> None:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from niah.preflight import preflight
-    from niah.session import ServerSession, ServerSpec
+    from niah.launch.preflight import preflight
+    from niah.launch.session import ServerSession, ServerSpec
 
     needed = parse_length(args.context) + answer_budget(args.answer_budget, args.thinking)
     with ServerSession(ServerSpec(url=args.url, api_key=api_key(args.api_key))) as session:

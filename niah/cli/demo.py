@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from niah.cli.run import add_common_options, common_config, print_summary
-from niah.server import find_tiny_model
+from niah.launch.server import find_tiny_model
 
 ALL_DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 # (length, launch profile, depths of the default demo); --full runs ALL_DEPTHS on every row.
@@ -42,8 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from niah.results import run_folder_lock
-    from niah.runner import RunConfig, check_out_dir, run
+    from niah.publish.results import run_folder_lock
+    from niah.run.runner import RunConfig, check_out_dir, run
 
     config = RunConfig(
         grid=tuple((length, ALL_DEPTHS if args.full else depths) for length, _, depths in DEMO_ROWS),

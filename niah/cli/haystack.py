@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.api_key import api_key
 from niah.cells import parse_length
 from niah.errors import NiahError
-from niah.tokenizers import DEFAULT_TOKENIZER
+from niah.launch.api_key import api_key
+from niah.prompts.tokenizers import DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
-    from niah.haystack import Prompt
+    from niah.prompts.haystack import Prompt
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,12 +73,12 @@ def prompt_json(prompt: Prompt) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from niah.corpus import get_corpus
-    from niah.haystack import build, get_template
-    from niah.needles import load_needle_spec
-    from niah.tasks import parse_task
-    from niah.templates import auto_template
-    from niah.tokenizers import get_tokenizer
+    from niah.prompts.corpus import get_corpus
+    from niah.prompts.haystack import build, get_template
+    from niah.prompts.needles import load_needle_spec
+    from niah.prompts.tasks import parse_task
+    from niah.prompts.templates import auto_template
+    from niah.prompts.tokenizers import get_tokenizer
 
     length = parse_length(args.length)
     task = parse_task(args.task)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from niah.api_key import api_key
 from niah.cells import answer_budget
 from niah.cli.check import print_report
 from niah.cli.run import add_answer_options
 from niah.errors import EXIT_LAUNCH_INVALID
+from niah.launch.api_key import api_key
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,10 +34,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def launch_command(args: argparse.Namespace) -> int:
-    from niah.gguf_meta import read_gguf_facts
-    from niah.preflight import preflight
-    from niah.profiles import launch_spec, load_profile
-    from niah.session import ServerSession
+    from niah.launch.gguf_meta import read_gguf_facts
+    from niah.launch.preflight import preflight
+    from niah.launch.profiles import launch_spec, load_profile
+    from niah.launch.session import ServerSession
 
     profile = load_profile(args.profile)
     budget = answer_budget(args.answer_budget, args.thinking)
@@ -51,7 +51,7 @@ def launch_command(args: argparse.Namespace) -> int:
         start_timeout_s=args.timeout,
     )
     if profile.rpc:
-        from niah.rpc import RPC_WARNING
+        from niah.launch.rpc import RPC_WARNING
 
         print(f"niah: {RPC_WARNING}", flush=True)
     print(f"niah: starting llama-server for {profile.name} (logs in {log_dir}/) ...", flush=True)

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.api_key import api_key
 from niah.cells import (
     SHARED,
     SHARED_SUFFIX,
@@ -21,11 +20,12 @@ from niah.cells import (
 )
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-from niah.verdict import MAX_TRIALS
+from niah.launch.api_key import api_key
+from niah.publish.verdict import MAX_TRIALS
 
 if TYPE_CHECKING:
-    from niah.gguf_meta import GGUFFacts
-    from niah.plan import PrefillPoint
+    from niah.launch.gguf_meta import GGUFFacts
+    from niah.run.plan import PrefillPoint
 
 EPILOG = """examples:
   niah plan --lengths 131k,262k,393k,512k,1010000 --arch qwen35 \\
@@ -64,7 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from niah.plan import (
+    from niah.run.plan import (
         fit_curve,
         launch_memory,
         make_plan,
@@ -94,7 +94,7 @@ def plan_command(args: argparse.Namespace) -> int:
     launch_of = dict(profile_mapping(args, lengths)) if managed else {}
     facts = None
     if args.model:
-        from niah.gguf_meta import read_gguf_facts
+        from niah.launch.gguf_meta import read_gguf_facts
 
         facts = read_gguf_facts(args.model)
 
@@ -134,10 +134,10 @@ def probe(
 ) -> tuple[list[PrefillPoint], float | None, str, int | None]:
     """A few prefills at growing lengths on `--url`, or on a managed launch of the first launch group;
     also the per-slot context the server serves."""
-    from niah.corpus import get_corpus
-    from niah.plan import probe_lengths, probe_points
-    from niah.profiles import launch_spec, load_profile
-    from niah.session import ServerSession, ServerSpec
+    from niah.launch.profiles import launch_spec, load_profile
+    from niah.launch.session import ServerSession, ServerSpec
+    from niah.prompts.corpus import get_corpus
+    from niah.run.plan import probe_lengths, probe_points
 
     key = api_key(args.api_key)
     if args.url:

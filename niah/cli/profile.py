@@ -11,12 +11,12 @@ from pathlib import Path
 from niah.cells import answer_budget
 from niah.cli.run import add_answer_options
 from niah.errors import NiahError
-from niah.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.memory import MemoryEstimate, project
-from niah.profiles import LaunchPlan, list_profiles, load_profile, plan_launch
-from niah.rpc import RPC_WARNING, split_lines, split_memory
-from niah.server import find_server_binary
-from niah.yarn import factor_label
+from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
+from niah.launch.memory import MemoryEstimate, project
+from niah.launch.profiles import LaunchPlan, list_profiles, load_profile, plan_launch
+from niah.launch.rpc import RPC_WARNING, split_lines, split_memory
+from niah.launch.server import find_server_binary
+from niah.launch.yarn import factor_label
 
 PLACEHOLDER_MODEL = "MODEL.gguf"
 SHOW_EXAMPLE = "niah profile show yarn-1m --native-context 262144 --arch qwen35"

@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run(args: argparse.Namespace) -> int:
-    from niah.report import render_report
+    from niah.publish.report import render_report
 
     target = Path(args.dir)
     results = target if target.is_file() else target / RESULTS_NAME

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from niah.api_key import api_key
 from niah.cells import (
     HAYSTACKS,
     SHARED,
@@ -15,13 +14,14 @@ from niah.cells import (
     parse_lengths,
     parse_trials,
 )
-from niah.confirm import CONFIRMS
 from niah.errors import NiahError
-from niah.verdict import INTERVALS, MAX_TRIALS, RULER_PASS_RATE, TrialPolicy
+from niah.launch.api_key import api_key
+from niah.publish.verdict import INTERVALS, MAX_TRIALS, RULER_PASS_RATE, TrialPolicy
+from niah.run.confirm import CONFIRMS
 
 if TYPE_CHECKING:
-    from niah.runner import RunSummary
-    from niah.tasks import Task
+    from niah.prompts.tasks import Task
+    from niah.run.runner import RunSummary
 
 Grid = tuple[tuple[int, tuple[float, ...]], ...]
 
@@ -187,9 +187,9 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from niah.results import run_folder_lock
-    from niah.runner import RunConfig, check_out_dir, run
-    from niah.tasks import parse_tasks
+    from niah.prompts.tasks import parse_tasks
+    from niah.publish.results import run_folder_lock
+    from niah.run.runner import RunConfig, check_out_dir, run
 
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
@@ -228,8 +228,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def haystack_tasks(args: argparse.Namespace, tasks: tuple[Task, ...], grid: Grid) -> tuple[Task, ...]:
     """The run's tasks: as given, or with `--haystack shared` the one task it runs, `single@shared`."""
-    from niah.shared_haystack import shared_task
-    from niah.tasks import SINGLE
+    from niah.prompts.shared_haystack import shared_task
+    from niah.prompts.tasks import SINGLE
 
     if args.haystack != SHARED:
         return tasks

@@ -32,7 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def testbed_command(args: argparse.Namespace) -> int:
-    from niah.testbed import build_testbed  # numpy and the vocabulary only when a file is built
+    from niah.testbed.model import (
+        build_testbed,  # numpy and the vocabulary only when a file is built
+    )
 
     path, seconds = build_testbed(
         args.arch, args.output, layers=args.layers, mtp=args.mtp,

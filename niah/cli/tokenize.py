@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from niah.api_key import api_key
 from niah.errors import NiahError
-from niah.tokenizers import DEFAULT_TOKENIZER, get_tokenizer
+from niah.launch.api_key import api_key
+from niah.prompts.tokenizers import DEFAULT_TOKENIZER, get_tokenizer
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

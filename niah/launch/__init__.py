@@ -1,0 +1,1 @@
+"""Launching llama-server: profiles, YaRN and memory arithmetic, preflight, sessions, GGUF, RPC."""

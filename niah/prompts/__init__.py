@@ -1,0 +1,1 @@
+"""Token-exact prompts: corpora, needles and tasks, haystacks, chat templates, tokenizers."""

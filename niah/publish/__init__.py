@@ -1,0 +1,1 @@
+"""Publishing from results alone, never launching: verdicts, statistics, report, card, compare."""

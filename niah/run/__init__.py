@@ -1,0 +1,1 @@
+"""Running a grid: config, plan, endpoints, the cell pipeline, rounds, reuse, progress."""
