@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from niah.cells import Cell, plan_cells
 from niah.cli.run import print_summary
 from niah.errors import NiahError
-from niah.publish.error_rates import Plan, operating_point
+from niah.publish.error_rates import DEFAULT_PLANS, RATES, Plan, markdown_table, operating_point
 from niah.publish.report import render_report
 from niah.publish.results import OUTCOMES, CellResult, ResultsFile
 from niah.publish.stats import (
@@ -30,8 +30,7 @@ from niah.publish.verdict import TrialPolicy, judge_lengths, length_verdict, pol
 from niah.run.rounds import Rounds, next_trial
 from niah.run.runner import RunSummary
 
-DEFAULT_PLANS = [Plan("independent", cap=cap) for cap in (20, 40)] + [
-    Plan("haystack", cap=cap, correlation=rho) for cap in (20, 40) for rho in (0.0, 1.0)]
+ROOT = Path(__file__).parent.parent
 RANK = {BELOW: 0, UNDECIDED: 1, CLEARS: 2}
 
 
@@ -107,6 +106,16 @@ def test_error_rates_at_the_threshold_are_at_most_2_5_percent_each_way(plan: Pla
     point = operating_point(plan, 0.856)
     assert point.below <= 0.025 and point.clears <= 0.025
     assert math.isclose(point.below + point.clears + point.undecided, 1.0)
+
+
+def test_readme_and_docs_show_the_table_the_benchmark_makes() -> None:
+    """The rows of every plan but the slowest to compute (a shared haystack with uncorrelated
+    questions at cap 40, about a minute) are what benchmarks/verdict_bench.py prints today."""
+    fast = [plan for plan in DEFAULT_PLANS if not (plan.clusters == "haystack" and plan.correlation == 0 and plan.cap == 40)]
+    rows = markdown_table({plan.label(): [operating_point(plan, p) for p in RATES] for plan in fast}).splitlines()
+    for doc in ("README.md", "docs/verdicts.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        assert all(row in text for row in rows), f"{doc}: rerun benchmarks/verdict_bench.py and paste its table"
 
 
 def rounds_by_next_trial(clusters: str, p: float, cap: int, depths: int = 5) -> tuple[float, float, float]:

@@ -77,3 +77,29 @@ def operating_point(plan: Plan, p: float, threshold: float = RULER_PASS_RATE) ->
         clears, below = clears + mass[up].sum(), below + mass[down].sum()
         tallies, mass = tallies[~up & ~down], mass[~up & ~down]
     return OperatingPoint(p, float(below), float(clears), float(mass.sum()), float(rounds))
+
+
+RATES = (0.50, 0.70, 0.80, 0.856, 0.90, 0.95, 0.99, 1.00)
+"""The true pass rates the published table gives."""
+DEFAULT_PLANS = [Plan("independent", cap=cap) for cap in (20, 40)] + [
+    Plan("haystack", cap=cap, correlation=rho) for rho in (0.0, 1.0) for cap in (20, 40)]
+"""`--trials auto` as run by default, with caps 20 and 40 (docs/verdicts.md)."""
+ROWS = (("below", "below 85.6%"), ("clears", "clears 85.6%"), ("undecided", "undecided at the cap"),
+        ("trials", "trials per cell (mean)"))
+
+
+def markdown_table(points: dict[str, list[OperatingPoint]]) -> str:
+    """One markdown table: per plan, four rows (below, clears, undecided, trials) across the rates."""
+    lines = ["| plan | | " + " | ".join(f"p = {p:g}" for p in RATES) + " |", "|---|---|" + "---|" * len(RATES)]
+    for label, row in points.items():
+        for i, (field, name) in enumerate(ROWS):
+            cells = [f"{getattr(pt, field):.1f}" if field == "trials" else _percent(getattr(pt, field)) for pt in row]
+            lines.append(f"| {label if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(x: float) -> str:
+    """A chance as a percent; `0` and `100%` only when exact (up to rounding of the sums)."""
+    if x < 1e-12 or x > 1 - 1e-12:
+        return "0" if x < 0.5 else "100%"
+    return "<0.1%" if x < 0.001 else ">99.9%" if x > 0.999 else f"{x:.1%}"
