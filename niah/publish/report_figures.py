@@ -36,7 +36,6 @@ def render_heatmap(grids: dict[str, pd.DataFrame]) -> bytes:
     from matplotlib.patches import Patch, Rectangle
 
     categories = list(COLOURS)
-    fail, ok = (to_rgb(COLOURS[c]) for c in ("FAIL", "PASS"))
     shown = [grid.drop(columns=["factor"]) for grid in grids.values()]
     width = max(5.0, 1.1 * max(c.shape[1] for c in shown) + 3.5)
     height = sum(max(2.0, 0.55 * c.shape[0] + 1.2) for c in shown) + 0.6
@@ -50,9 +49,7 @@ def render_heatmap(grids: dict[str, pd.DataFrame]) -> bytes:
         for (row, col), label in _enumerate(cells):
             category = cell_category(label)
             if category == MIXED:
-                rate = _rate(label)
-                colour = tuple(f + (o - f) * rate for f, o in zip(fail, ok))
-                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, color=colour))
+                ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, color=to_rgb(mixed_colour(label))))
             dark = category != UNTESTED
             ax.text(col, row, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
         ax.set_xticks(range(cells.shape[1]), list(cells.columns))
@@ -75,6 +72,13 @@ def png_bytes(fig: Any) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def mixed_colour(label: str) -> str:
+    """The colour of a `k/n` label as `#rrggbb`: FAIL's red at 0/n, PASS's green at n/n, between by its pass rate."""
+    rate = _rate(label)
+    fail, ok = ([int(COLOURS[c][i:i + 2], 16) for i in (1, 3, 5)] for c in ("FAIL", "PASS"))
+    return "#" + "".join(f"{round(f + (o - f) * rate):02x}" for f, o in zip(fail, ok))
 
 
 def _rate(label: str) -> float:

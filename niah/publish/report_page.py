@@ -19,7 +19,7 @@ from markupsafe import Markup, escape
 
 from niah.publish.card.method import duration
 from niah.publish.grid import MIXED, UNTESTED, cell_category
-from niah.publish.report_figures import COLOURS
+from niah.publish.report_figures import COLOURS, mixed_colour
 from niah.publish.runs import tasks_of, with_tasks
 from niah.publish.verdict import BELOW, CLEARS, UNDECIDED
 
@@ -171,10 +171,17 @@ def _grid_html(lines: list[str]) -> Markup | None:
         parts = line.split(" ", depths + 1)
         if len(parts) != depths + 2:
             return None
-        labels = [Markup('<span class="c-{}">{}</span>').format(_css_name(cell_category(label)), label)
-                  for label in parts[1:-1]]
+        labels = [_grid_label(label) for label in parts[1:-1]]
         out.append(Markup(" ").join([escape(parts[0]), *labels, escape(parts[-1])]))
     return Markup("\n").join(out)
+
+
+def _grid_label(label: str) -> Markup:
+    """A grid label in its heatmap colour (a `k/n` one between FAIL's red and PASS's green)."""
+    category = cell_category(label)
+    if category == MIXED:
+        return Markup('<span class="c-mixed" style="color: {}">{}</span>').format(mixed_colour(label), label)
+    return Markup('<span class="c-{}">{}</span>').format(_css_name(category), label)
 
 
 def _css_name(category: str) -> str:
