@@ -27,7 +27,8 @@ TEMPLATE = "report.html.j2"
 MISSING = "-"
 FIRST_SECTION = "Per length"
 """The card's section the page shows right after the grid (the rest follow in the card's order)."""
-VERDICT_WORDS = (CLEARS, BELOW, UNDECIDED)
+VERDICT_COLOURS = {CLEARS: "#2e7d32", BELOW: "#c62828", UNDECIDED: "#9a6700"}
+"""A length's decision, coloured where a table shows it."""
 WRAP_AT = 40
 """A table column with a cell longer than this may wrap; shorter ones stay on one line."""
 _INLINE = re.compile(r"(`[^`]*`|\*\*.+?\*\*)")
@@ -67,7 +68,7 @@ def render_page(df: pd.DataFrame, summary: dict[str, Any], card: str, png: bytes
 
     title, sections = card_sections(card)
     verdicts = [b for s in sections for b in s.blocks if b.kind == "verdict"]
-    sections = [s.__class__(s.title, [b for b in s.blocks if b.kind != "verdict"]) for s in sections]
+    sections = [Section(s.title, [b for b in s.blocks if b.kind != "verdict"]) for s in sections]
     preamble, rest = sections[0], sections[1:]
     grids = max((i for i, b in enumerate(preamble.blocks) if b.kind == "grid"), default=0) + 1
     rest.sort(key=lambda s: s.title != FIRST_SECTION)  # stable: the card's order otherwise
@@ -87,6 +88,7 @@ def render_page(df: pd.DataFrame, summary: dict[str, Any], card: str, png: bytes
         sections=rest,
         png=base64.b64encode(png).decode("ascii"),
         colours={_css_name(c): colour for c, colour in COLOURS.items()},
+        verdict_colours=VERDICT_COLOURS,
         cell_head=head,
         cell_rows=rows,
     )
@@ -192,7 +194,7 @@ def _table(lines: list[str]) -> Block:
     """A pipe table: header, separator, rows; a column of figures (every cell a number or `-`) is
     right-aligned, and a verdict word is marked for its colour."""
     cells = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines]
-    head, rows = cells[0], [r for r in cells[2:]]
+    head, rows = cells[0], cells[2:]
     numeric = tuple(
         all(r[c][:1].isdigit() or r[c] == MISSING for r in rows if c < len(r)) and any(r[c][:1].isdigit() for r in rows)
         for c in range(len(head))
@@ -204,7 +206,7 @@ def _table(lines: list[str]) -> Block:
 
 def _table_cell(text: str) -> Markup:
     word = text.split(" ")[0]
-    if word in VERDICT_WORDS:
+    if word in VERDICT_COLOURS:
         return Markup('<span class="v-{}">{}</span>').format(word, word) + inline(text[len(word):])
     return inline(text)
 
