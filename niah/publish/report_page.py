@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -21,14 +22,15 @@ from niah.publish.card.method import duration
 from niah.publish.grid import MIXED, UNTESTED, cell_category
 from niah.publish.report_figures import COLOURS, mixed_colour
 from niah.publish.runs import tasks_of, with_tasks
-from niah.publish.verdict import BELOW, CLEARS, UNDECIDED
+from niah.publish.verdict import BELOW, CLEARS
 
 TEMPLATE = "report.html.j2"
 MISSING = "-"
 FIRST_SECTION = "Per length"
 """The card's section the page shows right after the grid (the rest follow in the card's order)."""
-VERDICT_COLOURS = {CLEARS: "#2e7d32", BELOW: "#c62828", UNDECIDED: "#9a6700"}
-"""A length's decision, coloured where a table shows it."""
+DECISION_COLOURS = {CLEARS: "#2e7d32", BELOW: "#c62828"}
+"""A length's decision, coloured where a table shows it; any other (undecided) in OPEN_COLOUR."""
+OPEN_COLOUR = "#9a6700"
 WRAP_AT = 40
 """A table column with a cell longer than this may wrap; shorter ones stay on one line."""
 _INLINE = re.compile(r"(`[^`]*`|\*\*.+?\*\*)")
@@ -66,7 +68,8 @@ def render_page(df: pd.DataFrame, summary: dict[str, Any], card: str, png: bytes
     """The page: the card's title, verdicts, heatmap and sections, the run's figures and a cells table."""
     import jinja2
 
-    title, sections = card_sections(card)
+    decisions = decision_colours(summary)
+    title, sections = card_sections(card, decisions)
     verdicts = [b for s in sections for b in s.blocks if b.kind == "verdict"]
     sections = [Section(s.title, [b for b in s.blocks if b.kind != "verdict"]) for s in sections]
     preamble, rest = sections[0], sections[1:]
@@ -88,15 +91,23 @@ def render_page(df: pd.DataFrame, summary: dict[str, Any], card: str, png: bytes
         sections=rest,
         png=base64.b64encode(png).decode("ascii"),
         colours={_css_name(c): colour for c, colour in COLOURS.items()},
-        verdict_colours=VERDICT_COLOURS,
+        decisions={_css_class(word): colour for word, colour in decisions.items()},
         cell_head=head,
         cell_rows=rows,
     )
 
 
-def card_sections(markdown: str) -> tuple[Markup, list[Section]]:
+def decision_colours(summary: dict[str, Any]) -> dict[str, str]:
+    """Each decision a length can get in this run (those its verdicts hold, clears and below) with
+    its colour."""
+    words = {v["decision"] for task in summary["tasks"].values() for v in task["verdict"]["lengths"]}
+    return {word: DECISION_COLOURS.get(word, OPEN_COLOUR) for word in sorted(words | set(DECISION_COLOURS))}
+
+
+def card_sections(markdown: str, decisions: Collection[str] = ()) -> tuple[Markup, list[Section]]:
     """The card's title and its sections, from the markdown subset the card writes: `##`/`###`
-    headings, paragraphs, `-` lists (one level of nesting), fenced code and pipe tables."""
+    headings, paragraphs, `-` lists (one level of nesting), fenced code and pipe tables; a table
+    cell that starts with one of `decisions` shows it in its colour."""
     lines = markdown.splitlines()
     title, sections, i = Markup(""), [Section("")], 0
     while i < len(lines):
@@ -114,7 +125,7 @@ def card_sections(markdown: str) -> tuple[Markup, list[Section]]:
             i = end + 1
         elif line.startswith("|"):
             end = _until(lines, i, lambda s: not s.startswith("|"))
-            sections[-1].blocks.append(_table(lines[i:end]))
+            sections[-1].blocks.append(_table(lines[i:end], decisions))
             i = end
         elif line.startswith("- "):
             end = _until(lines, i, lambda s: not s.startswith(("- ", "  ")))
@@ -190,7 +201,7 @@ def _css_name(category: str) -> str:
     return {UNTESTED: "untested", MIXED: "mixed"}.get(category, category)
 
 
-def _table(lines: list[str]) -> Block:
+def _table(lines: list[str], decisions: Collection[str]) -> Block:
     """A pipe table: header, separator, rows; a column of figures (every cell a number or `-`) is
     right-aligned, and a verdict word is marked for its colour."""
     cells = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in lines]
@@ -200,15 +211,19 @@ def _table(lines: list[str]) -> Block:
         for c in range(len(head))
     )
     wraps = tuple(any(len(r[c]) > WRAP_AT for r in rows if c < len(r)) for c in range(len(head)))
-    return Block("table", head=tuple(inline(h) for h in head), rows=tuple(tuple(_table_cell(c) for c in r) for r in rows),
+    return Block("table", head=tuple(inline(h) for h in head), rows=tuple(tuple(_table_cell(c, decisions) for c in r) for r in rows),
                  numeric=numeric, wraps=wraps)
 
 
-def _table_cell(text: str) -> Markup:
-    word = text.split(" ")[0]
-    if word in VERDICT_COLOURS:
-        return Markup('<span class="v-{}">{}</span>').format(word, word) + inline(text[len(word):])
+def _table_cell(text: str, decisions: Collection[str]) -> Markup:
+    for word in decisions:
+        if text == word or text.startswith(word + " "):
+            return Markup('<span class="v-{}">{}</span>').format(_css_class(word), word) + inline(text[len(word):])
     return inline(text)
+
+
+def _css_class(word: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", word)
 
 
 def _list(lines: list[str]) -> Block:
