@@ -1,7 +1,8 @@
 """Render a run's report from its results JSONL alone, via one tidy pandas frame.
 
 Writes `grid.md` (the seed's length × depth matrix), `cells.csv`, `summary.json`,
-`heatmap.png`, a self-contained `report.html` and `card.md` (niah.publish.card).
+`heatmap.png`, `card.md` (niah.publish.card) and `report.html`, the card as a self-contained page
+(niah.publish.report_page).
 
 The grid itself (labels, categories) comes from `niah.publish.grid`.
 """
@@ -95,7 +96,8 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
 def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     """Write grid.md, cells.csv, summary.json, heatmap.png and report.html for `results_path`."""
     from niah.publish.card import write_card
-    from niah.publish.report_figures import render_heatmap, render_html
+    from niah.publish.report_figures import render_heatmap
+    from niah.publish.report_page import render_page
 
     results_path, out_dir = Path(results_path), Path(out_dir)
     if not results_path.is_file():
@@ -121,8 +123,8 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     png = render_heatmap({task: grid_frame(df[df["task"] == task]) for task in tasks_of(df)})
     paths.heatmap_png.write_bytes(png)
-    paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
-    write_card(results_path, out_dir)
+    card = write_card(results_path, out_dir).read_text(encoding="utf-8")
+    paths.report_html.write_text(render_page(df, summary, card, png), encoding="utf-8")
     return paths
 
 
