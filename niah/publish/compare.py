@@ -5,24 +5,27 @@ Same needle seed → same prompts, so trial t of a cell in A and trial t of the 
 depth) in B saw the same prompt: they are compared as a pair. Each pair is one of
 - both answered (PASS, FAIL, WRONG_KEY, TRUNCATED): `lost` when A passed and B did not, `gained` the reverse;
 - A answered, B not: `broken`, hard (CLAMPED, CONTEXT_ERROR, CRASH, TOKEN_MISMATCH) or transient
-  (TIMEOUT, HTTP_ERROR); the reverse is `repaired`.
+  (TIMEOUT, HTTP_ERROR: it counts against B all the same; `niah run --retry` reruns them); the
+  reverse is `repaired`.
 The pairs are pooled per cell (task, length, depth), per (task, length) and per task, and each pool
-gets one `change`, decided in this order:
+gets one `change`, decided in this order (the one gate rule):
 
-- `broke`: a hard broken pair, or more than one transient one (a single TIMEOUT is `transient`).
-- `regression`: more lost than gained, and the exact one-sided sign test (McNemar on the discordant
-  pairs, `stats.sign_test`) gives p ≤ 0.05, or B passes none of the answered pairs (a collapse:
-  PASS → FAIL, 3/3 → 0/3).
-- `fixed`: repaired pairs and no regression; `improved`: the mirror of `regression`.
-- `transient`: one TIMEOUT / HTTP_ERROR where A answered (rerun B with `niah run --retry`).
+- `broke`: a broken pair.
+- `regression`: the exact one-sided sign test (exact McNemar on the discordant pairs, `sign_test`)
+  gives p ≤ α for B being worse. A pooled level (length, task) is tested at ALPHA; a cell at ALPHA
+  divided by the number of cells compared (Bonferroni), so that many cells do not raise the chance of
+  a false alarm. Neither rule looks at anything but the lost and gained counts, so more trials never
+  make the gate more lenient: a lost pair only lowers p, a concordant one leaves it.
+- `fixed`: repaired pairs, and no more lost than gained; `improved`: the mirror of `regression`.
 - `down` / `up`: more lost (gained) than gained (lost), not significant; `same`: otherwise.
 
-Two runs that measured different things (`MEASURED` fingerprint keys, or different needle values in
-a pair) are refused (exit 2) unless forced; A's trials missing from B make the comparison
-incomplete (exit 1) unless missing trials are allowed, or B ran `--trials auto` and had decided
-their length sooner. Each run's effective length (niah.publish.verdict, by its own threshold) is reported
-beside the pools. `niah compare` exits 1 on any `broke` or
-`regression` at any level, 0 otherwise.
+Two runs that measured different things (`MEASURED` fingerprint keys, a shared screen's grid and key
+list among them, or different needle values in a pair) are refused (exit 2) unless forced; A's
+trials missing from B make the comparison incomplete (exit 1) unless missing trials are allowed, B
+ran `--trials auto` and had decided their length sooner, or they confirm a screen cell B's screen
+passed (B had nothing to confirm). A screen's confirmations pair with B's confirmations, never with
+its screen cells. Each run's effective length (niah.publish.verdict, by its own threshold) is reported
+beside the pools. `niah compare` exits 1 on any `broke` or `regression` at any level, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -34,21 +37,31 @@ from typing import Any
 
 import pandas as pd
 
+from niah.cells import SHARED_SUFFIX
 from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError
 from niah.publish.grid import cell_label
 from niah.publish.results import fingerprint_differences, redact, short
-from niah.publish.runs import Run, effective_length, joined, load_run, task_verdicts, tasks_of
+from niah.publish.runs import (
+    Run,
+    confirmation_tasks,
+    effective_length,
+    joined,
+    load_run,
+    task_verdicts,
+    tasks_of,
+)
 from niah.publish.stats import ANSWERED_OUTCOMES, sign_test
 from niah.publish.verdict import UNDECIDED, Verdict, policy_of
 
 REGRESSIONS = ("broke", "regression")
-CHANGES = ("broke", "regression", "fixed", "improved", "transient", "down", "up", "same")
+CHANGES = ("broke", "regression", "fixed", "improved", "down", "up", "same")
 TRANSIENT = ("TIMEOUT", "HTTP_ERROR")
 ALPHA = 0.05
-"""One-sided level of the sign test."""
+"""One-sided level of the exact sign test for a length or a task; a cell's is ALPHA over the cells compared."""
 MEASURED = ("needle_seed", "corpus", "corpus_sha256", "needle_spec", "task_files", "answer_budget",
-            "answer_budget_explicit", "thinking", "temperature", "haystack")
-"""Fingerprint keys that decide what a cell measures: runs differing in one are not paired."""
+            "answer_budget_explicit", "thinking", "temperature", "haystack", "shared")
+"""Fingerprint keys that decide what a cell measures: runs differing in one are not paired (`shared`:
+a screen's grid, trials and key list, on which every cell's key and prompt depend)."""
 TRIAL_KEYS = ["task", "length", "depth", "trial"]
 LEVELS = {"cells": ["task", "length", "depth"], "lengths": ["task", "length"], "tasks": ["task"]}
 _COUNTS = ["pairs", "a_passes", "a_answered", "b_passes", "b_answered", "lost", "gained", "hard", "transient", "repaired"]
@@ -77,6 +90,8 @@ class Comparison:
     """Per run (`a`, `b`), per task: each length's verdict and the effective length."""
     decided_sooner: int = 0
     """A's trials B did not run because its `--trials auto` had decided their length (not missing)."""
+    screen_passed: int = 0
+    """A's confirmations B has none of because B's screen passed the cell (not missing)."""
     allow_missing: bool = False
 
     @property
@@ -93,6 +108,11 @@ class Comparison:
     @property
     def exit_code(self) -> int:
         return EXIT_FAIL_CELLS if len(self.regressions) or self.incomplete else EXIT_OK
+
+    @property
+    def cell_alpha(self) -> float:
+        """The level a cell is tested at: ALPHA over the number of cells compared (Bonferroni)."""
+        return float(self.cells["alpha"].iloc[0])
 
     def levels(self) -> dict[str, pd.DataFrame]:
         return {"cells": self.cells, "lengths": self.lengths, "tasks": self.tasks}
@@ -123,15 +143,22 @@ def compare(a: Run, b: Run, force: bool = False, allow_missing: bool = False) ->
             "paired; rerun B with A's settings, or --force to compare anyway"
         )
     pairs = pairs.assign(**_pair_columns(pairs["outcome_a"], pairs["outcome_b"]))
-    pools = {level: _pool(pairs, keys) for level, keys in LEVELS.items()}
+    cells = len(pairs[LEVELS["cells"]].drop_duplicates())
+    pools = {level: _pool(pairs, keys, ALPHA / cells if level == "cells" else ALPHA) for level, keys in LEVELS.items()}
     only = {side: merged.loc[merged["_merge"] == f"{side}_only", TRIAL_KEYS].reset_index(drop=True)
             for side in ("left", "right")}
     changes = fingerprint_differences(redact(a.fingerprint), redact(b.fingerprint))
     verdicts = {"a": task_verdicts(a.cells, a.fingerprint), "b": task_verdicts(b.cells, b.fingerprint)}
-    done, left = decided(verdicts["b"], b), only["left"]
-    sooner = pd.Series([(t, n) in done for t, n in zip(left["task"], left["length"])], index=left.index, dtype=bool)
-    return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"], left[~sooner].reset_index(drop=True),
-                      only["right"], changes, verdicts, int(sooner.sum()), allow_missing)
+    left = only["left"]
+    screen = left["task"].map(lambda t: t + SHARED_SUFFIX if t in confirmation_tasks(a.cells) else t)
+    done = decided(verdicts["b"], b)
+    sooner = pd.Series([(t, n) in done for t, n in zip(screen, left["length"])], index=left.index, dtype=bool)
+    passed = b.cells.loc[b.cells["outcome"] == "PASS", TRIAL_KEYS].apply(tuple, axis=1)
+    confirmed = pd.Series([s != t and (s, n, d, k) in set(passed) for s, t, n, d, k in
+                           zip(screen, *(left[k] for k in TRIAL_KEYS))], index=left.index, dtype=bool) & ~sooner
+    return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"],
+                      left[~sooner & ~confirmed].reset_index(drop=True), only["right"], changes, verdicts,
+                      int(sooner.sum()), int(confirmed.sum()), allow_missing)
 
 
 def decided(verdicts: dict[str, Verdict], run: Run) -> set[tuple[str, int]]:
@@ -150,7 +177,11 @@ def measured_differences(a: Run, b: Run, pairs: pd.DataFrame) -> list[str]:
     for key in MEASURED:
         if key in a.fingerprint or key in b.fingerprint:
             old, new = a.fingerprint.get(key, "not recorded"), b.fingerprint.get(key, "not recorded")
-            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+            if key == "shared" and isinstance(old, dict) and isinstance(new, dict):  # name the part: grid, keys...
+                parts = dict.fromkeys(name.split(".")[0] for name in fingerprint_differences(old, new))
+                found += [f"shared screen {part}: {short(old.get(part, 'not recorded'))} → "
+                          f"{short(new.get(part, 'not recorded'))}" for part in parts]
+            elif json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
                 found.append(f"{key}: {short(old)} → {short(new)}")
     values = pairs[["needle_value_a", "needle_value_b"]].fillna("")
     recorded = (values["needle_value_a"] != "") & (values["needle_value_b"] != "")
@@ -178,8 +209,8 @@ def _pair_columns(a: pd.Series, b: pd.Series) -> dict[str, pd.Series]:
     return {name: column.astype(int) for name, column in columns.items()}
 
 
-def _pool(pairs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Sum the pair counts per `keys`, add labels (cells), the sign test's p and the change."""
+def _pool(pairs: pd.DataFrame, keys: list[str], alpha: float) -> pd.DataFrame:
+    """Sum the pair counts per `keys`, add labels (cells), the sign test's p, the level α and the change."""
     pooled = pairs.groupby(keys, sort=True)[_COUNTS].sum().reset_index()
     if "depth" in keys:
         labels = pairs.groupby(keys, sort=True).agg(a_label=("outcome_a", list), b_label=("outcome_b", list))
@@ -188,24 +219,32 @@ def _pool(pairs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         pooled = pooled.merge(labels, on=keys).merge(factors.reset_index(), on=keys)
     pooled["p_worse"] = [sign_test(r["lost"], r["gained"]) for r in pooled.to_dict("records")]
     pooled["p_better"] = [sign_test(r["gained"], r["lost"]) for r in pooled.to_dict("records")]
+    pooled["alpha"] = alpha
     pooled["change"] = [classify(r) for r in pooled.to_dict("records")]
     return pooled.sort_values(keys, key=_task_order).reset_index(drop=True)
 
 
 def classify(row: dict[str, Any]) -> str:
-    """The `change` of one pool from its pair counts (rule in the module doc)."""
-    if row["hard"] or row["transient"] > 1:
+    """The `change` of one pool from its pair counts, its sign test's p both ways and its `alpha`
+    (rule in the module doc)."""
+    if row["hard"] or row["transient"]:
         return "broke"
     lost, gained = row["lost"], row["gained"]
-    if lost > gained and (row["p_worse"] <= ALPHA or not row["b_passes"]):
+    if row["p_worse"] <= row["alpha"]:
         return "regression"
-    if row["repaired"]:
+    if row["repaired"] and lost <= gained:
         return "fixed"
-    if gained > lost and (row["p_better"] <= ALPHA or not row["a_passes"]):
+    if row["p_better"] <= row["alpha"]:
         return "improved"
-    if row["transient"]:
-        return "transient"
     return "down" if lost > gained else "up" if gained > lost else "same"
+
+
+def change_of(pairs: list[tuple[str, str]], alpha: float = ALPHA) -> str:
+    """The `change` of one pool of (A outcome, B outcome) pairs tested at `alpha`."""
+    a, b = pd.Series([p[0] for p in pairs], dtype=object), pd.Series([p[1] for p in pairs], dtype=object)
+    row = {name: int(column.sum()) for name, column in _pair_columns(a, b).items()}
+    return classify({**row, "p_worse": sign_test(row["lost"], row["gained"]),
+                     "p_better": sign_test(row["gained"], row["lost"]), "alpha": alpha})
 
 
 def to_json(comparison: Comparison) -> dict[str, Any]:
@@ -224,6 +263,8 @@ def to_json(comparison: Comparison) -> dict[str, Any]:
         "effective_length": {side: effective_length(v) for side, v in c.verdicts.items()},
         "verdicts": {side: {task: v.to_dict() for task, v in per.items()} for side, per in c.verdicts.items()},
         "decided_sooner": c.decided_sooner,
+        "screen_passed": c.screen_passed,
+        "alpha": {"lengths": ALPHA, "tasks": ALPHA, "cells": c.cell_alpha},
     }
     for level, frame in c.levels().items():
         out[level] = json.loads(frame.to_json(orient="records"))
@@ -242,6 +283,8 @@ def to_markdown(comparison: Comparison) -> str:
         f"{pairs} paired trials in {len(c.cells)} cells; "
         + "; ".join(f"{level}: {_counts_text(c.counts(level))}" for level in LEVELS) + ".",
         f"verdict: {verdict(c)}",
+        (f"gate: exact one-sided sign test on the discordant pairs, regression at p ≤ {ALPHA:g} per length and "
+         f"task, p ≤ {c.cell_alpha:.3g} per cell ({ALPHA:g} over {len(c.cells)} cells); any broken pair is broke"),
     ]
     if c.fingerprint_changes:
         lines.append(f"runs differ in: {', '.join(c.fingerprint_changes)}")
@@ -253,6 +296,9 @@ def to_markdown(comparison: Comparison) -> str:
                      + "".join(f"; {side.upper()}: {late}" for side, v in sides.items() if v for late in v.late))
     if c.decided_sooner:
         lines.append(f"{c.decided_sooner} of A's trials not in B: B's --trials auto had decided their length (not missing)")
+    if c.screen_passed:
+        lines.append(f"{c.screen_passed} of A's confirmations not in B: B's screen passed those cells, nothing to "
+                     "confirm (not missing)")
     for level, frame in c.levels().items():
         if level == "tasks" and not several:
             continue
@@ -287,6 +333,8 @@ def verdict(comparison: Comparison) -> str:
     if len(found):
         per_level = ", ".join(f"{n} {level}" for level, n in found["level"].value_counts().reindex(list(LEVELS)).dropna().astype(int).items())
         parts.append(f"REGRESSION ({per_level} broke or regressed)")
+    if len(found) and found["transient"].any():
+        parts.append("B's TIMEOUT/HTTP_ERROR count against it: `niah run --retry` on B's folder reruns them")
     if len(c.missing):
         parts.append(f"incomplete: {len(c.missing)} cells of A missing from B"
                      + (" (allowed)" if c.allow_missing else "; rerun B to finish it, or --allow-missing"))
@@ -304,7 +352,6 @@ def _other_text(row: dict[str, Any]) -> str:
 
 CHANGE_COLOURS = {
     "broke": "#212121",
-    "transient": "#8d6e63",
     "regression": "#c62828",
     "down": "#f9a825",
     "same": "#bdbdbd",

@@ -64,7 +64,8 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts += ["### Method\n", "\n".join(method_lines(df, fp, header)) + "\n"]
     parts += ["### Launches\n", launches(df, fp)]
     verdicts = task_verdicts(df, fp)
-    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(df, verdicts)]
+    judged = df[df["task"].isin(verdicts)]  # a screen's confirmations stand beside it (above), not here
+    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(judged, verdicts)]
     drafts = draft_markdown(draft_acceptance(df))
     if drafts:
         parts += ["### MTP acceptance by context length\n", drafts]
