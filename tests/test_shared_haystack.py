@@ -31,6 +31,7 @@ from niah.prompts.templates import count_prompt
 from niah.prompts.tokenizers import Tokenizer
 from niah.publish.report import render_report
 from niah.publish.results import CellResult, ResultsFile, fingerprint_differences
+from niah.publish.stats import ANSWERED_OUTCOMES
 from niah.publish.verdict import TrialPolicy
 from niah.run.confirm import Confirmations
 from niah.run.progress import expected_prefill
@@ -285,3 +286,43 @@ def test_auto_trials_on_a_shared_haystack_count_haystacks(llama_server, tmp_path
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fingerprint"]["trials"]["clusters"] == "haystack"
     assert "one cluster" in (tmp_path / "card.md").read_text()
+
+
+@pytest.mark.server
+def test_a_resume_that_changes_the_screen_is_refused_in_one_line(
+    llama_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another depth or another trial count is another screen (other keys, other needles beside each
+    cell): refused before anything is sent, the results file untouched; the same screen resumes."""
+    argv = ["run", "--url", llama_server.url, "--lengths", "1024", "--haystack", "shared", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main([*argv, "--depths", "0,100"]) in (0, 1)
+    recorded = (tmp_path / "results.jsonl").read_bytes()
+    for changed, named in ((["--depths", "0,50,100"], "shared.grid.1024"), (["--depths", "0,100", "--trials", "2"], "shared.trials")):
+        capsys.readouterr()
+        assert main([*argv, *changed]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "belongs to a different run" in err and named in err, err
+    assert (tmp_path / "results.jsonl").read_bytes() == recorded
+    assert main([*argv, "--depths", "0,100"]) in (0, 1)
+    assert (tmp_path / "results.jsonl").read_bytes() == recorded  # resumed: every cell was recorded
+
+
+@pytest.mark.server
+def test_auto_trials_with_confirmations_exit_by_the_screens_verdicts(llama_server, tmp_path: Path) -> None:
+    """`--trials auto --confirm` on SmolLM2 against a low threshold: the screen's lengths decide the
+    exit code (0 when all clear), whatever its confirmations, which stand beside the screen."""
+    argv = ["run", "--url", llama_server.url, "--lengths", "1024,2048", "--depths", "0,50,100", "--haystack", "shared",
+            "--trials", "auto", "--max-trials", "6", "--pass-rate", "0.1", "--confirm", "--no-progress",
+            "--out", str(tmp_path)]
+    code = main(argv)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    records = cells(tmp_path / "results.jsonl")
+    screen = {(r["length"], r["depth"], r["trial"]): r["outcome"] for r in records if r["task"] == SHARED_TASK}
+    confirmed = {(r["length"], r["depth"], r["trial"]): r["outcome"] for r in records if r["task"] == SINGLE}
+    assert set(confirmed) == {c for c, o in screen.items() if o in ANSWERED_OUTCOMES and o != "PASS"}
+    assert list(summary["tasks"]) == [SHARED_TASK] and len(summary.get("confirmations", {}).get("cells", [])) == len(confirmed)
+    decisions = {v["decision"] for v in summary["tasks"][SHARED_TASK]["verdict"]["lengths"]}
+    standing = {confirmed.get(c, o) for c, o in screen.items()}  # a confirmation counts in its cell's place
+    assert code == (4 if standing - {"PASS", "FAIL", "WRONG_KEY"} else 0 if decisions == {"clears"} else 1), (code, decisions)
+    assert summary["effective_length"] == summary["tasks"][SHARED_TASK]["verdict"]["effective_length"]
