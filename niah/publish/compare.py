@@ -150,15 +150,23 @@ def compare(a: Run, b: Run, force: bool = False, allow_missing: bool = False) ->
     changes = fingerprint_differences(redact(a.fingerprint), redact(b.fingerprint))
     verdicts = {"a": task_verdicts(a.cells, a.fingerprint), "b": task_verdicts(b.cells, b.fingerprint)}
     left = only["left"]
-    screen = left["task"].map(lambda t: t + SHARED_SUFFIX if t in confirmation_tasks(a.cells) else t)
-    done = decided(verdicts["b"], b)
-    sooner = pd.Series([(t, n) in done for t, n in zip(screen, left["length"])], index=left.index, dtype=bool)
-    passed = b.cells.loc[b.cells["outcome"] == "PASS", TRIAL_KEYS].apply(tuple, axis=1)
-    confirmed = pd.Series([s != t and (s, n, d, k) in set(passed) for s, t, n, d, k in
-                           zip(screen, *(left[k] for k in TRIAL_KEYS))], index=left.index, dtype=bool) & ~sooner
+    sooner, passed = excused(left, a, b, decided(verdicts["b"], b))
     return Comparison(a, b, pools["cells"], pools["lengths"], pools["tasks"],
-                      left[~sooner & ~confirmed].reset_index(drop=True), only["right"], changes, verdicts,
-                      int(sooner.sum()), int(confirmed.sum()), allow_missing)
+                      left[~sooner & ~passed].reset_index(drop=True), only["right"], changes, verdicts,
+                      int(sooner.sum()), int(passed.sum()), allow_missing)
+
+
+def excused(left: pd.DataFrame, a: Run, b: Run, done: set[tuple[str, int]]) -> tuple[pd.Series, pd.Series]:
+    """Which of A's trials that B lacks are not missing: (B's `--trials auto` had decided their length,
+    they confirm a screen cell B's screen passed). A confirmation's length is its screen task's."""
+    confirms = set(confirmation_tasks(a.cells))
+    screen = [t + SHARED_SUFFIX if t in confirms else t for t in left["task"]]
+    sooner = pd.Series([(t, n) in done for t, n in zip(screen, left["length"])], index=left.index, dtype=bool)
+    b_passed = set(b.cells.loc[b.cells["outcome"] == "PASS", TRIAL_KEYS].itertuples(index=False, name=None))
+    passed = pd.Series([t in confirms and (s, n, d, k) in b_passed
+                        for s, (t, n, d, k) in zip(screen, left[TRIAL_KEYS].itertuples(index=False, name=None))],
+                       index=left.index, dtype=bool)
+    return sooner, passed & ~sooner
 
 
 def decided(verdicts: dict[str, Verdict], run: Run) -> set[tuple[str, int]]:
