@@ -13,7 +13,8 @@ import pytest
 
 from niah.cli import main
 from niah.prompts.shared_haystack import SharedHaystack
-from niah.publish.compare import compare, compare_runs, to_markdown
+from niah.publish.compare import compare, compare_runs
+from niah.publish.compare_outputs import to_markdown
 from niah.publish.results import CellResult, ResultsFile
 from niah.publish.runs import load_run
 from niah.publish.stats import sign_test

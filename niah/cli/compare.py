@@ -43,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run(args: argparse.Namespace) -> int:
-    from niah.publish.compare import compare_runs, to_json, to_markdown, write_outputs
+    from niah.publish.compare import compare_runs
+    from niah.publish.compare_outputs import to_json, to_markdown, write_outputs
 
     comparison = compare_runs(args.run_a, args.run_b, force=args.force, allow_missing=args.allow_missing)
     if args.json:
