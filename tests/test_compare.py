@@ -313,26 +313,26 @@ def test_cli_bad_input_is_one_line_exit_2(
 
 
 def test_effective_lengths_and_an_auto_b_that_decided_sooner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A: 1024 and 2048 clear with 25 passing trials each. B (--trials auto): 1024 clears the same way,
-    2048 is decided below after one round of 5 FAILs: its 20 other trials are not missing, and the
+    """A: 1024 and 2048 clear with 35 passing trials each. B (--trials auto): 1024 clears the same way,
+    2048 is decided below after one round of 5 FAILs: its 30 other trials are not missing, and the
     effective length falls from 2,048 to 1,024."""
     depths = (0.0, 25.0, 50.0, 75.0, 100.0)
-    a = write_run(tmp_path / "a", {(n, d): "P" * 5 for n in (1024, 2048) for d in depths})
+    a = write_run(tmp_path / "a", {(n, d): "P" * 7 for n in (1024, 2048) for d in depths})
     auto = {**FINGERPRINT, "trials": {"mode": "auto", "pass_rate": 0.856, "max_trials": 20, "interval": "wilson",
                                       "clusters": "independent"}}
-    b = write_run(tmp_path / "b", {**{(1024, d): "P" * 5 for d in depths}, **{(2048, d): "F" for d in depths}}, auto)
+    b = write_run(tmp_path / "b", {**{(1024, d): "P" * 7 for d in depths}, **{(2048, d): "F" for d in depths}}, auto)
     comparison = compare_runs(a, b)
-    assert comparison.decided_sooner == 20 and not comparison.incomplete and len(comparison.missing) == 0
+    assert comparison.decided_sooner == 30 and not comparison.incomplete and len(comparison.missing) == 0
     text = to_markdown(comparison)
     assert "effective length: A 2,048 → B 1,024" in text
-    assert "20 of A's trials not in B: B's --trials auto had decided their length" in text
+    assert "30 of A's trials not in B: B's --trials auto had decided their length" in text
     assert main(["compare", str(a), str(b), "--json"]) == 1  # 5/5 → 0/5 at 2048 is a regression
     report = json.loads(capsys.readouterr().out)
     assert report["effective_length"] == {"a": 2048, "b": 1024} and report["missing"] == 0
     assert report["verdicts"]["b"]["single"]["lengths"][1]["decision"] == "below"
     fixed = write_run(tmp_path / "fixed", {(n, d): "P" for n in (1024, 2048) for d in depths})
     assert compare_runs(a, fixed).incomplete  # a fixed-trial B that ran fewer trials is incomplete, as before
-    late = write_run(tmp_path / "late", {**{(1024, d): "F" for d in depths}, **{(2048, d): "P" * 5 for d in depths}})
+    late = write_run(tmp_path / "late", {**{(1024, d): "F" for d in depths}, **{(2048, d): "P" * 7 for d in depths}})
     assert "B: 2048 clears after 1024 failed" in to_markdown(compare_runs(a, late, allow_missing=True))
 
 

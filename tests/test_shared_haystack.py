@@ -285,7 +285,7 @@ def test_auto_trials_on_a_shared_haystack_count_haystacks(llama_server, tmp_path
     assert not first & second
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fingerprint"]["trials"]["clusters"] == "haystack"
-    assert "one cluster" in (tmp_path / "card.md").read_text()
+    assert "each haystack's pass fraction at the length one observation" in (tmp_path / "card.md").read_text()
 
 
 @pytest.mark.server

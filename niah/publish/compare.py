@@ -41,15 +41,9 @@ from niah.cells import SHARED_SUFFIX
 from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError
 from niah.publish.grid import cell_label
 from niah.publish.results import fingerprint_differences, redact, short
-from niah.publish.runs import (
-    Run,
-    confirmation_tasks,
-    joined,
-    load_run,
-    task_verdicts,
-)
-from niah.publish.stats import ANSWERED_OUTCOMES, sign_test
-from niah.publish.verdict import UNDECIDED, Verdict, policy_of
+from niah.publish.runs import Run, confirmation_tasks, joined, load_run, task_verdicts
+from niah.publish.stats import ANSWERED_OUTCOMES, UNDECIDED, sign_test
+from niah.publish.verdict import Verdict, policy_of
 
 REGRESSIONS = ("broke", "regression")
 CHANGES = ("broke", "regression", "fixed", "improved", "down", "up", "same")

@@ -49,7 +49,7 @@ class ReportPaths:
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """Counts per outcome and per length, prefill totals and cache savings, the effective length, per
-    task the cells and length rows with their Wilson 95% bounds and the verdict, a screen's
+    task the cells and length rows with their confidence sequence and the verdict, a screen's
     confirmations beside its cells, with the fingerprint."""
     verdicts = task_verdicts(df, fingerprint)
     counts = df["outcome"].value_counts()
@@ -85,7 +85,7 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "effective_length": effective_length(verdicts),
         "tasks": {
             task: {
-                "per_length": _records(length_table(df[df["task"] == task]).drop(columns="task")),
+                "per_length": _records(length_table(df[df["task"] == task], verdicts).drop(columns="task")),
                 "cells": _records(cell_table(df[df["task"] == task]).drop(columns="task")),
                 "verdict": verdicts[task].to_dict(),
             }

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from niah.publish.grid import MIXED, UNTESTED, cell_category
+from niah.publish.stats import METHOD
 
 COLOURS = {
     "PASS": "#2e7d32",
@@ -128,6 +129,7 @@ def render_html(df: pd.DataFrame, grid_text: str, summary: dict[str, Any], png: 
         columns=columns,
         rows=rows,
         colours=COLOURS,
+        method=METHOD,
     )
 
 
@@ -162,10 +164,10 @@ Prefill: {{ summary.prefill.prompt_tokens_computed }} tokens computed,
 {% for r in summary.draft_acceptance %}<tr><td>{{ r.length }}</td><td>{{ r.cells }}</td><td>{{ r.draft_n }}</td>
 <td>{{ r.draft_n_accepted }}</td><td>{{ "%.0f%%" | format(100 * r.acceptance) if r.acceptance is not none else "-" }}</td></tr>
 {% endfor %}</table>{% endif %}
-<h2>Pass rate per length (Wilson 95% bounds)</h2>
+<h2>Pass rate per length ({{ method }})</h2>
 <table>
-<tr><th>task</th><th>length</th><th>PASS/answered</th><th>pass rate</th><th>Wilson 95% lower</th><th>upper</th><th>other outcomes</th><th>mean score</th></tr>
-{% for task, t in summary.tasks.items() %}{% for r in t.per_length %}<tr><td>{{ task }}</td><td>{{ r.length }}</td><td>{{ r.passes }}/{{ r.answered }}</td><td>{{ r.pass_rate }}</td><td>{{ r.wilson_low }}</td><td>{{ r.wilson_high }}</td><td>{{ r.other }}</td><td>{{ r.mean_score }}</td></tr>
+<tr><th>task</th><th>length</th><th>PASS/answered</th><th>pass rate</th><th>lower end</th><th>upper end</th><th>verdict</th><th>other outcomes</th><th>mean score</th></tr>
+{% for task, t in summary.tasks.items() %}{% for r in t.per_length %}<tr><td>{{ task }}</td><td>{{ r.length }}</td><td>{{ r.passes }}/{{ r.answered }}</td><td>{{ r.pass_rate }}</td><td>{{ "%.1f%%" | format(100 * r.low) }}</td><td>{{ "%.1f%%" | format(100 * r.high) }}</td><td>{{ r.decision }}</td><td>{{ r.other }}</td><td>{{ r.mean_score }}</td></tr>
 {% endfor %}{% endfor %}</table>
 <h2>Cells</h2>
 <table>

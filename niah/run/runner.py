@@ -60,7 +60,8 @@ class RunSummary:
     grid_markdown: str
     exit_code: int
     per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per task, one row per length: passes, answered trials, pass rate, Wilson 95% bounds, mean score."""
+    """Per task, one row per length: passes, answered trials, pass rate, the confidence sequence
+    and its decision (the verdict's own numbers), mean score."""
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task, summary.json's verdict: each length's decision and the effective length."""
 
