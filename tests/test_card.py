@@ -1,8 +1,7 @@
-"""`niah card`: the model-card block from results alone; the shared Wilson helper."""
+"""`niah card`: the model-card block from results alone."""
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from niah.publish.filenames import file_names
 from niah.publish.report import render_report
 from niah.publish.results import CellResult, ResultsFile, read_header
 from niah.publish.runs import load_run
-from niah.publish.stats import wilson_interval, wilson_lower
+from niah.publish.stats import confidence_sequence
 
 DEMO = Path(__file__).parent.parent / "reports" / "demo"
 TASKS = Path(__file__).parent.parent / "reports" / "tasks-smollm2"
@@ -78,24 +77,6 @@ def three_trial_run(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("passes", "trials", "low", "high"),
-    [(0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (50, 100, 0.4038, 0.5962), (1, 1, 0.2065, 1.0), (0, 1, 0.0, 0.7935)],
-)
-def test_wilson_interval_matches_the_published_values(passes: int, trials: int, low: float, high: float) -> None:
-    got = wilson_interval(passes, trials)
-    assert math.isclose(got[0], low, abs_tol=1e-4) and math.isclose(got[1], high, abs_tol=1e-4)
-    assert wilson_lower(passes, trials) == got[0]
-
-
-def test_wilson_interval_edges() -> None:
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    lows = [wilson_lower(k, 20) for k in range(21)]
-    assert lows == sorted(lows) and all(0.0 <= x < k / 20 or k == 0 for k, x in enumerate(lows))
-    with pytest.raises(ValueError):
-        wilson_interval(3, 2)
-
-
-@pytest.mark.parametrize(
     ("text", "shown"),
     [
         ("/home/ann/models/m.gguf", "m.gguf"),
@@ -130,8 +111,10 @@ def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:
     card = render_card(run.cells, run.header, run.fingerprint)
     assert "```text\nlength 0% 100% factor\n2048 PASS 2/3 native\n6144 1/3 2/3,TRUNCATED 2x YaRN\n```" in card
     assert "`TRUNCATED`: the answer budget ran out" in card and "`CLAMPED`" not in card
-    low, high = wilson_interval(5, 6)
-    assert f"| 2,048 | native | 6 | 5/6 | 83% ({low:.0%}–{high:.0%}) | undecided | - |" in card
+    low, high = confidence_sequence([1.0] * 5 + [0.0])
+    assert f"| 2,048 | native | 6 | 5/6 | 83% ({low:.1%}–{high:.1%}) | undecided | - |" in card
+    assert "pass rate (95% confidence sequence)" in card
+    assert "each at most 2.5% of the time" in card and "Waudby-Smith & Ramdas 2023" in card
     assert "| 6,144 | 2x YaRN | 6 | 3/6 | 50% " in card and "| TRUNCATED 1 |" in card
     # prefill: length/2 tokens in length/2 * 10 ms = 100 tok/s; decode: 10 tokens in 500 ms = 20 tok/s
     assert "| 100.0 | 20.0 | 50% | 3 min 00 s |" in card

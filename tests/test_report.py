@@ -165,10 +165,11 @@ def test_niah_report_cli_bad_input_is_one_line_exit_2(
     assert err.count("\n") == 1 and err.startswith("niah: error: ") and message in err
 
 
-def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
-    """Several tasks: a grid per task, summary.json rows per task and length with the Wilson 95%
-    bounds of stats.wilson_interval, mean scores, the planted pieces as JSON in cells.csv."""
-    from niah.publish.stats import wilson_interval
+def test_report_per_task_with_the_lengths_interval(tmp_path: Path) -> None:
+    """Several tasks: a grid per task, summary.json rows per task and length with the ends of the
+    length's confidence sequence (stats.confidence_sequence) and its decision, the same as the
+    verdict's, mean scores, the planted pieces as JSON in cells.csv."""
+    from niah.publish.stats import confidence_sequence
 
     path = tmp_path / "results.jsonl"
     results = ResultsFile(path, {"needle_seed": 0})
@@ -185,8 +186,11 @@ def test_report_per_task_with_wilson_bounds(tmp_path: Path) -> None:
     )
     summary = json.loads(paths.summary_json.read_text())
     row = summary["tasks"]["multiquery:2"]["per_length"][0]
-    low, high = wilson_interval(2, 3)
-    assert (row["passes"], row["answered"], row["wilson_low"], row["wilson_high"]) == (2, 3, round(low, 4), round(high, 4))
+    low, high = confidence_sequence([1.0, 0.0, 1.0])
+    assert (row["passes"], row["answered"], row["low"], row["high"]) == (2, 3, round(low, 4), round(high, 4))
+    (judged, _) = summary["tasks"]["multiquery:2"]["verdict"]["lengths"]
+    assert (judged["low"], judged["high"], judged["decision"]) == (row["low"], row["high"], row["decision"])
+    assert summary["tasks"]["multiquery:2"]["verdict"]["interval"] == "95% confidence sequence"
     assert row["mean_score"] == round(2.5 / 3, 4)
     assert summary["tasks"]["multiquery:2"]["per_length"][1]["answered"] == 0  # CLAMPED was never answered
     assert summary["tasks"]["single"]["cells"][0]["label"] == "PASS"
@@ -211,11 +215,11 @@ def test_truncated_answers_count_in_one_denominator_everywhere(tmp_path: Path) -
     assert paths.grid_markdown == "length 50% factor\n4096 PASS native\n8192 2/3,TRUNCATED 2x YaRN\n"
     rows = {r["length"]: r for r in paths.summary["tasks"]["single"]["per_length"]}
     assert (rows[8192]["passes"], rows[8192]["answered"], rows[8192]["pass_rate"]) == (2, 3, 0.6667)
-    assert rows[8192]["other"] == "TRUNCATED:1" and rows[8192]["wilson_high"] < 1.0
+    assert rows[8192]["other"] == "TRUNCATED:1" and rows[8192]["high"] < 1.0
     cell = paths.summary["tasks"]["single"]["cells"][1]
     assert (cell["passes"], cell["answered"], cell["label"]) == (2, 3, "2/3,TRUNCATED")
     card = (tmp_path / CARD_NAME).read_text()
-    assert "| 8,192 | 2x YaRN | 3 | 2/3 | 67% (21%–94%) | undecided | TRUNCATED 1 |" in card
+    assert "| 8,192 | 2x YaRN | 3 | 2/3 | 67% (4.8%–99.8%) | undecided | TRUNCATED 1 |" in card
 
 
 def test_wrong_key_answers_are_named_and_count_as_not_retrieved(tmp_path: Path) -> None:
@@ -234,7 +238,7 @@ def test_wrong_key_answers_are_named_and_count_as_not_retrieved(tmp_path: Path) 
     (row,) = paths.summary["tasks"]["multikey:4"]["per_length"]
     assert (row["passes"], row["answered"], row["other"]) == (2, 4, "WRONG_KEY:2")
     card = (tmp_path / CARD_NAME).read_text()
-    assert "| 4,096 | native | 4 | 2/4 | 50% (15%–85%) | below | WRONG_KEY 2 |" in card
+    assert "| 4,096 | native | 4 | 2/4 | 50% (3.0%–97.0%) | undecided | WRONG_KEY 2 |" in card
     assert "`WRONG_KEY`: the answer held a value planted for another key" in card
     assert cell_label(["WRONG_KEY", "FAIL"]) == "0/2,WRONG_KEY"
 

@@ -16,7 +16,8 @@ from niah.cells import (
 )
 from niah.errors import NiahError
 from niah.launch.api_key import api_key
-from niah.publish.verdict import INTERVALS, MAX_TRIALS, RULER_PASS_RATE, TrialPolicy
+from niah.publish.stats import RULER_PASS_RATE, interval_text
+from niah.publish.verdict import MAX_HAYSTACKS, MAX_TRIALS, TrialPolicy, default_max_trials
 from niah.run.confirm import CONFIRMS
 
 if TYPE_CHECKING:
@@ -70,9 +71,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     verdict = parser.add_argument_group("verdict (--trials auto)")
     verdict.add_argument("--pass-rate", type=float,
                          help=f"the threshold a length's pass rate must clear (default {RULER_PASS_RATE}, RULER's)")
-    verdict.add_argument("--max-trials", type=int, help=f"trials per cell auto stops at (default {MAX_TRIALS})")
-    verdict.add_argument("--interval", choices=INTERVALS,
-                         help="95%% interval of the pass rate: wilson (default) or exact (Clopper-Pearson)")
+    verdict.add_argument("--max-trials", type=int,
+                         help=f"trials per cell auto stops at (default {MAX_TRIALS}; {MAX_HAYSTACKS} haystacks with "
+                         "--haystack shared, where a length that never fails needs 35 to clear 85.6%%)")
     add_target_options(parser, several=True)
     add_common_options(parser)
     parser.set_defaults(func=run_command)
@@ -85,7 +86,8 @@ def add_grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trials", default="1",
         help="prompts per cell (different values and distractor positions), or auto: per length, add trials "
-        f"until the pass rate's 95%% interval lies above or below --pass-rate (planned at the cap, {MAX_TRIALS})",
+        f"until the pass rate's 95%% confidence sequence lies above or below --pass-rate (planned at the cap, "
+        f"{MAX_TRIALS})",
     )
     parser.add_argument(
         "--haystack", choices=HAYSTACKS, default="single",
@@ -239,15 +241,17 @@ def haystack_tasks(args: argparse.Namespace, tasks: tuple[Task, ...], grid: Grid
 
 
 def trial_policy(args: argparse.Namespace) -> TrialPolicy:
-    """--trials auto with its threshold, cap and interval; the threshold and interval also judge a
-    fixed number of trials (the effective length)."""
+    """--trials auto with its threshold and cap; the threshold also judges a fixed number of trials
+    (the effective length)."""
     auto = parse_trials(args.trials) is None
     if args.max_trials is not None and not auto:
         raise NiahError("--max-trials goes with --trials auto")
-    given = {"pass_rate": args.pass_rate, "max_trials": args.max_trials, "interval": args.interval}
-    # questions on one shared haystack are not independent: bounds count haystacks (a design effect)
+    # questions on one shared haystack are not independent: each haystack is one observation
     clusters = "haystack" if args.haystack == SHARED else "independent"
-    return TrialPolicy(auto=auto, clusters=clusters, **{k: v for k, v in given.items() if v is not None})
+    options = {} if args.pass_rate is None else {"pass_rate": args.pass_rate}
+    if auto:
+        options["max_trials"] = default_max_trials(clusters) if args.max_trials is None else args.max_trials
+    return TrialPolicy(auto=auto, clusters=clusters, **options)
 
 
 def print_summary(summary: RunSummary) -> int:
@@ -259,7 +263,8 @@ def print_summary(summary: RunSummary) -> int:
     for task, rows in summary.per_length.items():
         for row in rows:
             if row["answered"] and (several or row["answered"] > 1):
-                rate = f"{row['passes']}/{row['answered']} PASS, 95% Wilson lower bound {row['wilson_low']:.0%}"
+                rate = (f"{row['passes']}/{row['answered']} PASS, {interval_text(row['low'], row['high'])}, "
+                        f"{row['decision']}")
                 score = f", mean score {row['mean_score']:.2f}" if row["mean_score"] is not None else ""
                 print(f"{task + ' ' if several else ''}{row['length']:,}: {rate}{score}")
     for task, verdict in summary.verdicts.items():

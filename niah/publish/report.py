@@ -17,12 +17,14 @@ from typing import Any
 import pandas as pd
 
 from niah.errors import NiahError
+from niah.publish.card.screen import confirmation_summary
 from niah.publish.grid import grid_frame
 from niah.publish.results import OUTCOMES, load_cells, read_header
 from niah.publish.runs import (
     cell_table,
     draft_acceptance,
     effective_length,
+    judged_tasks,
     length_table,
     task_verdicts,
     tasks_grid_markdown,
@@ -48,7 +50,8 @@ class ReportPaths:
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """Counts per outcome and per length, prefill totals and cache savings, the effective length, per
-    task the cells and length rows with their Wilson 95% bounds and the verdict, with the fingerprint."""
+    task the cells and length rows with their confidence sequence and the verdict, a screen's
+    confirmations beside its cells, with the fingerprint."""
     verdicts = task_verdicts(df, fingerprint)
     counts = df["outcome"].value_counts()
     per_length = {
@@ -83,12 +86,13 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "effective_length": effective_length(verdicts),
         "tasks": {
             task: {
-                "per_length": _records(length_table(df[df["task"] == task]).drop(columns="task")),
+                "per_length": _records(length_table(df[df["task"] == task], verdicts).drop(columns="task")),
                 "cells": _records(cell_table(df[df["task"] == task]).drop(columns="task")),
                 "verdict": verdicts[task].to_dict(),
             }
-            for task in tasks_of(df)
+            for task in judged_tasks(df)
         },
+        **({"confirmations": confirmed} if (confirmed := confirmation_summary(df)) else {}),
         "fingerprint": fingerprint,
     }
 

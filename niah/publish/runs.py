@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.cells import SHARED_SUFFIX
 from niah.errors import NiahError
 from niah.publish.grid import cell_label, grid_markdown, joined
 from niah.publish.results import (
@@ -21,7 +22,7 @@ from niah.publish.results import (
     read_facts,
     read_header,
 )
-from niah.publish.stats import ANSWERED_OUTCOMES, pass_tally, wilson_interval
+from niah.publish.stats import ANSWERED_OUTCOMES, pass_tally
 from niah.publish.verdict import Verdict, judge_lengths, policy_of
 
 RESULTS_NAME = "results.jsonl"
@@ -78,6 +79,19 @@ def tasks_of(df: pd.DataFrame) -> list[str]:
     return sorted(df["task"].unique(), key=lambda t: (t != SINGLE_TASK, t))
 
 
+def confirmation_tasks(df: pd.DataFrame) -> list[str]:
+    """The tasks that hold a shared screen's confirmations (`single` beside `single@shared`,
+    niah.run.confirm): records of their own, never judged as a task."""
+    present = set(df["task"])
+    return [t for t in tasks_of(df) if t + SHARED_SUFFIX in present]
+
+
+def judged_tasks(df: pd.DataFrame) -> list[str]:
+    """The tasks a run's verdicts, effective length and exit code are made of: all but confirmations."""
+    confirms = confirmation_tasks(df)
+    return [t for t in tasks_of(df) if t not in confirms]
+
+
 def tasks_grid_markdown(df: pd.DataFrame) -> str:
     """The grid, one per task: plain when the run holds only `single`, else each grid under a
     `task NAME` line, blank lines between."""
@@ -88,27 +102,31 @@ def tasks_grid_markdown(df: pd.DataFrame) -> str:
     return "\n".join(f"task {task}\n{grid_markdown(df[df['task'] == task])}" for task in tasks)
 
 
-def length_table(df: pd.DataFrame) -> pd.DataFrame:
+def length_table(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> pd.DataFrame:
     """One row per (task, length), depths pooled: trials, passes, answered trials (`stats.pass_tally`),
-    pass rate, Wilson bounds, the other outcomes and the mean score (fraction of expected values
-    answered) over answered trials."""
+    pass rate, the ends of the length's confidence sequence and its decision (from `verdicts`, the
+    one interval every output prints), the other outcomes and the mean score (fraction of expected
+    values answered) over answered trials."""
+    judged = {(task, v.length): v for task, verdict in verdicts.items() for v in verdict.lengths}
     rows = []
     for (task, length), group in with_tasks(df).groupby(["task", "length"], sort=True):
         answered = group[group["outcome"].isin(ANSWERED_OUTCOMES)]
         scores = pd.to_numeric(answered["score"], errors="coerce") if "score" in answered else pd.Series(dtype=float)
+        v = judged[(task, int(length))]
         rows.append(
             {"task": task, "length": int(length), **_rates(list(group["outcome"])),
+             "low": v.low, "high": v.high, "decision": v.decision,
              "mean_score": round(float(scores.mean()), 4) if scores.notna().any() else None}
         )
     return pd.DataFrame(rows)
 
 
 def task_verdicts(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Verdict]:
-    """Per task, each length judged against the run's threshold (its recorded trial policy, else
-    RULER's 85.6% over independent trials) and the effective length."""
+    """Per task (a screen's confirmations are not one), each length judged against the run's threshold
+    (its recorded trial policy, else RULER's 85.6% over independent trials) and the effective length."""
     df, policy = with_tasks(df), policy_of(fingerprint)
     return {task: judge_lengths(zip(part["length"], part["trial"], part["outcome"]), policy)
-            for task in tasks_of(df) for part in [df[df["task"] == task]]}
+            for task in judged_tasks(df) for part in [df[df["task"] == task]]}
 
 
 def effective_length(verdicts: dict[str, Verdict]) -> int | None:
@@ -118,8 +136,8 @@ def effective_length(verdicts: dict[str, Verdict]) -> int | None:
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, length, depth): trials, passes, answered trials, Wilson bounds, other
-    outcomes, label, factor and profile (`_rates`)."""
+    """One row per (task, length, depth): trials, passes, answered trials, other outcomes, label,
+    factor and profile (`_rates`); intervals are per length only (`length_table`)."""
     rows = []
     for (task, length, depth), group in df.groupby(["task", "length", "depth"], sort=True):
         outcomes = list(group["outcome"])
@@ -135,15 +153,12 @@ def _rates(outcomes: list[str]) -> dict[str, Any]:
     WRONG_KEY and TRUNCATED); `other` names every outcome beyond PASS and FAIL with its count, e.g.
     `WRONG_KEY:1,TRUNCATED:2`."""
     passes, answered = pass_tally(outcomes)
-    low, high = wilson_interval(passes, answered)
     others = [o for o in NAMED_OUTCOMES if o in outcomes]
     return {
         "trials": len(outcomes),
         "passes": passes,
         "answered": answered,
         "pass_rate": round(passes / answered, 4) if answered else None,
-        "wilson_low": round(low, 4),
-        "wilson_high": round(high, 4),
         "other": ",".join(f"{o}:{outcomes.count(o)}" for o in others),
     }
 

@@ -1,6 +1,6 @@
-"""Verdicts on pass rates: the 95% interval of a length's pass rate (Wilson or exact Clopper-Pearson,
-over independent trials or clustered ones), whether it lies wholly above or below the threshold, and
-the effective length (the longest length that clears, every shorter tested one clearing too).
+"""Verdicts on pass rates: each length's interval and decision from the statistics core
+(niah.publish.stats), the policy that says how a run decides, and the effective length (the longest
+length that clears, every shorter tested one clearing too).
 
 `--trials auto` (niah.run.rounds) adds trials until the decision is made; reports, the card and compare
 read the same decision back from the results (the policy is in the fingerprint, `trials`).
@@ -8,48 +8,56 @@ read the same decision back from the results (the policy is in the fingerprint, 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from niah.errors import NiahError
-from niah.publish.stats import ANSWERED_OUTCOMES, wilson_interval
+from niah.publish.stats import (
+    ALPHA,
+    ANSWERED_OUTCOMES,
+    BELOW,
+    CLEARS,
+    CLUSTERS,
+    METHOD,
+    RULER_PASS_RATE,
+    confidence_sequence,
+    decide,
+    interval_text,
+    units_of,
+)
 
-RULER_PASS_RATE = 0.856
-"""RULER's threshold: a length counts as handled when its pass rate clears it."""
 MAX_TRIALS = 20
 """Trials per cell `--trials auto` stops at when the interval still straddles the threshold."""
-INTERVALS = ("wilson", "exact")
-CLUSTERS = {
-    "independent": "independent trials",
-    "haystack": "questions on one haystack counted as one cluster (a design effect widens the interval)",
-}
-"""How trials are counted: each on its own prompt, or clustered by the haystack they share."""
-CLEARS, BELOW, UNDECIDED = "clears", "below", "undecided"
-ALPHA = 0.05
+MAX_HAYSTACKS = 40
+"""The same cap for a shared haystack, where a length that never fails needs 35 haystacks to clear
+85.6% (each haystack is one observation, however many questions it holds)."""
+
+
+
+def default_max_trials(clusters: str) -> int:
+    """The cap `--trials auto` uses unless `--max-trials` is given: MAX_TRIALS, or MAX_HAYSTACKS when
+    a trial's questions share a haystack."""
+    return MAX_HAYSTACKS if clusters == "haystack" else MAX_TRIALS
 
 
 @dataclass(frozen=True)
 class TrialPolicy:
-    """How pass rates are decided: the threshold, the interval and how trials are counted; with
-    `auto`, trials are added per length until decided or `max_trials` per cell (`--trials auto`)."""
+    """How pass rates are decided: the threshold and what one observation is; with `auto`, trials
+    are added per length until decided or `max_trials` per cell (`--trials auto`). The interval is
+    always the statistics core's confidence sequence."""
 
     auto: bool = False
     pass_rate: float = RULER_PASS_RATE
     max_trials: int = MAX_TRIALS
-    interval: str = "wilson"
-    """`wilson` (score interval) or `exact` (Clopper-Pearson); never the normal approximation."""
     clusters: str = "independent"
-    """A CLUSTERS key: `haystack` when questions sharing a trial's haystack are not independent."""
+    """A CLUSTERS key: `haystack` when the questions of a trial share one haystack."""
 
     def __post_init__(self) -> None:
         if not 0 < self.pass_rate < 1:
             raise NiahError(f"--pass-rate must lie between 0 and 1, not {self.pass_rate:g}")
         if self.max_trials < 1:
             raise NiahError(f"--max-trials must be at least 1, not {self.max_trials}")
-        if self.interval not in INTERVALS:
-            raise NiahError(f"--interval must be one of {', '.join(INTERVALS)}, not {self.interval!r}")
         if self.clusters not in CLUSTERS:
             raise NiahError(f"unknown trial clustering {self.clusters!r}; expected one of {', '.join(CLUSTERS)}")
 
@@ -59,131 +67,54 @@ class TrialPolicy:
         return {"mode": "auto" if self.auto else "fixed", **{k: v for k, v in asdict(self).items() if k not in skip}}
 
     def describe(self) -> str:
-        """One sentence for the card."""
-        interval = "Wilson score" if self.interval == "wilson" else "exact Clopper-Pearson"
-        how = (f"per length, trials were added (new values, keys and positions at every depth) until the 95% "
-               f"{interval} interval of the pass rate lay wholly above or below {self.pass_rate:.1%}, or "
-               f"{self.max_trials} trials per cell" if self.auto else
-               f"a length clears when the lower bound of its 95% {interval} interval lies above {self.pass_rate:.1%}")
-        return f"{how}; {CLUSTERS[self.clusters]}"
+        """The method and its guarantee in one sentence, for the card."""
+        when = (f"here after every round, up to {self.max_trials} trials per cell" if self.auto
+                else "here once, after a fixed number of trials")
+        return (f"a length clears {self.pass_rate:.1%} when the lower end of its {METHOD} (betting, Waudby-Smith & "
+                f"Ramdas 2023, {CLUSTERS[self.clusters]}) lies above it, and is below when the upper end lies under "
+                f"it; valid whenever it is read ({when}), it calls a true pass rate of at least "
+                f"{self.pass_rate:.1%} below, and one of at most {self.pass_rate:.1%} clears, each at most "
+                f"{ALPHA:.1%} of the time")
 
 
 def policy_of(fingerprint: dict[str, Any]) -> TrialPolicy:
-    """The policy a run recorded (`trials` in its fingerprint), or the default one for runs without."""
+    """The policy a run recorded (`trials` in its fingerprint), or the default one for runs without.
+    An `interval` recorded by older runs (Wilson, Clopper-Pearson) is read past: every run is judged
+    by the confidence sequence."""
     recorded = fingerprint.get("trials")
     if not isinstance(recorded, dict):
         return TrialPolicy()
-    known = {k: recorded[k] for k in ("pass_rate", "max_trials", "interval", "clusters") if k in recorded}
+    known = {k: recorded[k] for k in ("pass_rate", "max_trials", "clusters") if k in recorded}
     return TrialPolicy(auto=recorded.get("mode") == "auto", **known)
-
-
-def clopper_pearson(passes: int, trials: int) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) 95% interval of `passes / trials`, by bisection on the binomial tails."""
-    if trials < 0 or not 0 <= passes <= trials:
-        raise ValueError(f"need 0 <= passes <= trials, got {passes}/{trials}")
-    if trials == 0:
-        return (0.0, 1.0)
-
-    def at_least(p: float) -> float:  # P(X >= passes)
-        return sum(math.comb(trials, k) * p**k * (1 - p) ** (trials - k) for k in range(passes, trials + 1))
-
-    def solve(tail: Any, rising: bool) -> float:
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if (tail(mid) < ALPHA / 2) == rising:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    low = 0.0 if passes == 0 else solve(at_least, rising=True)
-    high = 1.0 if passes == trials else solve(lambda p: 1 - at_least(p) + _pmf(trials, passes, p), rising=False)
-    return (low, high)
-
-
-def _pmf(n: int, k: int, p: float) -> float:
-    return math.comb(n, k) * p**k * (1 - p) ** (n - k)
-
-
-def design_effect(clusters: Sequence[tuple[int, int]]) -> float:
-    """How much clustering inflates the variance of the pooled pass rate (1.0 = independent trials):
-    the between-cluster variance of the ratio estimate over the binomial one, at least 1 and at most
-    the mean cluster size (all questions on a haystack agreeing). With every answer the same there is
-    no variation to measure the correlation from, so the worst case, the mean cluster size, is taken."""
-    clusters = [(p, n) for p, n in clusters if n]
-    total = sum(n for _, n in clusters)
-    if len(clusters) < 2 or all(n == 1 for _, n in clusters):
-        return 1.0
-    mean_size = total / len(clusters)
-    rate = sum(p for p, _ in clusters) / total
-    binomial = rate * (1 - rate) / total
-    if binomial == 0:
-        return mean_size
-    m = len(clusters)
-    between = m / (m - 1) * sum((p - rate * n) ** 2 for p, n in clusters) / total**2
-    return min(mean_size, max(1.0, between / binomial))
-
-
-def pass_interval(clusters: Sequence[tuple[int, int]], interval: str = "wilson") -> tuple[float, float]:
-    """The 95% interval of the pooled pass rate over clusters of (passes, answered); one trial per
-    cluster is the independent case. Clustered trials count as their effective number (answered ÷
-    design effect, rounded down for the exact interval)."""
-    passes, answered = sum(p for p, _ in clusters), sum(n for _, n in clusters)
-    if not answered:
-        return (0.0, 1.0)
-    effect = design_effect(clusters)
-    if interval == "exact":
-        n = max(1, math.floor(answered / effect))
-        return clopper_pearson(round(passes / answered * n), n)
-    n_eff = answered / effect
-    return wilson_interval(passes / answered * n_eff, n_eff)
-
-
-def decide(low: float, high: float, pass_rate: float) -> str:
-    """CLEARS when the interval lies wholly above `pass_rate`, BELOW when wholly below, else UNDECIDED."""
-    if low > pass_rate:
-        return CLEARS
-    if high < pass_rate:
-        return BELOW
-    return UNDECIDED
-
-
-def clusters_of(trials: Iterable[tuple[int, str]], policy: TrialPolicy) -> list[tuple[int, int]]:
-    """(passes, answered) per cluster from (trial, outcome) pairs: one per answered trial when
-    independent, one per trial index when questions share its haystack."""
-    if policy.clusters == "independent":
-        return [(int(o == "PASS"), 1) for _, o in trials if o in ANSWERED_OUTCOMES]
-    by_trial: dict[int, list[int]] = {}
-    for trial, outcome in trials:
-        if outcome in ANSWERED_OUTCOMES:
-            by_trial.setdefault(trial, []).append(int(outcome == "PASS"))
-    return [(sum(v), len(v)) for _, v in sorted(by_trial.items())]
 
 
 @dataclass(frozen=True)
 class LengthVerdict:
-    """One length's pass rate over all its depths and trials, and the decision."""
+    """One length's pass rate over all its depths and trials, its interval and the decision."""
 
     length: int
     passes: int
     answered: int
     trials: int
     """Trials per cell run (the most any depth ran)."""
+    observations: int
+    """What the interval counted: answered cells, or haystacks with an answered cell."""
     low: float
     high: float
+    """The ends of the length's confidence sequence (rounded to 4 places, as every output prints them)."""
     decision: str
 
 
 def length_verdict(length: int, trials: Iterable[tuple[int, str]], policy: TrialPolicy) -> LengthVerdict:
     """The verdict on one length from its cells' (trial, outcome) pairs."""
     trials = list(trials)
-    clusters = clusters_of(trials, policy)
-    low, high = pass_interval(clusters, policy.interval)
+    units = units_of(trials, policy.clusters)
+    low, high = confidence_sequence(units)
     return LengthVerdict(
-        length=length, passes=sum(p for p, _ in clusters), answered=sum(n for _, n in clusters),
-        trials=max((t for t, _ in trials), default=-1) + 1, low=round(low, 4), high=round(high, 4),
-        decision=decide(low, high, policy.pass_rate),
+        length=length, passes=sum(o == "PASS" for _, o in trials),
+        answered=sum(o in ANSWERED_OUTCOMES for _, o in trials),
+        trials=max((t for t, _ in trials), default=-1) + 1, observations=len(units),
+        low=round(low, 4), high=round(high, 4), decision=decide(units, policy.pass_rate),
     )
 
 
@@ -204,6 +135,7 @@ class Verdict:
         return {
             "effective_length": self.effective_length,
             "text": self.text(),
+            "interval": METHOD,
             "policy": self.policy.record(),
             "lengths": [asdict(v) for v in self.lengths],
             "clears_after_a_failure": list(self.late),
@@ -215,7 +147,7 @@ class Verdict:
         if self.effective_length is None:
             shortest = self.lengths[0] if self.lengths else None
             head = (f"no effective length: the shortest length, {shortest.length:,}, does not clear {threshold} "
-                    f"(95% interval {shortest.low:.0%}–{shortest.high:.0%}, {shortest.decision})"
+                    f"({interval_text(shortest.low, shortest.high)}, {shortest.decision})"
                     if shortest else "no effective length: nothing answered")
         else:
             head = f"effective length {self.effective_length:,} (every length up to it clears {threshold})"

@@ -1,6 +1,8 @@
 """`--trials auto`: which cells the dispatch loop runs next. Per (task, length), one round is one
-trial index at every depth; another round is added while the 95% interval of the length's pass rate
-straddles the threshold (niah.publish.verdict), up to the policy's max trials per cell.
+trial index at every depth; another round is added while the length's confidence sequence (the
+statistics core, niah.publish.stats) straddles the threshold, up to the policy's max trials per cell.
+The sequence is valid whichever round the length stops at, so looking after every round costs no
+error rate (benchmarks/verdict_bench.py computes it).
 
 A round is judged once all its cells are recorded, so a resumed run continues deciding from what
 results.jsonl holds, and several servers share the rounds of all lengths.
@@ -12,8 +14,8 @@ from collections.abc import Callable, Collection
 from functools import partial
 
 from niah.cells import Cell
-from niah.publish.stats import ANSWERED_OUTCOMES
-from niah.publish.verdict import UNDECIDED, TrialPolicy, clusters_of, decide, pass_interval
+from niah.publish.stats import ANSWERED_OUTCOMES, UNDECIDED, decide, units_of
+from niah.publish.verdict import TrialPolicy
 
 Key = tuple[str, int, float, int]
 
@@ -30,8 +32,7 @@ def next_trial(depths: list[float], outcome: Callable[[float, int], str | None],
         seen += [(trial, str(o)) for o in round_]
         if not any(o in ANSWERED_OUTCOMES for o in round_):
             return None
-        low, high = pass_interval(clusters_of(seen, policy), policy.interval)
-        if decide(low, high, policy.pass_rate) != UNDECIDED:
+        if decide(units_of(seen, policy.clusters), policy.pass_rate) != UNDECIDED:
             return None
     return None
 

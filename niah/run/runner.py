@@ -60,7 +60,8 @@ class RunSummary:
     grid_markdown: str
     exit_code: int
     per_length: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    """Per task, one row per length: passes, answered trials, pass rate, Wilson 95% bounds, mean score."""
+    """Per task, one row per length: passes, answered trials, pass rate, the confidence sequence
+    and its decision (the verdict's own numbers), mean score."""
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per task, summary.json's verdict: each length's decision and the effective length."""
 
@@ -116,8 +117,10 @@ def run_fingerprint(
         fingerprint["answer_budget_explicit"] = True
     if config.policy != TrialPolicy():  # --trials auto, a threshold or clustering of its own
         fingerprint["trials"] = config.policy.record()
-    if config.shared:  # --confirm is not here: it adds single-needle cells, a screen resumed with it confirms
+    screen = next((t.shared for t in config.tasks if t.shared), None)
+    if screen:  # --confirm is not here: it adds single-needle cells, a screen resumed with it confirms
         fingerprint["haystack"] = SHARED
+        fingerprint["shared"] = screen.identity(config.seed, config.planned_trials)
     if corpus.about:
         fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}

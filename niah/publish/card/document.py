@@ -28,7 +28,7 @@ from niah.publish.runs import (
     total,
     with_tasks,
 )
-from niah.publish.stats import ANSWERED_OUTCOMES
+from niah.publish.stats import ANSWERED_OUTCOMES, METHOD
 from niah.publish.verdict import Verdict
 
 CARD_NAME = "card.md"
@@ -64,7 +64,8 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts += ["### Method\n", "\n".join(method_lines(df, fp, header)) + "\n"]
     parts += ["### Launches\n", launches(df, fp)]
     verdicts = task_verdicts(df, fp)
-    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(df, verdicts)]
+    judged = df[df["task"].isin(verdicts)]  # a screen's confirmations stand beside it (above), not here
+    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(judged, verdicts)]
     drafts = draft_markdown(draft_acceptance(df))
     if drafts:
         parts += ["### MTP acceptance by context length\n", drafts]
@@ -114,23 +115,20 @@ def _verdict_lines(verdicts: dict[str, Verdict]) -> str:
 def _per_length(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> str:
     several = len(tasks_of(df)) > 1
     policy = next(iter(verdicts.values())).policy
-    own = policy.interval != "wilson" or policy.clusters != "independent"  # the verdict's interval is not Wilson's
     head = ["task"] if several else []
-    head += ["length", "factor", "cells", "PASS/answered", "pass rate (95% Wilson)", f"vs {policy.pass_rate:.1%}",
+    head += ["length", "factor", "cells", "PASS/answered", f"pass rate ({METHOD})", f"vs {policy.pass_rate:.1%}",
              "other outcomes",
              "prefill tok/s", "decode tok/s", "prompt cache reused", "wall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rates = length_table(df).set_index(["task", "length"])
-    decided = {(task, v.length): v for task, verdict in verdicts.items() for v in verdict.lengths}
+    rates = length_table(df, verdicts).set_index(["task", "length"])
     for (task, length), group in df.groupby(["task", "length"], sort=True):
         r = rates.loc[(task, length)]
-        rate = f"{r['pass_rate']:.0%} ({r['wilson_low']:.0%}–{r['wilson_high']:.0%})" if r["answered"] else "-"
+        rate = f"{r['pass_rate']:.0%} ({r['low']:.1%}–{r['high']:.1%})" if r["answered"] else "-"
         others = ", ".join(o.replace(":", " ") for o in r["other"].split(",") if o)
         computed, cached = total(group["prompt_n"]), total(group["cache_n"])
         row = [task] if several else []
-        v = decided[(task, length)]
         row += [f"{length:,}", joined(group["factor"]), str(len(group)), f"{r['passes']}/{r['answered']}", rate,
-                v.decision + (f" ({v.low:.0%}–{v.high:.0%})" if own else ""), others or "-",
+                r["decision"], others or "-",
                 _rate(computed, total(group["prompt_ms"])), _rate(total(group["predicted_n"]), total(group["predicted_ms"])),
                 f"{cached / (cached + computed):.0%}" if cached + computed else "-",
                 duration(total(group["wall_s"]))]

@@ -16,6 +16,7 @@ from niah.publish.card.screen import shared_meaning
 from niah.publish.filenames import file_names
 from niah.publish.grid import joined
 from niah.publish.runs import SINGLE_TASK, tasks_of, total
+from niah.publish.stats import METHOD
 from niah.publish.verdict import policy_of
 
 NOT_RECORDED = "not recorded"
@@ -114,8 +115,8 @@ def method_lines(df: pd.DataFrame, fp: dict[str, Any], header: dict[str, Any]) -
           if SINGLE_TASK in tasks else []),
         *_tasks_line(df, fp),
         f"- **Generation:** {generation}.",
-        (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the 95% Wilson score interval "
-        f"of the pass rate is given per length below (depths pooled). Verdict: {policy_of(fp).describe()}."),
+        (f"- **Trials:** {trial_text} per cell, {len(df)} cells in all; the pass rate's {METHOD} is "
+        f"given per length below (depths pooled). Verdict: {policy_of(fp).describe()}."),
         (f"- **Wall time:** {requests} in requests; {_span(df, header)} from the results header to the "
         "last cell (server starts included)."),
     ]

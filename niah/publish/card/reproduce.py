@@ -12,7 +12,7 @@ from niah.publish.card.screen import confirmed_pairs
 from niah.publish.filenames import file_names
 from niah.publish.results import SINGLE_TASK
 from niah.publish.runs import tasks_of
-from niah.publish.verdict import TrialPolicy, policy_of
+from niah.publish.verdict import TrialPolicy, default_max_trials, policy_of
 
 
 def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
@@ -36,8 +36,9 @@ def reproduce(df: pd.DataFrame, fp: dict[str, Any], model: str) -> str:
         args.append("--trials auto")
     elif trials != 1:
         args.append(f"--trials {trials}")
+    default = TrialPolicy(max_trials=default_max_trials(policy.clusters))
     args += [f"--{k.replace('_', '-')} {v}" for k, v in asdict(policy).items()
-             if k in ("pass_rate", "max_trials", "interval") and v != getattr(TrialPolicy(), k)]
+             if k in ("pass_rate", "max_trials") and v != getattr(default, k)]
     tasks = tasks_of(df)
     if fp.get("haystack") == SHARED:
         args.append("--haystack shared" + confirm_flag(df))
