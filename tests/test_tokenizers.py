@@ -273,3 +273,43 @@ def test_a_template_on_another_clock_is_framed_again_past_midnight(qwen, builtin
     with pytest.raises(NiahError, match="renders another text around the message each time") as info:
         build(1024, 50, qwen, builtin, make_needle(0, 1024, 50, 0), Ticking("0"))
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tokens": 5}, "tokenizer.ggml.tokens is not an array of strings"),
+        ({"tokens": [1, 2, 3]}, "tokenizer.ggml.tokens is not an array of strings"),
+        ({"merges": 7}, "tokenizer.ggml.merges is not an array of strings"),
+        ({"token_type": ["x", "y", "z"]}, "tokenizer.ggml.token_type is not an array of integers"),
+        ({"add_bos_token": "yes"}, "tokenizer.ggml.add_bos_token is 'yes', expected true or false"),
+        ({"pre": ["qwen2"]}, "pre-tokenizer ['qwen2']"),
+    ],
+)
+def test_a_gguf_vocabulary_of_the_wrong_type_is_one_line_exit_2(
+    values: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    """Headers the gguf library writes with tokenizer keys of another type (were TypeErrors, or
+    a BOS counted for the string 'yes')."""
+    import gguf
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    good = {"model": "gpt2", "pre": "default", "tokens": ["a", "b", "ab"], "merges": ["a b"], "token_type": [1, 1, 1]}
+    for key, value in {**good, **values}.items():
+        name = f"tokenizer.ggml.{key}"
+        if isinstance(value, list):
+            writer.add_array(name, value)
+        elif isinstance(value, str):
+            writer.add_string(name, value)
+        else:
+            writer.add_uint32(name, value)  # type: ignore[arg-type]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    text = tmp_path / "t.txt"
+    text.write_text("ab ba")
+    result = niah("tokenize", "--tokenizer", f"gguf:{path}", str(text))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().startswith(f"niah: error: gguf:{path}: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
