@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -237,3 +241,27 @@ def test_v1_cells_are_the_single_task_and_a_v2_task_is_its_own_cell(tmp_path: Pa
     assert list(zip(both["task"], both["outcome"])) == [("chain:1", "FAIL"), ("single", "PASS")]
     assert both.iloc[0]["planted"] == list(planted) and both.iloc[0]["score"] == 0.5
     assert lines(path)[-1]["schema_version"] == SCHEMA_VERSION == 2
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "ENOSYS", "EIO"])
+def test_a_file_system_that_cannot_lock_is_one_line_exit_2(code: str, tmp_path: Path) -> None:
+    """A file system without locks (NFS without lockd, some FUSE mounts) cannot be mounted in a test
+    here, so flock(2) is made to answer the errno such a file system gives; the CLI is the real one."""
+    out = tmp_path / "run"
+    script = (
+        "import errno, fcntl, os, sys\n"
+        "def refuse(fd, op):\n"
+        f"    raise OSError(errno.{code}, os.strerror(errno.{code}))\n"
+        "fcntl.flock = refuse\n"
+        "from niah.cli import main\n"
+        f"sys.exit(main(['run', '--lengths', '1k', '--no-progress', '--url', 'http://127.0.0.1:1', '--out', {str(out)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"niah: error: cannot lock the run folder {out}: ")
+    value = getattr(errno, code)
+    assert f"({errno.errorcode[value]}: {os.strerror(value)})" in result.stderr
+    no_locks = code != "EIO"
+    assert ("does not support file locks" in result.stderr) is no_locks
+    assert list(out.iterdir()) == []  # the lock file it made is gone, nothing else was written

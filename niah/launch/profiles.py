@@ -22,6 +22,13 @@ from niah.cells import ANSWER_BUDGET
 from niah.data import data_dir
 from niah.errors import NiahError
 from niah.launch.architecture import SLIDING_WINDOW, reuse_kind
+from niah.launch.flag_numbers import (
+    INT_MAX,
+    check_launch_numbers,
+    gpu_layers_text,
+    rope_scale_text,
+    stoi,
+)
 from niah.launch.gguf_meta import GGUFFacts
 from niah.launch.memory import (
     CACHE_TYPES,
@@ -175,6 +182,7 @@ def plan_launch(
     args += _option_args(profile)
     n_ctx = pad(ctx_size, KV_PAD)
     per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel, KV_PAD)
+    check_launch_numbers(profile.name, ctx_size, served_train)
     predicted = min(per_slot, served_train) if served_train else None
     return LaunchPlan(
         profile=profile,
@@ -250,8 +258,8 @@ def estimate_memory(
 def _ctx_checkpoints(extra_args: tuple[str, ...]) -> int:
     """`--ctx-checkpoints N` from a profile's extra arguments, else llama-server's default."""
     for flag, value in itertools.pairwise(extra_args):
-        if flag in ("--ctx-checkpoints", "-ctxcp") and value.isdigit():
-            return int(value)
+        if flag in ("--ctx-checkpoints", "-ctxcp", "--swa-checkpoints") and (number := stoi(value)) is not None:
+            return max(number, 0)
     return DEFAULT_CTX_CHECKPOINTS
 
 
@@ -283,8 +291,8 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in data.items():
         if key in _MINIMUM:
-            if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[key]:
-                raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not _MINIMUM[key] <= value <= INT_MAX:
+                raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]} and at most {INT_MAX}, not {value!r}")
         elif key in ("kv_unified", "jinja", "swa_full"):
             if not isinstance(value, bool):
                 raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
@@ -294,22 +302,15 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
             value = tuple(check_rpc_address(v, where) for v in value) if key == "rpc" else tuple(value)
         elif key == "tensor_split":
             value = check_tensor_split(value, where)
-        elif key in ("gpu_layers", "rope_scale"):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise NiahError(f"{where}: {key} must be a number or a string, not {value!r}")
-            value = str(value)
+        elif key == "gpu_layers":
+            value = gpu_layers_text(where, value)
+        elif key == "rope_scale":
+            value = rope_scale_text(where, value)
         elif not isinstance(value, str):
             raise NiahError(f"{where}: {key} must be a string, not {value!r}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise NiahError(f"{where}: {key} = {value!r} is not one of {', '.join(_CHOICES[key])}")
         out[key] = value
-    if out.get("rope_scale") is not None:
-        try:
-            ok = float(str(out["rope_scale"])) > 1.0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise NiahError(f"{where}: rope_scale must be a number above 1, not {out['rope_scale']!r}")
     if str(out.get("cache_type_v", "f16")) not in ("f32", "f16", "bf16") and out.get("flash_attn") == "off":
         raise NiahError(f"{where}: a quantized V cache needs flash attention (flash_attn = \"on\")")
     return out

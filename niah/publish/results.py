@@ -7,6 +7,7 @@ resumes the run, a different fingerprint is refused.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -300,10 +301,12 @@ class ResultsFile:
 @contextmanager
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` (which exists) for this process, so two runs never append to one results file;
-    a folder another run holds is bad input. The kernel releases the lock however the process ends."""
+    a folder another run holds is bad input, and so is a folder on a file system that cannot lock
+    (NFS without lockd, some FUSE mounts). The kernel releases the lock however the process ends."""
     path = Path(folder) / LOCK_NAME
+    created = not path.exists()
     try:
-        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run, closed below
+        fh = open(path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held for the whole run
     except OSError as exc:
         raise NiahError(f"cannot lock the run folder {folder}: {exc.strerror or exc}") from None
     with fh:
@@ -316,11 +319,32 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
                 f"the run folder {folder} is in use by another niah run{f' (pid {holder})' if holder else ''}: "
                 "wait for it to end, or give another --out"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        except OSError as exc:
+            if created:  # leave the folder as it was
+                path.unlink(missing_ok=True)
+            raise NiahError(_lock_refused(folder, exc)) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        except OSError as exc:
+            raise NiahError(f"cannot write {path}: {exc.strerror or exc}") from None
         yield
+
+
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+"""What flock(2) answers on a file system that has no locks (NFS without lockd, some FUSE mounts)."""
+
+
+def _lock_refused(folder: Path, exc: OSError) -> str:
+    """One line for a lock the file system refused (not one another run holds)."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    why = "its file system does not support file locks" if exc.errno in _NO_LOCKS else "the file system refused"
+    return (
+        f"cannot lock the run folder {folder}: {why} ({code}: {exc.strerror or exc}); niah locks it so two runs "
+        "never append to one results file: give an --out on a file system with locks (a local disk)"
+    )
 
 
 def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:

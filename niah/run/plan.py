@@ -225,6 +225,7 @@ def launch_memory(
     """The memory of one launch profile: llama.cpp's own projection (`llama-fit-params`) when the
     model file and the tool are there, else niah's formula (niah.launch.memory.project), or None and why
     not; and the per-slot context the launch will serve (None when unknown)."""
+    from niah.launch.flag_numbers import LaunchOutOfRange
     from niah.launch.memory import project
     from niah.launch.profiles import load_profile, plan_launch
     from niah.launch.server import find_server_binary
@@ -233,6 +234,8 @@ def launch_memory(
     try:
         plan = plan_launch(profile, facts, None, arch, answer_budget)
         binary = find_server_binary(server_bin) if model is not None else None
+    except LaunchOutOfRange:
+        raise
     except NiahError as exc:
         return None, str(exc), None
     memory = project(plan.memory, model, binary, plan.args)

@@ -182,14 +182,10 @@ def check_out_dir(out_dir: Path) -> None:
         raise NiahError(f"the run folder {out_dir} is not writable")
 
 
-def run(config: RunConfig) -> RunSummary:
-    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
-    stop_on_termination_signals()  # here, on the main thread: launches may start in worker threads
-    check_out_dir(config.out_dir)
-    corpus = get_corpus(config.corpus)
-    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
-    facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
+def managed_launches(config: RunConfig) -> tuple[GGUFFacts | None, dict[str, tuple[LaunchProfile, ServerSpec]]]:
+    """The model's GGUF facts and each profile's launch: a bad model header or profile is refused here,
+    before anything is written in --out."""
+    facts = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, ServerSpec]] = {}
     if config.profiles:
         if facts is None:
@@ -198,8 +194,20 @@ def run(config: RunConfig) -> RunSummary:
             profile = load_profile(name)
             launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
                                                    answer_budget=config.launch_budget, **server_options(config)))
-            if profile.rpc:
-                print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
+    return facts, launches
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
+    stop_on_termination_signals()  # here, on the main thread: launches may start in worker threads
+    check_out_dir(config.out_dir)
+    corpus = get_corpus(config.corpus)
+    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
+    cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
+    facts, launches = managed_launches(config)
+    for profile, _ in launches.values():
+        if profile.rpc:
+            print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
     # --trials auto: the bar grows by the rounds the run adds
     progress = RunProgress([] if config.policy.auto else cells, enabled=config.show_progress,
