@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from niah.cells import Cell, plan_cells
-from niah.cli.run import print_summary
+from niah.cli.run import print_summary, trial_policy
 from niah.errors import NiahError
 from niah.publish.error_rates import DEFAULT_PLANS, RATES, Plan, markdown_table, operating_point
 from niah.publish.report import render_report
@@ -201,6 +202,18 @@ def test_policy_checks_and_round_trips_through_the_fingerprint() -> None:
     described = TrialPolicy(auto=True).describe()
     assert "95% confidence sequence" in described and "each at most 2.5% of the time" in described
     assert "each answered cell one observation" in described
+
+
+def test_trials_auto_caps_a_shared_screen_at_40_haystacks_unless_told() -> None:
+    """A shared screen that never fails needs 35 haystacks: at the cap of 20 it could never clear."""
+    def policy(**given: object) -> TrialPolicy:
+        options = {"trials": "auto", "max_trials": None, "pass_rate": None, "haystack": "single", **given}
+        return trial_policy(argparse.Namespace(**options))
+
+    assert (policy().max_trials, policy(haystack="shared").max_trials) == (20, 40)
+    assert policy(haystack="shared", max_trials=25) == TrialPolicy(auto=True, max_trials=25, clusters="haystack")
+    assert policy(trials="3", haystack="shared") == TrialPolicy(clusters="haystack")
+    assert decide([1.0] * 20) == UNDECIDED
 
 
 def rows(plan: dict[int, str]) -> list[tuple[int, int, str]]:

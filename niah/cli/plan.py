@@ -21,7 +21,7 @@ from niah.cells import (
 from niah.cli.run import add_answer_options, add_grid_options, add_target_options, profile_mapping
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.launch.api_key import api_key
-from niah.publish.verdict import MAX_TRIALS
+from niah.publish.verdict import default_max_trials
 
 if TYPE_CHECKING:
     from niah.launch.gguf_meta import GGUFFacts
@@ -75,8 +75,9 @@ def plan_command(args: argparse.Namespace) -> int:
     )
 
     lengths = parse_lengths(args.lengths)
-    trials = parse_trials(args.trials) or MAX_TRIALS  # auto: the most it may send
-    task = "single" + (SHARED_SUFFIX if args.haystack == SHARED else "")
+    shared = args.haystack == SHARED
+    trials = parse_trials(args.trials) or default_max_trials("haystack" if shared else "independent")  # auto: the most
+    task = "single" + (SHARED_SUFFIX if shared else "")
     cells = plan_cells(tuple((length, parse_depths(args.depths)) for length in lengths), trials, (task,))
     managed = bool(args.profile or args.profile_for_length)
     if args.url and managed:

@@ -3,8 +3,8 @@ the cap) and a true pass rate, the chance a length ends below, clears, or is sti
 cap, and the trials per cell it takes on average, computed exactly by carrying every reachable tally of
 observations forward one round at a time (the verdict depends on the tally alone, not its order).
 
-Every depth has the same true pass rate here; rates that differ by depth only lower the error rates
-of independent trials (niah.publish.stats says why).
+Every depth has the same true pass rate here; when rates differ by depth, independent trials keep
+the 2.5% bound on each error (niah.publish.stats says why).
 """
 
 from __future__ import annotations

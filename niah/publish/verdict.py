@@ -34,7 +34,6 @@ MAX_HAYSTACKS = 40
 85.6% (each haystack is one observation, however many questions it holds)."""
 
 
-
 def default_max_trials(clusters: str) -> int:
     """The cap `--trials auto` uses unless `--max-trials` is given: MAX_TRIALS, or MAX_HAYSTACKS when
     a trial's questions share a haystack."""
