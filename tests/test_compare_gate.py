@@ -3,9 +3,13 @@ the exact sign test at its level's α or a broken pair, so more trials never mak
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from niah.cli import main
 from niah.publish.compare import ALPHA, REGRESSIONS, change_of
 from niah.publish.stats import ANSWERED_OUTCOMES
 
@@ -64,3 +68,15 @@ def test_a_timeout_or_http_error_where_a_answered_counts_against_b() -> None:
     for outcome in ("TIMEOUT", "HTTP_ERROR"):
         assert change_of([("PASS", "PASS")] * 4 + [("FAIL", outcome)]) == "broke"
     assert change_of([("TIMEOUT", "PASS")]) == "fixed" and change_of([("TIMEOUT", "TIMEOUT")]) == "same"
+
+
+def test_the_rule_is_written_in_the_readme_and_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "exact one-sided sign test (exact McNemar) on its discordant pairs" in help_text
+    assert f"gives p <= {ALPHA:g}; a cell, the same test at {ALPHA:g} / the number of cells compared" in help_text
+    assert "TIMEOUT or HTTP_ERROR in B where A answered" in help_text
+    assert f"gives p ≤ α = {ALPHA:g}" in readme and "at α divided by the number of cells compared" in readme
+    assert "more trials never make the gate more lenient" in readme and "more trials never make the gate more lenient" in help_text

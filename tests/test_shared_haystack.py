@@ -173,6 +173,7 @@ def test_confirmations_stand_beside_the_screen_and_never_void_its_verdict(tmp_pa
     assert all_clear(summary) and exit_code(Counter(PASS=199, FAIL=1), all_clear(summary)) == 0
     card = (tmp_path / "card.md").read_text()
     assert "| 2,048 | 50% | 0 | FAIL | FAIL |" in card and "does not clear" not in card
+    assert card.index(f"Task `{SHARED_TASK}`:") < card.index("Task `single`: the screen's confirmations")
     assert "**Effective length 2,048" in card
 
 

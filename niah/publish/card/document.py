@@ -19,6 +19,7 @@ from niah.publish.grid import grid_markdown, joined
 from niah.publish.results import NAMED_OUTCOMES, redact
 from niah.publish.runs import (
     SINGLE_TASK,
+    confirmation_tasks,
     draft_acceptance,
     draft_markdown,
     length_table,
@@ -87,10 +88,12 @@ def _intro(fp: dict[str, Any], tasks: bool = False) -> str:
 
 
 def _grids(df: pd.DataFrame) -> list[str]:
-    tasks = tasks_of(df)
+    """One grid per task; a screen's confirmations last, named as such."""
+    tasks, confirms = tasks_of(df), confirmation_tasks(df)
     blocks = []
-    for task in tasks:
-        title = f"Task `{task}`:\n\n" if len(tasks) > 1 or task != SINGLE_TASK else ""
+    for task in [t for t in tasks if t not in confirms] + confirms:
+        title = (f"Task `{task}`: the screen's confirmations, one needle per prompt:\n\n" if task in confirms
+                 else f"Task `{task}`:\n\n" if len(tasks) > 1 or task != SINGLE_TASK else "")
         blocks.append(f"{title}```text\n{grid_markdown(df[df['task'] == task])}```\n")
     return blocks
 
