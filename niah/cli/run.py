@@ -33,7 +33,7 @@ EPILOG = """examples:
   niah run --url http://127.0.0.1:8080 --lengths 2k,4k,8k --depths 0,50,100 \\
            --task single,multikey:4,chain:2 --trials 3 --out runs/harder
   niah run --url http://127.0.0.1:8080 --lengths 4k,8k,16k --trials auto --out runs/verdict
-           (per length, trials until the pass rate's 95% interval is above or below 85.6%, at most 20)
+           (per length, rounds until the pass rate's 95% confidence sequence is above or below 85.6%, at most 20)
   niah run --url http://127.0.0.1:8080 --lengths 131k,262k,1010000 --haystack shared --confirm --out runs/screen
            (one haystack cut at every length: about one prefill of 1,010,000; non-PASS cells rerun one needle each)
   niah run --model m.gguf --profile-for-length 131k=native-131k,1010000=yarn-1m \\

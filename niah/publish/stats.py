@@ -15,9 +15,10 @@ An observation is a unit the guarantee holds for without guessing correlations: 
 (0 or 1) when trials are independent, each haystack's pass fraction at the length when the questions
 of a trial share one haystack (any correlation inside it allowed). Independent cells of one round
 (one trial at every depth) may differ in difficulty by depth: the grid's bets are fixed, so the
-product over a round has expectation at most (1 + f·(p̄ − m)/m)^depths by the AM-GM inequality, and the
-guarantee holds for the mean over depths p̄ at every round's end. More passes only raise the lower
-end: every bet's factor grows with x, so turning a PASS into a non-PASS never helps.
+product over a round has expectation at most (1 + f·(p̄ − m)/m)^depths ≤ 1 (p̄ ≤ m) by the AM-GM
+inequality, and the guarantee holds for the mean over depths p̄ at every round's end. More passes
+only raise the lower end: every bet's factor grows with x, so turning a PASS into a non-PASS never
+helps.
 """
 
 from __future__ import annotations
