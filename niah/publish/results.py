@@ -423,6 +423,9 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
                 record = None
             if not isinstance(record, dict):
                 raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
+            problem = _record_problem(record)
+            if problem:
+                raise NiahError(f"{path} line {number}: {problem}")
             records.append(record)
         good += len(raw)
     if not records or records[0].get("record") != "header":
@@ -434,6 +437,38 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
             f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
         )
     return header, records[1:], good
+
+
+_REQUIRED = ("length", "depth", "trial", "outcome")
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "tuple[dict[str, Any], ...]": ((list,), "an array"),
+}
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unreadable (a hand-edited or foreign file), None when nothing does."""
+    version = record.get("schema_version", 0)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        return f"schema_version is {short(version)}, expected an integer"
+    if record.get("record") == "header" and not isinstance(record.get("fingerprint", {}), dict):
+        return f"the header's fingerprint is {short(record['fingerprint'])}, expected an object"
+    if record.get("record") != "cell":
+        return None
+    for field in fields(CellResult):
+        value = record.get(field.name)
+        if value is None:
+            if field.name in _REQUIRED:
+                return f"the cell has no {field.name}"
+            continue
+        kinds, expected = _KINDS[field.type.split(" |")[0]]  # type: ignore[union-attr]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"cell field {field.name} is {short(value)}, expected {expected}"
+    if record["outcome"] not in OUTCOMES:
+        return f"outcome {short(record['outcome'])} is not one of {', '.join(OUTCOMES)}"
+    return None
 
 
 def _only_torn_header(path: Path) -> bool:
