@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,30 @@ def test_fast_commands_import_no_heavy_library(argv: list[str]) -> None:
     result = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=120)
     loaded = result.stderr.strip().splitlines()[-1]
     assert loaded == "LOADED [] 0", result.stderr
+
+
+@pytest.mark.parametrize("key", ["ключ-42", "two\nlines", "tab\there"])
+@pytest.mark.parametrize("where", ["env", "flag"])
+def test_an_api_key_no_request_can_carry_is_one_line_exit_2(key: str, where: str, tmp_path: Path) -> None:
+    """A non-ASCII key was a UnicodeEncodeError traceback from the HTTP client, a key with a newline
+    'unreachable' (exit 3). The message names where the key came from, never the key."""
+    out = tmp_path / "run"
+    argv = ["run", "--lengths", "1k", "--url", "http://127.0.0.1:1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "NIAH_API_KEY": key} if where == "env" else {k: v for k, v in os.environ.items() if k != "NIAH_API_KEY"}
+    extra = ["--api-key", key] if where == "flag" else []
+    result = subprocess.run([sys.executable, "-m", "niah", *argv, *extra], check=False, capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    named = "--api-key" if where == "flag" else "$NIAH_API_KEY"
+    assert result.stderr == f"niah: error: the API key in {named} holds a character an HTTP header cannot carry (only printable ASCII)\n"
+    assert not out.exists()
+
+
+def test_an_unusable_key_in_the_environment_does_not_stop_a_report(tmp_path: Path) -> None:
+    """`niah report` sends nothing: it only masks the key wherever it appears."""
+    source = Path(__file__).parent.parent / "reports" / "tasks-smollm2" / "results.jsonl"
+    (tmp_path / "results.jsonl").write_bytes(source.read_bytes())
+    env = {**os.environ, "NIAH_API_KEY": "ключ-42"}
+    result = subprocess.run([sys.executable, "-m", "niah", "report", str(tmp_path)], check=False,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from niah.errors import NiahError
-from niah.launch.api_key import api_key
+from niah.launch.api_key import given_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,7 +161,7 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
     value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
-    secrets = tuple(s for s in (*secrets, api_key()) if s)
+    secrets = tuple(s for s in (*secrets, given_key()) if s)
     return _redact(value, secrets)
 
 
