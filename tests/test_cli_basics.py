@@ -73,3 +73,28 @@ def test_an_unusable_key_in_the_environment_does_not_stop_a_report(tmp_path: Pat
     result = subprocess.run([sys.executable, "-m", "niah", "report", str(tmp_path)], check=False,
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "blocked"),
+    [
+        (["report", "{run}"], "{run}/grid.md"),
+        (["card", "{run}"], "{run}/card.md"),
+        (["compare", "{run}", "{run}", "--out", "{run}/cmp"], "{run}/cmp"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_one_line_exit_2(argv: list[str], blocked: str, tmp_path: Path) -> None:
+    """A folder where an output file goes (or a file where the output folder goes) was an OSError
+    traceback; any file system refusal (a full disk, no permission) takes the same path."""
+    run = tmp_path / "run"
+    run.mkdir()
+    source = Path(__file__).parent.parent / "reports" / "tasks-smollm2" / "results.jsonl"
+    (run / "results.jsonl").write_bytes(source.read_bytes())
+    target = Path(blocked.format(run=run))
+    if target.suffix:
+        target.mkdir()
+    else:
+        target.write_text("a file, not a folder\n")
+    result = niah(*(a.format(run=run) for a in argv))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"niah: error: cannot write {target}") and len(result.stderr.splitlines()) == 1

@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError
+from niah.errors import EXIT_FAIL_CELLS, EXIT_OK, NiahError, writing_in
 from niah.publish.grid import cell_label
 from niah.publish.results import fingerprint_differences, redact, short
 from niah.publish.runs import Run, effective_length, joined, load_run, task_verdicts, tasks_of
@@ -362,11 +362,12 @@ def render_heatmap(comparison: Comparison) -> bytes:
 def write_outputs(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Write compare.md, compare.json and compare.png into `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "compare.md", out_dir / "compare.json", out_dir / "compare.png"]
-    paths[0].write_text(to_markdown(comparison), encoding="utf-8")
-    paths[1].write_text(json.dumps(to_json(comparison), indent=2, default=str) + "\n", encoding="utf-8")
-    paths[2].write_bytes(render_heatmap(comparison))
+    with writing_in(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths[0].write_text(to_markdown(comparison), encoding="utf-8")
+        paths[1].write_text(json.dumps(to_json(comparison), indent=2, default=str) + "\n", encoding="utf-8")
+        paths[2].write_bytes(render_heatmap(comparison))
     return paths
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.errors import NiahError
+from niah.errors import NiahError, writing_in
 from niah.publish.grid import grid_frame
 from niah.publish.results import OUTCOMES, load_cells, read_header
 from niah.publish.runs import (
@@ -104,7 +104,6 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     df = load_cells(results_path)
     if df.empty:
         raise NiahError(f"{results_path} holds no finished cells yet")
-    out_dir.mkdir(parents=True, exist_ok=True)
     grid_text = tasks_grid_markdown(df)
     summary = summarize(df, fingerprint)
     paths = ReportPaths(
@@ -116,13 +115,15 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         grid_markdown=grid_text,
         summary=summary,
     )
-    paths.grid_md.write_text(grid_text, encoding="utf-8")
-    df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
-    paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     png = render_heatmap({task: grid_frame(df[df["task"] == task]) for task in tasks_of(df)})
-    paths.heatmap_png.write_bytes(png)
-    paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
-    write_card(results_path, out_dir)
+    with writing_in(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths.grid_md.write_text(grid_text, encoding="utf-8")
+        df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
+        paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        paths.heatmap_png.write_bytes(png)
+        paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
+        write_card(results_path, out_dir)
     return paths
 
 
