@@ -98,3 +98,31 @@ def test_an_output_that_cannot_be_written_is_one_line_exit_2(argv: list[str], bl
     result = niah(*(a.format(run=run) for a in argv))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"niah: error: cannot write {target}") and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--log-dir", "{file}", "cannot make the server log folder {file}: File exists"),
+    ("--port", "70000", "--port 70000 is not a TCP port (1 to 65535)"),
+    ("--port", "-1", "--port -1 is not a TCP port (1 to 65535)"),
+])
+def test_niah_launch_bad_log_folder_or_port_is_one_line_exit_2(
+    flag: str, value: str, message: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """A file given as the log folder was a FileExistsError traceback; port 70000 launched a server
+    that bound another port (niah reported it OK), -1 one that could not start (exit 3)."""
+    file = tmp_path / "a-file"
+    file.write_text("not a folder\n")
+    result = niah("launch", "tiny-native-8k", "--model", str(tiny_model), flag, value.format(file=file))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"niah: error: {message.format(file=file)}"
+    assert "Traceback" not in result.stdout
+
+
+def test_a_run_folder_whose_logs_is_a_file_is_one_line_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "logs").write_text("not a folder\n")
+    result = niah("run", "--lengths", "1k", "--model", str(tiny_model), "--profile", "tiny-native-8k",
+                  "--no-progress", "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"niah: error: cannot make the server log folder {out / 'logs'}: File exists"

@@ -305,3 +305,38 @@ def test_a_header_whose_fingerprint_is_not_an_object_is_one_line(tmp_path: Path)
     path.write_text(json.dumps({"record": "header", "schema_version": 2, "fingerprint": ["x"]}) + "\n")
     with pytest.raises(NiahError, match=r"line 1: the header's fingerprint is \[\"x\"\], expected an object"):
         load_cells(path)
+
+
+def test_a_full_disk_is_one_line_and_the_lines_before_stand(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the kernel refuse the write the way
+    a full disk does (EFBIG for ENOSPC): was an OSError traceback."""
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, FINGERPRINT).append(cell(depth=0.0))
+    size = path.stat().st_size
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_results import FINGERPRINT, cell\n"
+        "from niah.errors import NiahError\n"
+        "from niah.publish.results import ResultsFile\n"
+        "results = ResultsFile(Path(sys.argv[1]), FINGERPRINT)\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 10}, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    results.append(cell(depth=50.0))\n"
+        "except NiahError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(Path(__file__).parent)], check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == f"cannot write {path}: File too large\n"
+    resumed = ResultsFile(path, FINGERPRINT)  # the torn line is cut off, the cell before stands
+    assert resumed.done_keys() == {("single", 2048, 0.0, 0)} and path.stat().st_size == size
+
+
+def test_a_results_path_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").mkdir()
+    with pytest.raises(NiahError, match="results.jsonl is not a file: move it away, or give another --out"):
+        ResultsFile(tmp_path / "results.jsonl", FINGERPRINT)

@@ -211,6 +211,8 @@ class ResultsFile:
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
         self._outcomes: dict[tuple[str, int, float, int], str] = {}
         self._facts: dict[str, Any] = {}
+        if self.path.exists() and not self.path.is_file():
+            raise NiahError(f"{self.path} is not a file: move it away, or give another --out")
         self._header_written = self.path.exists() and not _only_torn_header(self.path)
         if self._header_written:
             self._resume()
@@ -292,10 +294,13 @@ class ResultsFile:
     def _write_line(self, record: dict[str, Any]) -> None:
         self.write_header()
         line = json.dumps(redact(record, self.secrets), ensure_ascii=False, default=str) + "\n"
-        with open(self.path, "ab") as fh:
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(line.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk: the lines before stand, a torn one is cut off on resume
+            raise NiahError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 @contextmanager
