@@ -8,7 +8,7 @@ from pathlib import Path
 from niah.cells import answer_budget
 from niah.cli.check import print_report
 from niah.cli.run import add_answer_options
-from niah.errors import EXIT_LAUNCH_INVALID
+from niah.errors import EXIT_LAUNCH_INVALID, NiahError
 from niah.launch.api_key import api_key
 
 
@@ -39,6 +39,8 @@ def launch_command(args: argparse.Namespace) -> int:
     from niah.launch.profiles import launch_spec, load_profile
     from niah.launch.session import ServerSession
 
+    if args.port is not None and not 0 < args.port < 65536:
+        raise NiahError(f"--port {args.port} is not a TCP port (1 to 65535)")
     profile = load_profile(args.profile)
     budget = answer_budget(args.answer_budget, args.thinking)
     log_dir = args.log_dir or Path("runs") / "launch"

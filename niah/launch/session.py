@@ -353,7 +353,12 @@ class ServerSession:
 
 
 def next_log_path(log_dir: Path, name: str) -> Path:
-    """`log_dir/<name>.<n>.log` with the first n not yet used, so no launch's log is overwritten."""
+    """`log_dir/<name>.<n>.log` with the first n not yet used, so no launch's log is overwritten;
+    `log_dir` is made here (one line when it cannot be)."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NiahError(f"cannot make the server log folder {log_dir}: {exc.strerror or exc}") from None
     n = 1
     while (log_dir / f"{name}.{n}.log").exists():
         n += 1

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from niah.errors import writing_in
 from niah.publish.compare import ALPHA, LEVELS, REGRESSIONS, Comparison
 from niah.publish.runs import effective_length, tasks_of
 
@@ -173,9 +174,10 @@ def render_heatmap(comparison: Comparison) -> bytes:
 def write_outputs(comparison: Comparison, out_dir: Path) -> list[Path]:
     """Write compare.md, compare.json and compare.png into `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "compare.md", out_dir / "compare.json", out_dir / "compare.png"]
-    paths[0].write_text(to_markdown(comparison), encoding="utf-8")
-    paths[1].write_text(json.dumps(to_json(comparison), indent=2, default=str) + "\n", encoding="utf-8")
-    paths[2].write_bytes(render_heatmap(comparison))
+    with writing_in(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths[0].write_text(to_markdown(comparison), encoding="utf-8")
+        paths[1].write_text(json.dumps(to_json(comparison), indent=2, default=str) + "\n", encoding="utf-8")
+        paths[2].write_bytes(render_heatmap(comparison))
     return paths

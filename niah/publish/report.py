@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from niah.errors import NiahError
+from niah.errors import NiahError, writing_in
 from niah.publish.card.screen import confirmation_summary
 from niah.publish.grid import grid_frame
 from niah.publish.results import OUTCOMES, load_cells, read_header
@@ -110,7 +110,6 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     df = load_cells(results_path)
     if df.empty:
         raise NiahError(f"{results_path} holds no finished cells yet")
-    out_dir.mkdir(parents=True, exist_ok=True)
     grid_text = tasks_grid_markdown(df)
     summary = summarize(df, fingerprint)
     paths = ReportPaths(
@@ -122,13 +121,15 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         grid_markdown=grid_text,
         summary=summary,
     )
-    paths.grid_md.write_text(grid_text, encoding="utf-8")
-    df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
-    paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     png = render_heatmap({task: grid_frame(df[df["task"] == task]) for task in tasks_of(df)})
-    paths.heatmap_png.write_bytes(png)
-    card = write_card(results_path, out_dir).read_text(encoding="utf-8")
-    paths.report_html.write_text(render_page(df, summary, card, png), encoding="utf-8")
+    with writing_in(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths.grid_md.write_text(grid_text, encoding="utf-8")
+        df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
+        paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        paths.heatmap_png.write_bytes(png)
+        card = write_card(results_path, out_dir).read_text(encoding="utf-8")
+        paths.report_html.write_text(render_page(df, summary, card, png), encoding="utf-8")
     return paths
 
 

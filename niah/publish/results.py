@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from niah.errors import NiahError
-from niah.launch.api_key import api_key
+from niah.launch.api_key import given_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,7 +161,7 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
     value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
-    secrets = tuple(s for s in (*secrets, api_key()) if s)
+    secrets = tuple(s for s in (*secrets, given_key()) if s)
     return _redact(value, secrets)
 
 
@@ -211,6 +211,8 @@ class ResultsFile:
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
         self._outcomes: dict[tuple[str, int, float, int], str] = {}
         self._facts: dict[str, Any] = {}
+        if self.path.exists() and not self.path.is_file():
+            raise NiahError(f"{self.path} is not a file: move it away, or give another --out")
         self._header_written = self.path.exists() and not _only_torn_header(self.path)
         if self._header_written:
             self._resume()
@@ -292,10 +294,13 @@ class ResultsFile:
     def _write_line(self, record: dict[str, Any]) -> None:
         self.write_header()
         line = json.dumps(redact(record, self.secrets), ensure_ascii=False, default=str) + "\n"
-        with open(self.path, "ab") as fh:
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(line.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk: the lines before stand, a torn one is cut off on resume
+            raise NiahError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -423,6 +428,9 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
                 record = None
             if not isinstance(record, dict):
                 raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
+            problem = _record_problem(record)
+            if problem:
+                raise NiahError(f"{path} line {number}: {problem}")
             records.append(record)
         good += len(raw)
     if not records or records[0].get("record") != "header":
@@ -434,6 +442,38 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
             f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
         )
     return header, records[1:], good
+
+
+_REQUIRED = ("length", "depth", "trial", "outcome")
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "tuple[dict[str, Any], ...]": ((list,), "an array"),
+}
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unreadable (a hand-edited or foreign file), None when nothing does."""
+    version = record.get("schema_version", 0)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        return f"schema_version is {short(version)}, expected an integer"
+    if record.get("record") == "header" and not isinstance(record.get("fingerprint", {}), dict):
+        return f"the header's fingerprint is {short(record['fingerprint'])}, expected an object"
+    if record.get("record") != "cell":
+        return None
+    for field in fields(CellResult):
+        value = record.get(field.name)
+        if value is None:
+            if field.name in _REQUIRED:
+                return f"the cell has no {field.name}"
+            continue
+        kinds, expected = _KINDS[field.type.split(" |")[0]]  # type: ignore[union-attr]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"cell field {field.name} is {short(value)}, expected {expected}"
+    if record["outcome"] not in OUTCOMES:
+        return f"outcome {short(record['outcome'])} is not one of {', '.join(OUTCOMES)}"
+    return None
 
 
 def _only_torn_header(path: Path) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.errors import writing_in
 from niah.publish.card.method import duration, launches, method_lines, model_name
 from niah.publish.card.reproduce import reproduce
 from niah.publish.card.screen import confirmations
@@ -47,9 +48,11 @@ def write_card(target: Path, out_dir: Path | None = None) -> Path:
     """Write `card.md` for the run at `target` (folder or results file) into `out_dir` (default: the run's folder)."""
     run = load_run(Path(target))
     out = Path(out_dir) if out_dir is not None else run.results_path.parent
-    out.mkdir(parents=True, exist_ok=True)
     path = out / CARD_NAME
-    path.write_text(render_card(run.cells, run.header, run.fingerprint), encoding="utf-8")
+    text = render_card(run.cells, run.header, run.fingerprint)
+    with writing_in(out):
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     return path
 
 
