@@ -28,7 +28,13 @@ from niah.launch.client import (
     prime_body,
     stream_chat,
 )
-from niah.launch.server import ManagedServer, WaitProgress, find_server_binary, free_port
+from niah.launch.server import (
+    ManagedServer,
+    WaitProgress,
+    find_server_binary,
+    free_port,
+    stop_servers,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -350,6 +356,14 @@ class ServerSession:
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
                          thinking=self.spec.thinking, cache_prompt=cache_prompt)
         return stream_chat(self._http, self.url, body, self.spec.stall_timeout_s, on_progress)
+
+
+def close_sessions(sessions: list[ServerSession]) -> None:
+    """Close several sessions at once: their managed servers are stopped together, with one grace for
+    all (not one after the other), then each session is closed."""
+    stop_servers([s.process for s in sessions if s.process is not None])
+    for session in sessions:
+        session.close()
 
 
 def next_log_path(log_dir: Path, name: str) -> Path:
