@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import niah_process, stop_with
 
 from niah.cells import Cell, plan_cells
 from niah.errors import NiahError
@@ -343,38 +342,6 @@ def test_an_interrupt_stops_every_server_and_thread(tiny_model: Path, tmp_path: 
     assert child_llama_servers() <= before
     assert not [t for t in threading.enumerate() if t.name.startswith("niah-")]
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["tiny-native-8k-1.1.log", "tiny-native-8k-2.1.log"]
-
-
-def gone(pids: set[int]) -> bool:
-    return all(not Path(f"/proc/{p}").exists() or "(llama-server) Z" in Path(f"/proc/{p}/stat").read_text()
-               for p in pids)
-
-
-@pytest.mark.server
-@pytest.mark.parametrize(("signum", "when"), [(signal.SIGTERM, "start"), (signal.SIGHUP, "prefill")])
-def test_a_real_signal_stops_a_two_server_run_and_every_llama_server(
-    signum: int, when: str, tiny_model: Path, tmp_path: Path
-) -> None:
-    """A real `niah run --servers 2` process, signalled while its servers load (in worker threads)
-    or while they prefill: it returns within seconds and no llama-server outlives it."""
-    argv = ["run", "--model", str(tiny_model), "--profile", "tiny-native-8k", "--servers", "2",
-            "--lengths", "8000", "--depths", "0,50,100", "--out", str(tmp_path), "--no-progress"]
-    seen: set[int] = set()
-    with niah_process(argv) as child:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and child.poll() is None:
-            seen |= child_llama_servers(child.pid)
-            logs = list((tmp_path / "logs").glob("*.log")) if (tmp_path / "logs").is_dir() else []
-            text = "".join(p.read_text(errors="replace") for p in logs)
-            if len(seen) == 2 and (when == "start" or "prompt processing" in text):
-                break
-            time.sleep(0.2)
-        assert len(seen) == 2 and child.poll() is None, child.communicate()[0]
-        stop_with(child, signum, within_s=15)
-    deadline = time.monotonic() + 10
-    while not gone(seen) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert gone(seen), "a llama-server outlived niah"
 
 
 @pytest.mark.server

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,33 @@ class ServerSpec:
         return self.model is not None
 
 
+class AbortableTransport(httpx.HTTPTransport):
+    """httpx's transport, keeping the socket of every connection it opens so `abort()` can shut them
+    down from another thread: closing a socket does not wake a thread blocked reading it, shutting
+    it down does (a worker waiting on a long prefill's stream, or on the count of a 1M prompt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "trace": self._trace}
+        return super().handle_request(request)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                self._sockets.add(sock)
+
+    def abort(self) -> None:
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+
 class ServerSession:
     """The one object that talks to a server; open it (starts a managed launch), use it, close it."""
 
@@ -153,7 +181,8 @@ class ServerSession:
             write=spec.stall_timeout_s,
             pool=spec.connect_timeout_s,
         )
-        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        self._transport = AbortableTransport()
+        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False, transport=self._transport)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -208,6 +237,8 @@ class ServerSession:
         self._launch()
 
     def close(self) -> None:
+        """Stop the managed server, and end every request in flight at once (another thread's too)."""
+        self._transport.abort()
         self._http.close()
         if self.process is not None:
             self.process.stop()
