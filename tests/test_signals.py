@@ -25,7 +25,7 @@ from conftest import children, gone, niah_process, stop_with, wait_for
 from niah.launch.leftovers import RECORD_SUFFIX, process_id, stop_leftovers
 from niah.launch.server import find_server_binary
 
-STOP_WITHIN_S = 15.0
+STOP_WITHIN_S = 10.0
 """How long niah may take to exit after a signal: its servers get one 3 s grace together. Frozen,
 they never end a batch by themselves, so waiting for one (or for each in turn) shows here."""
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGINT: 130}

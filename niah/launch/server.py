@@ -314,7 +314,7 @@ def _signal_group(process: subprocess.Popen[bytes], *signums: int) -> None:
 
 @atexit.register
 def stop_all() -> None:
-    """Stop every server niah started and has not stopped (at exit, and when a start is abandoned)."""
+    """Stop every server niah started and has not stopped (at interpreter exit)."""
     while servers := live_servers():
         stop_servers(servers)
 
