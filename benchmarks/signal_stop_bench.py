@@ -1,12 +1,13 @@
 """Seconds `niah run` takes to exit after a signal, and until its last llama-server is gone, at each
 stage: while two servers load, in the first prefill (two servers), while a primer streams (the
-qwen35 test bed), while the 1M-token prompt is built and counted (the 1M rehearsal model). The
-servers run as they are (not frozen), so the numbers are what a user waits.
+qwen35 test bed), while the 1M-token prompt is built and counted (the 1M rehearsal model), and
+after a SIGKILL in the first prefill. The servers run as they are (not frozen), so the numbers are
+what a user waits.
 
 Measures this checkout, or another one with --repo (a `git worktree` of an older commit), so the
 stop can be compared before and after a change. Nothing is asserted.
 
-    python benchmarks/signal_stop_bench.py [--repo PATH] [--stages load,prefill,primer,count] [--runs 1]
+    python benchmarks/signal_stop_bench.py [--repo PATH] [--stages load,prefill,primer,count,killed] [--runs 1]
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-SIGNALS = {"load": signal.SIGTERM, "prefill": signal.SIGHUP, "primer": signal.SIGINT, "count": signal.SIGTERM}
+SIGNALS = {"load": signal.SIGTERM, "prefill": signal.SIGHUP, "primer": signal.SIGINT, "count": signal.SIGTERM,
+           "killed": signal.SIGKILL}
+"""The signal each stage gets; `killed` is the first prefill again, with SIGKILL (niah cannot unwind)."""
 
 
 def children(pid: int) -> list[int]:
@@ -55,7 +58,7 @@ def stage_run(stage: str, work: Path) -> tuple[list[str], Callable[[int, Path], 
     tiny = ["--model", str(find_tiny_model()), "--profile", "tiny-native-8k", "--servers", "2"]
     if stage == "load":
         return [*tiny, "--lengths", "8000"], lambda pid, out: len(children(pid)) == 2
-    if stage == "prefill":
+    if stage in ("prefill", "killed"):
         return [*tiny, "--lengths", "8000"], lambda pid, out: "processing task" in logs(out)
     if stage == "primer":
         model, _ = build_testbed("qwen35", work / "qwen35.gguf")
@@ -113,7 +116,7 @@ def measure(repo: Path, stage: str) -> tuple[float, float | None, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
-    parser.add_argument("--stages", default="load,prefill,primer,count")
+    parser.add_argument("--stages", default="load,prefill,primer,count,killed")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     print(f"checkout: {args.repo.resolve()}  load average: {os.getloadavg()[0]:.1f}")
