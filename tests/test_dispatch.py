@@ -22,7 +22,7 @@ from niah.errors import NiahError
 from niah.launch.profiles import parse_profile
 from niah.launch.server import free_port
 from niah.launch.session import ServerSpec
-from niah.publish.results import load_cells
+from niah.publish.results import CellResult, load_cells
 from niah.run.dispatch import Batch, CellQueue, WorkerProgress, batches
 from niah.run.progress import RunProgress
 from niah.run.runner import RunConfig, run, server_specs
@@ -127,6 +127,41 @@ def test_a_worker_waits_for_the_rest_of_a_batch_another_gives_back() -> None:
     waiter.join(5)
     assert taken == [Batch([rest])]
     assert cells.left() == 0
+
+
+def test_a_cell_finished_as_ctrl_c_lands_is_kept(tmp_path: Path) -> None:
+    """Ctrl-C (or a signal) reaches the main thread as the second cell starts, before the results
+    the worker finished meanwhile are read from the queue: every cell it finished is recorded."""
+    from types import SimpleNamespace
+
+    from niah.launch.session import ServerSession
+    from niah.prompts.corpus import get_corpus
+    from niah.publish.results import ResultsFile
+    from niah.run.dispatch import RunState, dispatch
+
+    todo = plan_cells(((512, (0.0, 50.0, 100.0)),), 1)
+
+    class InterruptAtSecondCell(RunProgress):
+        def start_cell(self, cell: Cell, endpoint: str | None = None) -> None:
+            super().start_cell(cell, endpoint)
+            if cell == todo[1]:
+                raise KeyboardInterrupt
+
+    finished: list[tuple[int, float, int]] = []
+
+    def answer(state: RunState, endpoint: object, build: object, cell: Cell) -> CellResult:
+        state.progress.start_cell(cell)  # as run_cell does: the worker's bar event comes first
+        finished.append((cell.length, cell.depth, cell.trial))
+        return CellResult(task=cell.task, length=cell.length, depth=cell.depth, trial=cell.trial, outcome="PASS")
+
+    config = RunConfig(grid=((512, (0.0, 50.0, 100.0)),), out_dir=tmp_path, url="http://127.0.0.1:9", show_progress=False)
+    results = ResultsFile(tmp_path / "results.jsonl", {"test": True})
+    state = RunState(config, get_corpus("builtin"), None, results, InterruptAtSecondCell(todo, enabled=False))
+    endpoint = SimpleNamespace(name="s1", session=ServerSession(ServerSpec(url="http://127.0.0.1:9")),
+                               reuse_shortfall_reason=lambda: "")
+    with pytest.raises(KeyboardInterrupt):
+        dispatch(state, [endpoint], {"s1": None}, todo, answer)  # type: ignore[list-item, dict-item]
+    assert keys(cell_records(results.path)) == finished and len(finished) >= 2
 
 
 def profile_with(text: str) -> object:

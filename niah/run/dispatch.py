@@ -248,7 +248,7 @@ def work(
         while (batch := cells.take(name)) is not None:
             rest = list(batch.cells)
             try:
-                while rest:
+                while rest and not cells.stopped:  # a stopped run starts no further cell
                     cell = rest[0]
                     result = replace(cell_or_error(mine, endpoint, build, run_cell, cell), endpoint=name)
                     rest.pop(0)  # a cell whose run_cell raised goes back with the rest
@@ -340,12 +340,14 @@ def dispatch(
                     cells.add(batches(added) if several else [Batch(added)])
                 elif not in_flight:
                     cells.close()
-    except BaseException:
+    except BaseException as stop:
         cells.stop()
-        # every managed server stopped at once; a worker reading one's stream sees it end
+        # every managed server stopped at once, every request in flight ended: the workers return
         close_sessions([e.session for e in endpoints])
-        for thread in threads:  # daemon threads: one still blocked on a --url server's stream goes with niah
+        for thread in threads:  # daemon threads: one that still does not return goes with niah
             thread.join(timeout=JOIN_ON_STOP_S / len(threads))
+        if isinstance(stop, (KeyboardInterrupt, SystemExit)):
+            keep_finished(state, events)
         raise
     for thread in threads:
         thread.join()
@@ -355,6 +357,17 @@ def dispatch(
             f"every server was dropped with {left} cell(s) left ({dropped[-1] if dropped else 'no server'}); "
             "rerun to resume", EXIT_LAUNCH_INVALID,
         )
+
+
+def keep_finished(state: RunState, events: queue.Queue[tuple[str, str, Any]]) -> None:
+    """Record the cells that finished before a stop (a signal, Ctrl-C) and were not recorded yet."""
+    while True:
+        try:
+            kind, _, payload = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind in ("result", "retry"):
+            record(state, payload, again=kind == "retry")
 
 
 def record(
