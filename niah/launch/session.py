@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,13 @@ from niah.launch.client import (
     prime_body,
     stream_chat,
 )
-from niah.launch.server import ManagedServer, WaitProgress, find_server_binary, free_port
+from niah.launch.server import (
+    ManagedServer,
+    WaitProgress,
+    find_server_binary,
+    free_port,
+    stop_servers,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -128,6 +135,33 @@ class ServerSpec:
         return self.model is not None
 
 
+class AbortableTransport(httpx.HTTPTransport):
+    """httpx's transport, keeping the socket of every connection it opens so `abort()` can shut them
+    down from another thread: closing a socket does not wake a thread blocked reading it, shutting
+    it down does (a worker waiting on a long prefill's stream, or on the count of a 1M prompt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "trace": self._trace}
+        return super().handle_request(request)
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                self._sockets.add(sock)
+
+    def abort(self) -> None:
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already
+
+
 class ServerSession:
     """The one object that talks to a server; open it (starts a managed launch), use it, close it."""
 
@@ -147,7 +181,8 @@ class ServerSession:
             write=spec.stall_timeout_s,
             pool=spec.connect_timeout_s,
         )
-        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        self._transport = AbortableTransport()
+        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False, transport=self._transport)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -202,6 +237,8 @@ class ServerSession:
         self._launch()
 
     def close(self) -> None:
+        """Stop the managed server, and end every request in flight at once (another thread's too)."""
+        self._transport.abort()
         self._http.close()
         if self.process is not None:
             self.process.stop()
@@ -350,6 +387,14 @@ class ServerSession:
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
                          thinking=self.spec.thinking, cache_prompt=cache_prompt)
         return stream_chat(self._http, self.url, body, self.spec.stall_timeout_s, on_progress)
+
+
+def close_sessions(sessions: list[ServerSession]) -> None:
+    """Close several sessions at once: their managed servers are stopped together, with one grace for
+    all (not one after the other), then each session is closed."""
+    stop_servers([s.process for s in sessions if s.process is not None])
+    for session in sessions:
+        session.close()
 
 
 def next_log_path(log_dir: Path, name: str) -> Path:

@@ -28,8 +28,7 @@ from niah.errors import (
 from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.launch.profiles import LaunchProfile, launch_spec, load_profile
 from niah.launch.rpc import RPC_WARNING
-from niah.launch.server import stop_on_termination_signals
-from niah.launch.session import ServerSpec
+from niah.launch.session import ServerSession, ServerSpec, close_sessions
 from niah.prompts.corpus import Corpus, get_corpus
 from niah.prompts.needles import load_needle_spec
 from niah.publish.results import RETRIEVAL_OUTCOMES, ResultsFile
@@ -199,7 +198,6 @@ def managed_launches(config: RunConfig) -> tuple[GGUFFacts | None, dict[str, tup
 
 def run(config: RunConfig) -> RunSummary:
     """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
-    stop_on_termination_signals()  # here, on the main thread: launches may start in worker threads
     check_out_dir(config.out_dir)
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
@@ -276,7 +274,9 @@ def run_group(
         for name, spec in server_specs(config, launch)
     ]
     with ExitStack() as stack:
-        endpoints = keep_serving(start_endpoints(starters, lambda e: stack.callback(e.session.close)))
+        sessions: list[ServerSession] = []
+        stack.callback(close_sessions, sessions)  # however the group ends, its servers stop together
+        endpoints = keep_serving(start_endpoints(starters, lambda e: sessions.append(e.session)))
         builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
         dispatch(state, endpoints, builders, todo, run_cell, more if rounds or confirms else None)
 
