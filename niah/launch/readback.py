@@ -12,6 +12,7 @@ flags, and named in `derived`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from dataclasses import asdict, dataclass
@@ -52,7 +53,7 @@ printed freq_scale (printed with 6 significant digits)."""
 def rope_flags(argv: list[str] | tuple[str, ...]) -> dict[str, str]:
     """The rope flags of a llama-server argv (the last one of each wins, as in llama.cpp)."""
     found: dict[str, str] = {}
-    for flag, value in zip(argv, argv[1:]):
+    for flag, value in itertools.pairwise(argv):
         if flag in _ROPE_FLAGS:
             found[_ROPE_FLAGS[flag]] = value
     return found

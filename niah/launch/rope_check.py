@@ -4,6 +4,8 @@ mismatch makes the verdict ROPE_MISMATCH (exit 5), as a short context makes CLAM
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 from niah.errors import EXIT_ROPE_MISMATCH, NiahError
 from niah.launch.gguf_meta import GGUFFacts
 from niah.launch.memory import FIT_PARAMS, find_fit_params
-from niah.launch.readback import RopeReadback, fit_params_readback, rope_flags
+from niah.launch.readback import RopeReadback, fit_params_readback, parse_readback, rope_flags
 from niah.launch.server import find_server_binary
 from niah.launch.yarn import RopeIntent, choose_rope_scale
 
@@ -60,6 +62,7 @@ class RopeVerdict:
             "readback": self.readback.as_json(),
             "problems": [{"name": p.name, "message": p.message} for p in self.problems],
             "notes": list(self.notes),
+            "lines": self.lines(),
         }
 
 
@@ -188,3 +191,48 @@ def launch_record(intent: RopeIntent | None, model: Path, args: list[str] | tupl
         say(f"[{launch}] {line}")
     refuse_mismatch(verdict, launch)
     return verdict.as_json()
+
+
+def server_flags(command: str) -> tuple[list[str], str | None]:
+    """A server's command line split into its flags (binary, --host and --port dropped) and its
+    model (`-m`), as `niah check --server-args` takes them."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise NiahError(f"--server-args: {exc}") from None
+    if words and not words[0].startswith("-"):
+        words = words[1:]
+    flags: list[str] = []
+    model = None
+    skip_next = False
+    for word, following in zip(words, [*words[1:], None]):
+        if skip_next:
+            skip_next = False
+            continue
+        if word in ("-m", "--model", "--host", "--port"):
+            model = following if word in ("-m", "--model") else model
+            skip_next = True
+            continue
+        flags.append(word)
+    return flags, model
+
+
+def check_server_rope(facts: GGUFFacts, model: Path, argv: list[str] | None, log_text: str | None,
+                      needed: int, server_bin: str | None = None) -> RopeVerdict:
+    """The verdict for a server niah did not start: llama-fit-params on its flags when they are given,
+    else its log's own rope lines (llama-server at -lv 4 or -v), the flags taken from niah's first log
+    line when niah launched it; ValueError when neither can tell."""
+    if argv is not None:
+        return verify_launch(intent_from_flags(argv, facts, needed), model, argv, facts, server_bin)
+    if log_text is None:
+        raise ValueError("give the server's flags (--server-args) or its log (--log, written at -lv 4 or -v)")
+    launched = re.search(r"^# niah launched: (.*)$", log_text, re.MULTILINE)
+    flags = server_flags(launched.group(1))[0] if launched else []
+    readback = parse_readback(log_text, flags, facts, "server log")
+    if launched:
+        intent = intent_from_flags(flags, facts, needed)
+    else:  # only the log: the stretch it shows is taken as meant, and checked for being YaRN over native
+        stretch = readback.stretch or 1.0
+        scale = f"{stretch:.6g}" if abs(stretch - 1) > FREQ_SCALE_TOLERANCE else None
+        intent = RopeIntent(facts.native_context or 0, scale, needed, "the server's log", facts.file_rope)
+    return check_rope(intent, readback, flags)

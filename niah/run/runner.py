@@ -26,7 +26,8 @@ from niah.errors import (
     NiahError,
 )
 from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.launch.profiles import LaunchProfile, launch_spec, load_profile
+from niah.launch.profiles import LaunchProfile, launch_spec, load_profile, plan_launch
+from niah.launch.rope_check import launch_record
 from niah.launch.rpc import RPC_WARNING
 from niah.launch.server import stop_on_termination_signals
 from niah.launch.session import ServerSpec
@@ -96,7 +97,8 @@ def needle_identity(path: Path | None) -> object:
 
 
 def run_fingerprint(
-    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]]
+    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]],
+    ropes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, object]:
     """What must not change between a run and its resume (facts only a live server can tell are
     checked when it is up: `ResultsFile.check_facts`)."""
@@ -127,6 +129,8 @@ def run_fingerprint(
         fingerprint["model"] = model_identity(config.model)
     if launches:
         fingerprint["launches"] = {name: list(spec.args) for name, (_, spec) in launches.items()}
+    if ropes:  # a fact key: checked, not compared, so runs made before the read-back still resume
+        fingerprint["rope"] = ropes
     return fingerprint
 
 
@@ -188,6 +192,7 @@ def run(config: RunConfig) -> RunSummary:
     cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
     facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, ServerSpec]] = {}
+    ropes: dict[str, dict[str, Any]] = {}
     if config.profiles:
         if facts is None:
             raise NiahError("a managed launch needs --model GGUF")
@@ -195,9 +200,14 @@ def run(config: RunConfig) -> RunSummary:
             profile = load_profile(name)
             launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
                                                    answer_budget=config.launch_budget, **server_options(config)))
+            intent = plan_launch(profile, facts, answer_budget=config.launch_budget).intent
+            ropes[name] = launch_record(intent, config.model, launches[name][1].args, facts, config.server_bin, name,
+                                        lambda line: print(f"niah: {line}", flush=True))
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
-    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
+    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches, ropes), secrets=(config.api_key,))
+    if ropes:
+        results.check_facts({"rope": ropes})
     # --trials auto: the bar grows by the rounds the run adds
     progress = RunProgress([] if config.policy.auto else cells, enabled=config.show_progress,
                            launch_of=dict(config.profiles))
