@@ -43,7 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--yarn-probe", action="store_true", help="A/B probe: do the YaRN flags change the model's output?")
     parser.add_argument("--probe-out", type=Path, help="folder for the probe's log-probabilities and the reference's log "
                         f"(default {PROBE_OUT})")
-    parser.add_argument("--probe-args", default="", help="extra flags for the reference launch (e.g. \"-ngl 0\" for CPU)")
+    parser.add_argument("--probe-args", default="", help="flags that put the probe's reference on another device "
+                        "(e.g. \"-ngl 0\" for the CPU beside a GPU server); a second reference with the server's own "
+                        "flags (--server-args) then runs there too, and the server counts as stretched when it is nearer that one")
     parser.add_argument("--server-bin", help="llama-server binary (llama-fit-params beside it) for the read-back and the reference")
     parser.add_argument("--api-key", help="server API key (default $NIAH_API_KEY)")
     parser.set_defaults(func=check_command)
@@ -113,10 +115,19 @@ def rope_check(args: argparse.Namespace, report: PreflightReport, needed: int) -
 
 def probe_command(args: argparse.Namespace, session: ServerSession, report: PreflightReport) -> bool:
     """The YaRN A/B probe (niah.launch.yarn_probe): ask the running server, then a reference launch of
-    the model without rope scaling (on this machine, after it), the same prompt; True when the YaRN
-    flags act."""
+    the model without rope scaling (on this machine, after it), the same prompt; with --probe-args (a
+    reference on another device) also one with the server's own flags there. True when the flags act."""
     from niah.launch.rope_check import server_flags
-    from niah.launch.yarn_probe import ask, compare, probe_prompt, reference_answer, reference_args
+    from niah.launch.yarn_probe import (
+        NO_EFFECT_BELOW,
+        ProbeResult,
+        ask,
+        distance,
+        probe_prompt,
+        reference_answer,
+        reference_args,
+        write_result,
+    )
 
     model, _ = check_model(args, report)
     if model is None:
@@ -126,12 +137,21 @@ def probe_command(args: argparse.Namespace, session: ServerSession, report: Pref
     except ValueError as exc:
         raise NiahError(f"--probe-args: {exc}") from None
     flags = server_flags(args.server_args)[0] if args.server_args else []
+    if extra and not flags:
+        raise NiahError("a reference on another device (--probe-args) is read against a second one with the "
+                        "server's own flags there: give --server-args")
     prompt = probe_prompt(session)
     launch = ask(session, prompt)
     out_dir = args.probe_out or PROBE_OUT
     print(f"niah: yarn probe: reference launch without rope scaling (logs and answers in {out_dir}/) ...", flush=True)
-    reference, _, seconds = reference_answer(model, [*reference_args(flags, len(prompt)), *extra], out_dir, prompt,
-                                             args.server_bin)
-    result = compare(launch, reference, seconds, out_dir)
-    print(f"niah: {result.line()}", flush=True)
+    plain, _, seconds = reference_answer(model, [*reference_args(flags, len(prompt)), *extra], out_dir, prompt,
+                                         args.server_bin)
+    stretched = None
+    if extra:
+        print("niah: yarn probe: reference launch with the server's flags on the same device ...", flush=True)
+        stretched, _, more = reference_answer(model, [*reference_args(flags, len(prompt), stretched=True), *extra],
+                                              out_dir, prompt, args.server_bin, "yarn-stretched")
+        seconds += more
+    result = ProbeResult(distance(launch, plain), NO_EFFECT_BELOW, launch, plain, seconds, stretched)
+    print(f"niah: {write_result(result, out_dir).line()}", flush=True)
     return result.applied

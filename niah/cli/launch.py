@@ -68,7 +68,9 @@ def launch_command(args: argparse.Namespace) -> int:
         from niah.launch.rpc import RPC_WARNING
 
         print(f"niah: {RPC_WARNING}", flush=True)
-    reference = _reference(args, plan.args, log_dir) if args.yarn_probe else None
+    if args.yarn_probe and plan.rope_scale is None:
+        print(f"niah: yarn probe: {profile.name} does not stretch the model; nothing to probe", flush=True)
+    reference = _reference(args, plan.args, log_dir) if args.yarn_probe and plan.rope_scale else None
     print(f"niah: starting llama-server for {profile.name} (logs in {log_dir}/) ...", flush=True)
     with ServerSession(spec) as session:
         print(f"niah: command: {session.command}", flush=True)
@@ -97,9 +99,10 @@ def _reference(args: argparse.Namespace, launch_args: tuple[str, ...], log_dir: 
 
 
 def _probe(session: ServerSession, reference: tuple[ProbeAnswer, list[int], float], log_dir: Path) -> bool:
-    from niah.launch.yarn_probe import ask, compare
+    from niah.launch.yarn_probe import NO_EFFECT_BELOW, ProbeResult, ask, distance, write_result
 
     answer, prompt, seconds = reference
-    result = compare(ask(session, prompt), answer, seconds, log_dir)
+    launch = ask(session, prompt)
+    result = write_result(ProbeResult(distance(launch, answer), NO_EFFECT_BELOW, launch, answer, seconds), log_dir)
     print(f"niah: {result.line()}", flush=True)
     return result.applied
