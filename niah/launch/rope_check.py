@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,17 +178,19 @@ def refuse_mismatch(verdict: RopeVerdict, launch: str) -> None:
 
 
 def launch_record(intent: RopeIntent | None, model: Path, args: list[str] | tuple[str, ...], facts: GGUFFacts | None,
-                  server_bin: str | None, launch: str, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """A managed launch's read-back and verdict, said line by line and returned for results.jsonl's
-    header; a mismatch is refused (exit 5) before the server starts."""
+                  server_bin: str | None, launch: str, say: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """A managed launch's read-back and verdict for results.jsonl's header, its lines given to `say`;
+    a mismatch is refused (exit 5) before the server starts. None, said on stderr, when llama.cpp
+    cannot be asked (no llama-fit-params, no binary): nothing is recorded then, so a later resume
+    that can ask is not refused for it."""
     if intent is None:
-        return {"unavailable": "the model's native context is unknown"}
+        return None
     try:
         verdict = verify_launch(intent, model, args, facts, server_bin)
-    except ValueError as exc:
-        say(f"rope read-back [{launch}] unavailable: {exc}")
-        return {"unavailable": str(exc)}
-    for line in verdict.lines():
+    except (ValueError, NiahError) as exc:
+        print(f"niah: rope read-back [{launch}] unavailable: {exc}", file=sys.stderr, flush=True)
+        return None
+    for line in verdict.lines() if say else ():
         say(f"[{launch}] {line}")
     refuse_mismatch(verdict, launch)
     return verdict.as_json()

@@ -201,8 +201,9 @@ def run(config: RunConfig) -> RunSummary:
             launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
                                                    answer_budget=config.launch_budget, **server_options(config)))
             intent = plan_launch(profile, facts, answer_budget=config.launch_budget).intent
-            ropes[name] = launch_record(intent, config.model, launches[name][1].args, facts, config.server_bin, name,
-                                        lambda line: print(f"niah: {line}", flush=True))
+            rope = launch_record(intent, config.model, launches[name][1].args, facts, config.server_bin, name)
+            if rope is not None:
+                ropes[name] = rope
             if profile.rpc:
                 print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
     results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches, ropes), secrets=(config.api_key,))
