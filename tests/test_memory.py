@@ -42,7 +42,7 @@ def models(request: pytest.FixtureRequest, name: str) -> Path:
 @pytest.mark.parametrize("model", ["smollm2", "qwen35", "gemma3"])
 @pytest.mark.parametrize(
     ("context", "options"),
-    [(4096, ""), (4096, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n"),
+    [(4064, ""), (4064, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n"),
      (3000, "parallel = 2\nkv_unified = true\nswa_full = false\n")],
 )
 def test_formula_agrees_with_llama_fit_params(
@@ -120,7 +120,7 @@ def test_mtp_snapshots_match_the_server(
     # llama-fit-params refuses --spec-type, so what MTP drafting adds (a recurrent rollback
     # snapshot per drafted token, and the draft context's KV cache for the MTP block) is checked
     # against a real server's own log instead.
-    profile = parse_profile("context = 4096\nmtp_draft_n_max = 3\n", "mtp")
+    profile = parse_profile("context = 4064\nmtp_draft_n_max = 3\n", "mtp")
     plan = plan_launch(profile, read_gguf_facts(qwen35_testbed))
     assert plan.memory is not None
     live = start_llama_server(*plan.args, "-lv", "4", model_path=qwen35_testbed)
@@ -130,7 +130,7 @@ def test_mtp_snapshots_match_the_server(
     assert recurrent and len(kv) == 2, "the server log lacks the state sizes (target KV, MTP KV)"
     assert float(recurrent[0]) * MIB == pytest.approx(plan.memory.recurrent_bytes, rel=0.01)
     assert sum(map(float, kv)) * MIB == pytest.approx(plan.memory.kv_bytes, rel=0.01)
-    plain = plan_launch(parse_profile("context = 4096\n", "plain"), read_gguf_facts(qwen35_testbed)).memory
+    plain = plan_launch(parse_profile("context = 4064\n", "plain"), read_gguf_facts(qwen35_testbed)).memory
     assert plain is not None and plan.memory.recurrent_bytes == 4 * plain.recurrent_bytes
 
 
@@ -139,7 +139,7 @@ def test_profile_show_reports_llama_cpps_projection(
     fit_tool: Path, qwen35_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     profile = tmp_path / "bed.toml"
-    profile.write_text("context = 4096\n" + QUANTIZED)
+    profile.write_text("context = 4064\n" + QUANTIZED)
     assert main(["profile", "show", str(profile), "--model", str(qwen35_testbed), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     memory, formula = data["memory"], data["memory_formula"]

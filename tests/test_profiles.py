@@ -293,7 +293,7 @@ def test_cli_bad_profile_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.
 
 def test_every_server_option_reaches_the_argv() -> None:
     text = (
-        'context = 8192\nflash_attn = "on"\ngpu_layers = 99\njinja = false\nubatch = 2048\nbatch = 4096\n'
+        'context = 8160\nflash_attn = "on"\ngpu_layers = 99\njinja = false\nubatch = 2048\nbatch = 4096\n'
         'threads = 8\nmtp_draft_n_max = 3\nmmproj = "mm.gguf"\nimage_min_tokens = 0\n'
         'extra_args = ["--no-warmup"]\n'
     )

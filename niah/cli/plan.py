@@ -135,7 +135,8 @@ def probe(
 ) -> tuple[list[PrefillPoint], float | None, str, int | None]:
     """A few prefills at growing lengths on `--url`, or on a managed launch of the first launch group;
     also the per-slot context the server serves."""
-    from niah.launch.profiles import launch_spec, load_profile
+    from niah.launch.profiles import launch_spec, load_profile, plan_launch
+    from niah.launch.rope_check import launch_record
     from niah.launch.session import ServerSession, ServerSpec
     from niah.prompts.corpus import get_corpus
     from niah.run.plan import probe_lengths, probe_points
@@ -151,6 +152,8 @@ def probe(
             name=f"plan-probe-{profile.name}", api_key=key, server_bin=args.server_bin,
         )
         where = f"a launch of {profile.name}"
+        launch_record(plan_launch(profile, facts, answer_budget=budget).intent, args.model, spec.args, facts,
+                      args.server_bin, profile.name, lambda line: print(f"niah: {line}", file=sys.stderr, flush=True))
     else:
         raise NiahError("--probe needs a server: --url, or --model with --profile / --profile-for-length")
     with ServerSession(spec) as session:

@@ -32,6 +32,24 @@ _KEEP_ARRAY_MAX = 4096
 
 
 @dataclass(frozen=True)
+class FileRope:
+    """Rope scaling a GGUF applies by itself, from its `ARCH.rope.scaling.*` keys."""
+
+    kind: str
+    """`yarn` or `linear` (llama.cpp reads a missing type as linear)."""
+    factor: float
+    """`rope.scaling.factor`: the stretch over the original context."""
+    original_context: int | None
+    """`rope.scaling.original_context_length`, when the file states it."""
+
+    def describe(self) -> str:
+        """`YaRN ×4 over 262,144`."""
+        name = "YaRN" if self.kind == "yarn" else self.kind
+        over = f" over {self.original_context:,}" if self.original_context else ""
+        return f"{name} ×{self.factor:g}{over}"
+
+
+@dataclass(frozen=True)
 class GGUFFacts:
     """What the header says about a model, enough to plan a launch and estimate its memory."""
 
@@ -74,6 +92,26 @@ class GGUFFacts:
     recurrent_state_values: int = 0
     """f32 values of one recurrent layer's state per sequence: the conv window
     (conv_kernel − 1) × (inner + 2 × groups × state) plus the state itself, state × inner."""
+
+    @property
+    def file_rope(self) -> FileRope | None:
+        """The rope scaling the file applies by itself (its `rope.scaling.*` keys), None when it
+        applies none (no keys, type `none`, or a factor of 0 or 1)."""
+        keys = dict(self.rope_scaling)
+        kind = str(keys.get("type") or "linear")
+        factor = keys.get("factor")
+        if kind == "none" or not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor in (0, 1):
+            return None
+        original = keys.get("original_context_length")
+        return FileRope(kind, float(factor), int(original) if isinstance(original, int) and original > 0 else None)
+
+    @property
+    def native_context(self) -> int | None:
+        """The context the model was trained at: the file's own YaRN original context when it
+        carries one (a "-1M" file states 1,048,576 as its context but stretches 262,144), else
+        `context_length`."""
+        rope = self.file_rope
+        return rope.original_context if rope and rope.original_context else self.context_length
 
     @property
     def kv_values_per_token(self) -> tuple[int, int]:

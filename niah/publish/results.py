@@ -45,8 +45,10 @@ RETRIEVAL_OUTCOMES = ("PASS", "FAIL", "WRONG_KEY")
 """Retrieval results: WRONG_KEY is an answer holding a planted value other than the asked one."""
 NAMED_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("PASS", "FAIL"))
 """Outcomes a grid label, the `other` column and the card's legend name beside `k/n`."""
-FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
-"""Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
+FACT_KEYS = ("server", "server_version", "tokenizer_resolved", "rope")
+"""Fingerprint entries checked by `ResultsFile.check_facts` rather than compared with the header: known
+only once a server is up, or (`rope`, llama.cpp's read-back of each launch) recorded since a later
+niah, so a run made before it still resumes and records it then."""
 LOCK_NAME = ".niah-run.lock"
 """The file a run holds locked in its folder while it runs."""
 _MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
@@ -210,7 +212,7 @@ class ResultsFile:
         """Keys niah was given (e.g. --api-key): masked wherever they appear in what is written."""
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
         self._outcomes: dict[tuple[str, int, float, int], str] = {}
-        self._facts: dict[str, Any] = {}
+        self._facts: dict[str, Any] = {k: v for k, v in self.fingerprint.items() if k in FACT_KEYS}
         if self.path.exists() and not self.path.is_file():
             raise NiahError(f"{self.path} is not a file: move it away, or give another --out")
         self._header_written = self.path.exists() and not _only_torn_header(self.path)
@@ -246,8 +248,9 @@ class ResultsFile:
                 os.fsync(fh.fileno())
         old = {k: v for k, v in (header.get("fingerprint") or {}).items() if k not in FACT_KEYS}
         self._facts = {**(header.get("fingerprint") or {}), **_merged_facts(records)}
-        if canonical(old) != canonical(self.fingerprint):
-            differing = ", ".join(fingerprint_differences(old, self.fingerprint)) or "(layout)"
+        new = {k: v for k, v in self.fingerprint.items() if k not in FACT_KEYS}
+        if canonical(old) != canonical(new):
+            differing = ", ".join(fingerprint_differences(old, new)) or "(layout)"
             raise NiahError(
                 f"{self.path} belongs to a different run (fingerprint differs in: {differing}); "
                 "use a new --out directory to start a fresh run, or rerun with the original settings to resume"

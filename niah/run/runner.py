@@ -26,7 +26,8 @@ from niah.errors import (
     NiahError,
 )
 from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.launch.profiles import LaunchProfile, launch_spec, load_profile
+from niah.launch.profiles import LaunchProfile, launch_spec, load_profile, plan_launch
+from niah.launch.rope_check import launch_record
 from niah.launch.rpc import RPC_WARNING
 from niah.launch.session import ServerSession, ServerSpec, close_sessions
 from niah.prompts.corpus import Corpus, get_corpus
@@ -96,7 +97,8 @@ def needle_identity(path: Path | None) -> object:
 
 
 def run_fingerprint(
-    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]]
+    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]],
+    ropes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, object]:
     """What must not change between a run and its resume (facts only a live server can tell are
     checked when it is up: `ResultsFile.check_facts`)."""
@@ -129,6 +131,8 @@ def run_fingerprint(
         fingerprint["model"] = model_identity(config.model)
     if launches:
         fingerprint["launches"] = {name: list(spec.args) for name, (_, spec) in launches.items()}
+    if ropes:  # a fact key: checked, not compared, so runs made before the read-back still resume
+        fingerprint["rope"] = ropes
     return fingerprint
 
 
@@ -181,11 +185,15 @@ def check_out_dir(out_dir: Path) -> None:
         raise NiahError(f"the run folder {out_dir} is not writable")
 
 
-def managed_launches(config: RunConfig) -> tuple[GGUFFacts | None, dict[str, tuple[LaunchProfile, ServerSpec]]]:
-    """The model's GGUF facts and each profile's launch: a bad model header or profile is refused here,
-    before anything is written in --out."""
+def managed_launches(
+    config: RunConfig,
+) -> tuple[GGUFFacts | None, dict[str, tuple[LaunchProfile, ServerSpec]], dict[str, dict[str, Any]]]:
+    """The model's GGUF facts, each profile's launch and its rope read-back: a bad model header or
+    profile (or a rope that is not what the profile meant) is refused here, before anything is
+    written in --out."""
     facts = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, ServerSpec]] = {}
+    ropes: dict[str, dict[str, Any]] = {}
     if config.profiles:
         if facts is None:
             raise NiahError("a managed launch needs --model GGUF")
@@ -193,7 +201,11 @@ def managed_launches(config: RunConfig) -> tuple[GGUFFacts | None, dict[str, tup
             profile = load_profile(name)
             launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
                                                    answer_budget=config.launch_budget, **server_options(config)))
-    return facts, launches
+            intent = plan_launch(profile, facts, answer_budget=config.launch_budget).intent
+            rope = launch_record(intent, config.model, launches[name][1].args, facts, config.server_bin, name)
+            if rope is not None:
+                ropes[name] = rope
+    return facts, launches, ropes
 
 
 def run(config: RunConfig) -> RunSummary:
@@ -202,11 +214,13 @@ def run(config: RunConfig) -> RunSummary:
     corpus = get_corpus(config.corpus)
     needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
     cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
-    facts, launches = managed_launches(config)
+    facts, launches, ropes = managed_launches(config)
     for profile, _ in launches.values():
         if profile.rpc:
             print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
-    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
+    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches, ropes), secrets=(config.api_key,))
+    if ropes:
+        results.check_facts({"rope": ropes})
     # --trials auto: the bar grows by the rounds the run adds
     progress = RunProgress([] if config.policy.auto else cells, enabled=config.show_progress,
                            launch_of=dict(config.profiles))
