@@ -9,6 +9,11 @@ again (how far the machine's load moved meanwhile). Each probe's plan for the ce
 
     python benchmarks/plan_probe_bench.py --bed rehearsal|smollm2 [--depths 50] [--save FILE]
     python benchmarks/plan_probe_bench.py --replay FILE      (the comparison again from saved timings)
+    python benchmarks/plan_probe_bench.py --coverage         (how often the 90% interval holds the truth)
+
+--coverage needs no server: a curve through the issue's rates (12k=2590, 262k=1090, 1m=390), and one
+with a quarter of its attention term (a hybrid with 1 attention layer in 4), probed at 16K/32K/64K
+twice with log-normal timing noise, each fit's 90% interval for 1,010,000 tokens against the truth.
 
 Measured 2026-12-06 on 2 shared cores (load 11-15 from other work): see docs/plan.md.
 """
@@ -102,6 +107,30 @@ def compare(saved: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def coverage(trials: int = 400) -> None:
+    """Simulated probes: how often the interval for a 1,010,000-token prefill holds the true time."""
+    import numpy as np
+
+    from niah.run.fit import prefill_row
+    from niah.run.plan import parse_rates
+
+    a, b = fit_prefill(parse_rates("12k=2590,262k=1090,1m=390"), "rates").terms
+    target = 1_010_000
+    print(f"{'curve':<8} {'noise':>6} {'covered':>8} {'median low/true':>16} {'median high/true':>17}")
+    for name, quadratic in (("dense", b), ("hybrid", b / 4)):
+        truth = a * target + quadratic * target**2
+        for noise in (0.03, 0.05, 0.10):
+            rng = np.random.default_rng(1)
+            bounds = []
+            for _ in range(trials):
+                points = [PrefillPoint(n, (a * n + quadratic * n * n) * float(np.exp(rng.normal(0, noise))))
+                          for n in (16384, 32768, 65536) * 2]
+                bounds.append(fit_prefill(points, "simulated").interval(prefill_row(0, target)))
+            ratios = np.array(bounds) / truth
+            covered = np.mean((ratios[:, 0] <= 1) & (ratios[:, 1] >= 1))
+            print(f"{name:<8} {noise:>6.0%} {covered:>8.1%} {np.median(ratios[:, 0]):>16.2f} {np.median(ratios[:, 1]):>17.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bed", choices=sorted(BEDS), default="smollm2")
@@ -109,7 +138,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the model, the run and the logs (default: temporary)")
     parser.add_argument("--save", type=Path, help="write the raw timings here (for --replay)")
     parser.add_argument("--replay", type=Path, help="compare again from timings saved by --save")
+    parser.add_argument("--coverage", action="store_true", help="simulated probes: the interval's coverage")
     args = parser.parse_args()
+    if args.coverage:
+        coverage()
+        return
     if args.replay:
         saved = json.loads(args.replay.read_text())
     else:
