@@ -27,7 +27,7 @@ from niah.run.fit import (
     prefill_row,
 )
 from niah.run.plan import Costs, make_plan, parse_rates, points_from_results, sending_order
-from niah.run.probe import ladder, next_rung_fits, up_to_lengths
+from niah.run.probe import climb_ladder, ladder, next_rung_fits, up_to_lengths
 from niah.run.progress import expected_prefill
 from niah.run.runner import RunConfig, launch_groups
 
@@ -324,6 +324,22 @@ def test_probe_lengths_reach_as_far_as_allowed() -> None:
     assert not next_rung_fits(10.0, (16384, 8.0), 32768, budget_s=80.0, rounds=2)
 
 
+def test_the_budget_ladder_stops_before_the_rung_that_could_overrun_and_says_so() -> None:
+    seconds = {256: 1.0, 512: 3.0, 1024: 10.0, 2048: 35.0}
+    probed: list[int] = []
+
+    def one(n: int) -> float:
+        probed.append(n)
+        return seconds[n]
+
+    # 2·(1 + 4) = 10 and 2·(4 + 12) = 32 fit 40 s; 2·(14 + 40) = 108 does not
+    chosen, stopped = climb_ladder(one, [256, 512, 1024, 2048], budget_s=40.0, rounds=2)
+    assert chosen == probed == [256, 512, 1024]
+    assert stopped == "probe budget 40 s per launch: stopped before 2,048 tokens (up to 40 s a request)"
+    chosen, stopped = climb_ladder(one, [256, 512], budget_s=40.0, rounds=2)
+    assert chosen == [256, 512] and stopped.endswith("reached 512 tokens, all the launch holds")
+
+
 @pytest.mark.server
 def test_probe_measures_a_real_server(llama_server, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     argv = ["plan", "--url", llama_server.url, "--lengths", "1024,2048", "--depths", "0,50,100",
@@ -345,6 +361,16 @@ def test_probe_measures_a_real_server(llama_server, capsys: pytest.CaptureFixtur
     assert all(c["seconds"] > 0 and c["low_s"] <= c["high_s"] for c in data["cells"])
     assert all(c["extrapolation"] > 1 for c in data["cells"])
     assert "probe:" in captured.err
+
+
+@pytest.mark.server
+def test_probe_without_lengths_climbs_within_its_stated_budget(llama_server, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert main(["plan", "--url", llama_server.url, "--lengths", "1024", "--depths", "50", "--probe",
+                 "--probe-budget", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "probe budget 1 s per launch:" in out
+    data_line = [line for line in out.splitlines() if line.startswith("  probed on ")]
+    assert len(data_line) == 1 and data_line[0].startswith(f"  probed on {llama_server.url} (")
 
 
 @pytest.mark.server

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
@@ -81,7 +81,8 @@ def ladder(ceiling: int) -> list[int]:
 
 def next_rung_fits(spent_s: float, last: tuple[int, float], following: int, budget_s: float, rounds: int) -> bool:
     """Whether probing `following` tokens still fits the budget: the first round's time so far plus
-    the next rung at its most (T grows at most as n², so T(m) ≤ T(n)·(m/n)²), times the rounds."""
+    the next rung at its most (a request's prefill grows at most as n² and its decode as n, so
+    t(m) ≤ t(n)·(m/n)²), times the rounds."""
     length, seconds = last
     return rounds * (spent_s + seconds * (following / length) ** 2) <= budget_s
 
@@ -118,7 +119,7 @@ def probe_session(
         chosen, stopped, done = wanted, f"lengths given ({', '.join(f'{n:,}' for n in wanted)})", 0
     else:
         assert budget_s is not None
-        chosen, stopped = _climb(one, wanted, budget_s, rounds)
+        chosen, stopped = climb_ladder(one, wanted, budget_s, rounds)
         done = 1  # the climb was the first, ascending round
     for r in range(done, rounds):
         for n in chosen if r % 2 == 0 else chosen[::-1]:
@@ -127,7 +128,7 @@ def probe_session(
                        time.monotonic() - started, stopped)
 
 
-def _climb(one: Callable[[int], float], rungs: list[int], budget_s: float, rounds: int) -> tuple[list[int], str]:
+def climb_ladder(one: Callable[[int], float], rungs: list[int], budget_s: float, rounds: int) -> tuple[list[int], str]:
     """The first round up the ladder while the next rung fits the budget; the rungs probed and why
     the climb stopped."""
     chosen, seconds = [rungs[0]], one(rungs[0])
@@ -136,7 +137,7 @@ def _climb(one: Callable[[int], float], rungs: list[int], budget_s: float, round
         if not next_rung_fits(spent, (chosen[-1], seconds), following, budget_s, rounds):
             worst = seconds * (following / chosen[-1]) ** 2
             return chosen, (f"probe budget {budget_s:,.0f} s per launch: stopped before {following:,} tokens "
-                            f"(up to {worst:,.0f} s a prefill)")
+                            f"(up to {worst:,.0f} s a request)")
         chosen.append(following)
         seconds = one(following)
         spent += seconds
@@ -155,7 +156,11 @@ def probe_launch(
         ceiling = probe_ceiling(longest, _served(session))
         if up_to:
             lengths = up_to_lengths(up_to, ceiling)
-        return probe_session(session, text, where=where, ceiling=ceiling, lengths=lengths, budget_s=budget_s, log=log)
+        result = probe_session(session, text, where=where, ceiling=ceiling, lengths=lengths, budget_s=budget_s, log=log)
+    if up_to:
+        held = "" if up_to <= ceiling else f", held to {ceiling:,}, the most this launch's cells need"
+        result = replace(result, stopped=f"--probe-up-to {up_to:,}{held}")
+    return result
 
 
 def _served(session: ServerSession) -> int | None:
@@ -167,7 +172,7 @@ def _prefill(
     session: ServerSession, ids: list[int], prefills: list[PrefillPoint], decodes: list[DecodePoint],
     log: Callable[[str], None] | None,
 ) -> float:
-    """One probe request: prefill `ids` (prompt cache off), decode PROBE_DECODE_TOKENS; seconds of prefill."""
+    """One probe request: prefill `ids` (prompt cache off), decode PROBE_DECODE_TOKENS; its wall seconds."""
     content = session.detokenize(ids)
     chat = session.chat([{"role": "user", "content": content}], max_tokens=PROBE_DECODE_TOKENS,
                         cache_prompt=False, ignore_eos=True)
@@ -184,7 +189,7 @@ def _prefill(
     if log:
         decoded = f", {chat.predicted_n} decoded in {chat.predicted_ms / 1000:.2f} s" if chat.predicted_ms else ""
         log(f"probe: {chat.prompt_n:,} tokens computed ({cached:,} cached) in {chat.prompt_ms / 1000:.2f} s{decoded}")
-    return chat.prompt_ms / 1000
+    return chat.wall_s
 
 
 def _enough_text(text: str, tokens: int) -> str:
