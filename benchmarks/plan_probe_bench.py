@@ -52,9 +52,8 @@ def model_of(bed: str, work: Path) -> Path:
     return model
 
 
-def measure(bed: str, depths: str, work: Path) -> dict[str, Any]:
+def measure(bed: str, profile_name: str, length: int, depths: str, work: Path) -> dict[str, Any]:
     """Probes, the cells' run and the probe again on one launch; the raw timings."""
-    profile_name, length = BEDS[bed]
     model = model_of(bed, work)
     profile = load_profile(profile_name)
     spec = launch_spec(profile, read_gguf_facts(model), model, work / "logs", name=f"bench-{bed}", start_timeout_s=1800)
@@ -135,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bed", choices=sorted(BEDS), default="smollm2")
     parser.add_argument("--depths", default="50", help="the cells' depths (default one cell at 50%%)")
+    parser.add_argument("--profile", help="the launch profile (default: the bed's, yarn-1m or tiny-yarn-32k)")
+    parser.add_argument("--length", type=int, help="the cells' length (default: the bed's, 131,072 or 31,508)")
     parser.add_argument("--work", type=Path, help="folder for the model, the run and the logs (default: temporary)")
     parser.add_argument("--save", type=Path, help="write the raw timings here (for --replay)")
     parser.add_argument("--replay", type=Path, help="compare again from timings saved by --save")
@@ -148,7 +149,8 @@ def main() -> None:
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="niah-plan-bench-"))
         work.mkdir(parents=True, exist_ok=True)
-        saved = measure(args.bed, args.depths, work)
+        profile, length = BEDS[args.bed]
+        saved = measure(args.bed, args.profile or profile, args.length or length, args.depths, work)
         if args.save:
             args.save.write_text(json.dumps(saved, indent=1))
     cells = saved["cells"]
