@@ -39,8 +39,10 @@ from niah.launch.memory import (
     DEFAULT_CTX_CHECKPOINTS,
     LaunchShape,
     MemoryEstimate,
+    cache_ram_mib,
     formula,
     pad,
+    per_slot_context,
 )
 from niah.launch.rpc import check_rpc_address, check_tensor_split
 from niah.launch.session import ServerSpec
@@ -214,7 +216,7 @@ def plan_launch(
         args.append("--swa-full")
     args += _option_args(profile)
     n_ctx = pad(ctx_size, KV_PAD)
-    per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel, KV_PAD)
+    per_slot = per_slot_context(ctx_size, profile.parallel, profile.kv_unified)
     check_launch_numbers(profile.name, ctx_size, served_train)
     predicted = min(per_slot, served_train) if served_train else None
     return LaunchPlan(
@@ -284,7 +286,7 @@ def estimate_memory(
         n_ctx=n_ctx, parallel=profile.parallel, kv_unified=profile.kv_unified,
         cache_type_k=profile.cache_type_k, cache_type_v=profile.cache_type_v,
         ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max, swa_full=swa_full,
-        ctx_checkpoints=_ctx_checkpoints(profile.extra_args),
+        ctx_checkpoints=_ctx_checkpoints(profile.extra_args), cache_ram_mib=cache_ram_mib(profile.extra_args),
     )
     return formula(launch, facts, arch)
 

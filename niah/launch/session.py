@@ -382,10 +382,11 @@ class ServerSession:
         seed: int = 0,
         cache_prompt: bool = True,
         on_progress: ProgressCallback | None = None,
+        ignore_eos: bool = False,
     ) -> ChatResult:
         """One streamed chat request: no overall time limit, only the connect and stall timeouts."""
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                         thinking=self.spec.thinking, cache_prompt=cache_prompt)
+                         thinking=self.spec.thinking, cache_prompt=cache_prompt, ignore_eos=ignore_eos)
         return stream_chat(self._http, self.url, body, self.spec.stall_timeout_s, on_progress)
 
 
