@@ -74,7 +74,9 @@ def test_the_rule_is_written_in_the_readme_and_the_help(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    root = Path(__file__).parents[1]
+    assert "(docs/compare.md)" in (root / "README.md").read_text(encoding="utf-8")  # the front page links the manual
+    readme = " ".join((root / "docs" / "compare.md").read_text(encoding="utf-8").split())
     assert "exact one-sided sign test (exact McNemar) on its discordant pairs" in help_text
     assert f"gives p <= {ALPHA:g}; a cell, the same test at {ALPHA:g} / the number of cells compared" in help_text
     assert "TIMEOUT or HTTP_ERROR in B where A answered" in help_text
