@@ -141,7 +141,7 @@ class AbortableTransport(httpx.HTTPTransport):
     it down does (a worker waiting on a long prefill's stream, or on the count of a 1M prompt)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(trust_env=False)  # as the client's own: no certificate settings from the environment
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
