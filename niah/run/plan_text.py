@@ -32,7 +32,7 @@ def curve_lines(fit: Fit) -> list[str]:
     shown = sorted(fit.points, key=_order)
     for p in shown[:12]:
         fitted = fit.value(p.row)
-        lines.append(f"  {_point_text(p)}: {p.seconds:,.2f} s observed, {fitted:,.2f} s fitted ({round(fitted / p.seconds - 1, 2):+.0%})")
+        lines.append(f"  {_point_text(p)}: {p.seconds:,.2f} s observed, {fitted:,.2f} s fitted ({round(fitted / p.seconds - 1, 2) + 0.0:+.0%})")
     if len(shown) > 12:
         lines.append(f"  ... and {len(shown) - 12} more points")
     return lines
