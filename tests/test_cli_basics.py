@@ -126,3 +126,17 @@ def test_a_run_folder_whose_logs_is_a_file_is_one_line_exit_2(tiny_model: Path, 
                   "--no-progress", "--out", str(out))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"niah: error: cannot make the server log folder {out / 'logs'}: File exists"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--trials", "99999999"], "the grid has 499,999,995 cells, more than niah plans (1,000,000)"),
+    (["--depths", "linspace:0:100:100000000"], "COUNT is more than niah plans (1,000,000 cells)"),
+    (["--decode-rate", "inf"], "--decode-rate must be a positive number of tokens/s"),
+])
+def test_plan_numbers_past_any_use_are_one_line_exit_2(args: list[str], message: str) -> None:
+    """A typo of a trial or depth count filled memory until killed; an infinite decode rate was a
+    ZeroDivisionError traceback."""
+    result = niah("plan", "--lengths", "1k", "--rates", "1k=500", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("niah: error: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1

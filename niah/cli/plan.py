@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -93,7 +94,7 @@ def plan_command(args: argparse.Namespace) -> int:
     if args.url and managed:
         raise NiahError("give either --url, or launch profiles (--profile / --profile-for-length), not both")
     budget = answer_budget(args.answer_budget, args.thinking)
-    if args.decode_rate is not None and not args.decode_rate > 0:
+    if args.decode_rate is not None and not 0 < args.decode_rate < math.inf:
         raise NiahError("--decode-rate must be a positive number of tokens/s")
     sources = [name for name, given in (("--rates", args.rates), ("--probe", args.probe), ("--from", args.from_run)) if given]
     if not sources:
