@@ -10,7 +10,8 @@ the flags a GPU user runs) on a qwen35 test bed whose native context is 262,144 
   4. the 131,072 row at depths 0, 50, 100 on the same 1M launch, with niah SIGKILLed after the
      first finished cell and rerun: finished cells kept, none sent twice;
   5. depth 100 alone on a fresh launch: its primer computes the whole 131K prefix in one request;
-  6. `niah plan --probe` on that launch against the measured wall time of step 4's cells.
+  6. `niah plan --probe --probe-up-to N` on that launch (N = 1/8 and 1/2 of the row's length) against
+     the measured wall time of step 4's cells, with the plan's interval and extrapolation factor.
 
 Prints each figure as it is measured and writes them as JSON (--json FILE). Nothing is asserted.
 About an hour on 2 cores; run it on a quiet machine.
@@ -195,16 +196,22 @@ def fresh_100(session: ServerSession, work: Path) -> None:
         f"{(cell.get('prime_ms') or 0) / 1000:.1f} s, cell wall {cell['wall_s']} s")
 
 
-def plan_probe(session: ServerSession, measured_s: float, haystack: str, probes: str) -> None:
-    """Step 6: the plan's seconds for the 131K row against the measured cells."""
-    done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--haystack", haystack,
-                "--probe", "--probe-lengths", probes, "--json")
-    if done.returncode != 0:
-        say("plan_probe", None, f"niah plan --probe failed: {done.stderr.strip()[-300:]}")
-        return
-    planned = json.loads(done.stdout)["totals"]["seconds"]
-    say("plan_probe", {"planned_s": round(planned, 1), "measured_s": round(measured_s, 1)},
-        f"plan --probe: {planned:,.0f} s for the row; measured {measured_s:,.0f} s ({planned / measured_s - 1:+.0%})")
+def plan_probe(session: ServerSession, measured_s: float, haystack: str, probe_up_to: str) -> None:
+    """Step 6: the plan's seconds for the 131K row, with its interval and extrapolation factor, against
+    the measured cells, for each longest probe asked (by default 1/8 and 1/2 of the row's length)."""
+    for up_to in probe_up_to.split(","):
+        done = niah("plan", "--url", session.url, "--lengths", str(ROW), "--depths", "0,50,100", "--haystack", haystack,
+                    "--probe", "--probe-up-to", up_to, "--json")
+        if done.returncode != 0:
+            say(f"plan_probe_{up_to}", None, f"niah plan --probe failed: {done.stderr.strip()[-300:]}")
+            continue
+        totals = json.loads(done.stdout)["totals"]
+        planned, low, high = totals["seconds"], totals["low_s"], totals["high_s"]
+        say(f"plan_probe_{up_to}", {"planned_s": round(planned, 1), "low_s": round(low, 1), "high_s": round(high, 1),
+                                    "extrapolation": totals["extrapolation"], "measured_s": round(measured_s, 1)},
+            f"plan --probe --probe-up-to {up_to}: {planned:,.0f} s for the row ({totals['interval']} {low:,.0f}–"
+            f"{high:,.0f} s, {totals['extrapolation']:.1f}x past the longest probe); measured {measured_s:,.0f} s "
+            f"({planned / measured_s - 1:+.0%})")
 
 
 def main() -> None:
@@ -214,7 +221,8 @@ def main() -> None:
     parser.add_argument("--steps", default="1,2,3,4,5,6", help="which steps to run (default: all)")
     parser.add_argument("--haystack", choices=("single", "shared"), default="single",
                         help="steps 4 and 6: one needle per prompt (default), or one shared haystack")
-    parser.add_argument("--probe-lengths", default="8k,16k,32k", help="step 6: the prefills `niah plan --probe` times")
+    parser.add_argument("--probe-up-to", default="16k,64k",
+                        help="step 6: the longest probe of each `niah plan --probe` (default 1/8 and 1/2 of the row)")
     args = parser.parse_args()
     steps = {int(s) for s in args.steps.split(",")}
     work = args.work or Path(tempfile.mkdtemp(prefix="niah-rehearsal-"))
@@ -252,7 +260,7 @@ def main() -> None:
             if 5 in steps:
                 fresh_100(session, work)
             if 6 in steps and measured is not None:
-                plan_probe(session, measured, args.haystack, args.probe_lengths)
+                plan_probe(session, measured, args.haystack, args.probe_up_to)
         finally:
             session.close()
     if args.json:

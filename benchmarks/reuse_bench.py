@@ -52,8 +52,8 @@ def main() -> None:
         tmp = Path(name)
         if args.only in (None, "smollm2"):
             tiny = find_tiny_model()
-            measure("SmolLM2, 5 depths at 4,096", tiny, "context = 8192\n", ((4096, DEPTHS),), tmp)
-            measure("SmolLM2, 1,024/2,048/3,072 x 3 depths, one launch", tiny, "context = 8192\n",
+            measure("SmolLM2, 5 depths at 4,096", tiny, "context = 8160\n", ((4096, DEPTHS),), tmp)
+            measure("SmolLM2, 1,024/2,048/3,072 x 3 depths, one launch", tiny, "context = 8160\n",
                     tuple((n, (0.0, 50.0, 100.0)) for n in (1024, 2048, 3072)), tmp)
         if args.only in (None, "gemma3"):
             gemma = find_gemma3_270m()
@@ -62,7 +62,7 @@ def main() -> None:
                     ((2048, DEPTHS),), tmp)
         if args.only in (None, "qwen35"):
             testbed, _ = build_testbed("qwen35", tmp / "qwen35.gguf")
-            measure("qwen35 test bed, 5 depths at 1,536, primed", testbed, "context = 4096\n", ((1536, DEPTHS),), tmp)
+            measure("qwen35 test bed, 5 depths at 1,536, primed", testbed, "context = 4064\n", ((1536, DEPTHS),), tmp)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ THINKING_ANSWER_BUDGET = 4096
 BUDGET_PER_EXTRA_ANSWER = 32
 """Tokens added to the default budget for each expected value past the first (all-of tasks)."""
 SUFFIXES = {"k": (1024, 1000), "m": (1024**2, 1000**2)}
+MAX_CELLS = 1_000_000
+"""The most cells a grid plans: a million prefills take weeks even of short prompts (a larger grid is a typo
+that would only fill memory)."""
 SHARED = "shared"
 HAYSTACKS = ("single", SHARED)
 """`--haystack`: a prompt per cell (the default), or one haystack per trial cut at every length."""
@@ -105,6 +108,8 @@ def parse_depths(text: str) -> tuple[float, ...]:
             raise NiahError(f"bad depths {text!r}: use linspace:START:STOP:COUNT, e.g. linspace:0:100:11") from None
         if count < 1 or len(parts) != 3:
             raise NiahError(f"bad depths {text!r}: COUNT must be at least 1")
+        if count > MAX_CELLS:
+            raise NiahError(f"bad depths {text!r}: COUNT is more than niah plans ({MAX_CELLS:,} cells)")
         step = (stop - start) / (count - 1) if count > 1 else 0.0
         depths = tuple(round(start + i * step, 6) for i in range(count))
     else:
@@ -159,6 +164,11 @@ def plan_cells(
     rows: dict[int, set[float]] = {}
     for length, depths in grid:
         rows.setdefault(length, set()).update(float(d) for d in depths)
+    planned = sum(len(depths) for depths in rows.values()) * trials * len(tasks)
+    if planned > MAX_CELLS:
+        raise NiahError(
+            f"the grid has {planned:,} cells, more than niah plans ({MAX_CELLS:,}): fewer lengths, depths or trials"
+        )
     cells = [
         Cell(length, depth, trial, task)
         for length, depths in rows.items()

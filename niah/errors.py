@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 # Exit codes of the `niah` command (DESIGN.md).
 EXIT_OK = 0
 EXIT_FAIL_CELLS = 1
 EXIT_BAD_INPUT = 2
 EXIT_LAUNCH_INVALID = 3
 EXIT_NON_RETRIEVAL = 4
+EXIT_ROPE_MISMATCH = 5
 
 
 class NiahError(Exception):
@@ -16,3 +21,13 @@ class NiahError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextmanager
+def writing_in(folder: Path) -> Iterator[None]:
+    """Files written in `folder` inside the block: an OSError (a full disk, a folder where a file
+    goes, no permission) becomes one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise NiahError(f"cannot write {exc.filename or folder}: {exc.strerror or exc}") from None

@@ -39,3 +39,22 @@ print("setup: llama-server ready:", binary, "|", (out.stdout + out.stderr).strip
 rpc = pathlib.Path(binary).resolve().parent / "ggml-rpc-server"
 print("setup: rpc-server ready:" if rpc.is_file() else "setup: no rpc-server in this build:", rpc)
 PY
+
+# Headless Chromium (Debian's `chromium`) renders the report pages in tests/test_report.py; installed
+# only when missing, and skipped with a message where apt-get cannot be used (the tests then skip).
+if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    if ! command -v apt-get >/dev/null 2>&1 || { [ -n "$SUDO" ] && ! sudo -n true 2>/dev/null; }; then
+        echo "setup: no chromium, and apt-get is not usable here (not Debian, or not root): the report page tests will skip"
+    else
+        echo "setup: installing chromium with apt-get (headless, for the report page tests)"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+            || { $SUDO apt-get update -qq >/dev/null 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null 2>&1; } \
+            || echo "setup: apt-get could not install chromium: the report page tests will skip"
+    fi
+fi
+if command -v chromium >/dev/null 2>&1; then
+    echo "setup: chromium ready: $(command -v chromium)"
+fi

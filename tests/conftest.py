@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +51,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def launch(model: Path, server_args: tuple[str, ...], log_dir: Path) -> ServerSession:
-    """A real llama-server for `model` on a free loopback port, healthy."""
-    spec = ServerSpec(model=model, args=tuple(server_args), log_dir=log_dir, start_timeout_s=120)
+    """A real llama-server for `model` on a free loopback port, healthy (however long a busy machine
+    takes to load it: the default start timeout)."""
+    spec = ServerSpec(model=model, args=tuple(server_args), log_dir=log_dir)
     return ServerSession(spec).open()
 
 
@@ -175,11 +176,25 @@ def readme_seed_plan() -> list[str]:
     return shlex.split(command)[1:]
 
 
+NIAH_WITH_SIGNALS = (
+    "import os, signal, sys\n"
+    "for name in ('SIGTERM', 'SIGHUP', 'SIGINT'):\n"
+    "    ignored = name in sys.argv[1].split(',')\n"
+    "    signal.signal(getattr(signal, name), signal.SIG_IGN if ignored else signal.SIG_DFL)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'niah', *sys.argv[2:]])\n"
+)
+"""Sets the termination signals' dispositions, then becomes `python -m niah ARGV` (an ignored signal
+stays ignored across exec, a handler does not)."""
+
+
 @contextmanager
-def niah_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """`niah ARGV` as a child process (stdout and stderr together), killed if the test leaves it running."""
-    child = subprocess.Popen([sys.executable, "-m", "niah", *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+def niah_process(argv: list[str], ignored: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
+    """`niah ARGV` as a child process (stdout and stderr together), killed if the test leaves it
+    running. SIGTERM, SIGHUP and SIGINT reach it with their default actions, as from a terminal, or
+    ignored when named in `ignored` (as nohup and a script's `&` hand them down), whatever this test
+    process inherited."""
+    child = subprocess.Popen([sys.executable, "-c", NIAH_WITH_SIGNALS, ",".join(ignored), *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         yield child
     finally:
@@ -192,7 +207,43 @@ def stop_with(child: subprocess.Popen[str], signum: int, within_s: float) -> str
     """Send `signum` to a niah child: it must exit, non-zero, within `within_s` seconds. Its output."""
     signalled = time.monotonic()
     child.send_signal(signum)
-    output, _ = child.communicate(timeout=60)
+    output, _ = child.communicate(timeout=within_s + 60)
     assert time.monotonic() - signalled < within_s, output
     assert child.returncode != 0, output
     return output
+
+
+def children(pid: int) -> dict[int, str]:
+    """The child processes of `pid` that have not exited: pid -> state letter (R, S, T, ...)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found[int(stat.parent.name)] = fields[0]
+    return found
+
+
+def gone(pids: Iterable[int]) -> bool:
+    """Every process in `pids` has exited (or is a zombie no one reaped yet)."""
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return False
+        except OSError:
+            continue
+    return True
+
+
+def wait_for(condition: Callable[[], T], child: subprocess.Popen[str], what: str, timeout_s: float = 900) -> T:
+    """Poll `condition` until it is truthy while `child` runs. The deadline only ends a test that is
+    broken: nothing here depends on how fast this machine loads or prefills."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            pytest.fail(f"niah never reached {what}:\n{child.communicate()[0]}")
+        time.sleep(0.05)
+    return value

@@ -48,7 +48,7 @@ def test_compare_two_real_runs(two_runs: tuple[Path, Path], capsys: pytest.Captu
     assert "3 paired trials in 3 cells; cells: same 3; lengths: same 1; tasks: same 1." in out and "verdict: no regression" in out
 
 
-def test_a_crafted_regression_in_a_real_run_exits_1(
+def test_a_crafted_flip_in_a_real_run_is_down_and_a_clamp_breaks_it(
     two_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     native, _ = two_runs
@@ -62,9 +62,10 @@ def test_a_crafted_regression_in_a_real_run_exits_1(
     results.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome=flipped, factor="native",
                               needle_value=str(first["needle_value"])))
     before, after = (native, copy) if flipped == "FAIL" else (copy, native)
-    assert main(["compare", str(before), str(after)]) == 1
+    assert main(["compare", str(before), str(after)]) == 0  # one flip of one trial: p = 0.5, shown, not failed
     out = capsys.readouterr().out
-    assert f"| {LENGTH} | {first['depth']:g}% | PASS | FAIL | native | native | 1 | 0 | 0.5 | - | **regression** |" in out
+    assert f"| {LENGTH} | {first['depth']:g}% | PASS | FAIL | native | native | 1 | 0 |" in out
+    assert "| down |" in out and "**regression**" not in out
     clamped = ResultsFile(copy / "results.jsonl", read_header(copy / "results.jsonl")["fingerprint"])
     clamped.append(CellResult(length=LENGTH, depth=float(first["depth"]), trial=0, outcome="CLAMPED", factor="native",
                               needle_value=str(first["needle_value"])))
@@ -81,3 +82,32 @@ def test_card_of_a_real_run_shows_the_served_context(two_runs: tuple[Path, Path]
     assert "--rope-scaling yarn --rope-scale 2 --yarn-orig-ctx 8192" in card
     assert "3 of 3 sent prompts were served at exactly the cell's length" in card
     assert str(yarn.parent) not in card and "--profile tiny-yarn-16k" in card
+
+
+def test_compare_of_confirmed_screens_pairs_confirmations_and_a_passed_cell_needs_none(
+    llama_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A: a real SmolLM2 screen with `--confirm all` (each cell of its longest length rerun one needle per
+    prompt). B: A with its (1024, 0%) screen cell a PASS and that cell's confirmation gone, as a B whose
+    screen passed it and confirmed only failures would be. The confirmations pair with B's; the one B
+    lacks is not missing; the screen cells pair with the screen's."""
+    a = tmp_path / "a"
+    code = main(["run", "--url", llama_server.url, "--lengths", "1024", "--depths", "0,100", "--haystack", "shared",
+                 "--confirm", "all", "--no-progress", "--out", str(a)])
+    assert code in (0, 1)
+    lines = [json.loads(line) for line in (a / "results.jsonl").read_text().splitlines()]
+    cell, twin = ("single@shared", 1024, 0.0, 0), ("single", 1024, 0.0, 0)
+    key = [(r.get("task"), r.get("length"), r.get("depth"), r.get("trial")) for r in lines]
+    assert key.count(twin) == key.count(cell) == 1
+    b = tmp_path / "b"
+    b.mkdir()
+    kept = [dict(r, outcome="PASS") if k == cell else r for r, k in zip(lines, key) if k != twin]
+    (b / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["screen_passed"] == 1 and report["missing"] == 0 and not report["incomplete"]
+    tasks = {c["task"] for c in report["cells"]}
+    assert tasks == {"single", "single@shared"}
+    assert sum(c["pairs"] for c in report["cells"] if c["task"] == "single") == 1  # (1024, 100%)'s confirmations
+    assert set(report["verdicts"]["a"]) == {"single@shared"}

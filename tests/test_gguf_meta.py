@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -154,3 +157,65 @@ def test_sliding_window_layers_and_recurrent_state(tmp_path: Path) -> None:
     facts = read_gguf_facts(write_gguf(tmp_path / "h.gguf", "qwen35", hybrid))
     assert facts.recurrent_layers == (0, 1, 2, 4, 5, 6)
     assert facts.recurrent_state_values == 3 * (512 + 2 * 2 * 128) + 128 * 512
+
+
+def niah(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "niah", *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+SHAPE = {"context_length": 8192, "block_count": 4, "embedding_length": 256, "attention.head_count": 4,
+         "attention.head_count_kv": 2}
+WRONG_TYPES = [
+    ("llama", {"context_length": "8192"}, "llama.context_length is a string ('8192'), expected an unsigned integer"),
+    ("llama", {"context_length": 8192.0}, "llama.context_length is a float (8192.0), expected an unsigned integer"),
+    ("qwen35", {"full_attention_interval": [4, 4]},
+     "qwen35.full_attention_interval is an array ([4, 4]), expected an unsigned integer"),
+    ("llama", {"block_count": "four"}, "llama.block_count is a string ('four')"),
+    ("llama", {"block_count": 100000}, "llama.block_count is 100,000, more layers than llama.cpp loads (512)"),
+    ("llama", {"attention.head_count_kv": ["a", "b", "c", "d"]}, "llama.attention.head_count_kv[0] is a string ('a')"),
+    ("llama", {"attention.key_length": [64, 64]}, "llama.attention.key_length is an array ([64, 64])"),
+    ("llama", {"attention.recurrent_layers": "x"}, "expected an array of booleans, one per layer"),
+    ("llama", {"attention.sliding_window": 512, "attention.sliding_window_pattern": "x"},
+     "llama.attention.sliding_window_pattern is a string ('x')"),
+    ("llama", {"ssm.inner_size": "x"}, "llama.ssm.inner_size is a string ('x')"),
+]
+
+
+@pytest.mark.parametrize(("arch", "values", "message"), WRONG_TYPES)
+def test_header_values_of_the_wrong_type_are_one_line_exit_2(
+    arch: str, values: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    """Headers the gguf library writes, with a key of a type llama.cpp refuses too: each a traceback
+    before (int() of a string or an array), now one line naming the key, the value and the type."""
+    model = write_gguf(tmp_path / "typed.gguf", arch, {**SHAPE, **values})
+    result = niah("profile", "show", "tiny-yarn-16k", "--model", str(model))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"niah: error: {model}: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_plan_and_run_refuse_a_mistyped_header_before_writing_anything(tmp_path: Path) -> None:
+    model = write_gguf(tmp_path / "typed.gguf", "llama", {**SHAPE, "context_length": "8192"})
+    grid = ["--lengths", "16k", "--profile", "tiny-yarn-16k", "--model", str(model)]
+    out = tmp_path / "run"
+    for result in (niah("plan", *grid, "--rates", "16k=1000"), niah("run", *grid, "--no-progress", "--out", str(out))):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip() == f"niah: error: {model}: {WRONG_TYPES[0][2]}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("length", [2**62, 2**64 - 1])
+def test_a_corrupt_length_is_not_allocated(length: int, tmp_path: Path) -> None:
+    """A key, a string or an array whose length runs past the end of the file (was a MemoryError or
+    an OverflowError from seek)."""
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 2)
+    key = b"general.architecture"
+    for body in (
+        struct.pack("<Q", length) + key,  # the key's length
+        struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, length) + b"llama",  # a string value
+        struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 4, length),  # a uint32 array, skipped
+    ):
+        path = tmp_path / "corrupt.gguf"
+        path.write_bytes(head + body + b"\0" * 64)
+        with pytest.raises(NiahError, match="malformed GGUF header .header ends early."):
+            read_gguf_facts(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,16 @@ from conftest import need
 from niah.cli import main
 from niah.errors import NiahError
 from niah.launch.gguf_meta import read_gguf_facts
-from niah.launch.memory import MIB, find_fit_params, fit_params, fit_params_args, parse_fit_params
+from niah.launch.memory import (
+    DEFAULT_CACHE_RAM_MIB,
+    MIB,
+    cache_ram_mib,
+    find_fit_params,
+    fit_params,
+    fit_params_args,
+    parse_fit_params,
+    per_slot_context,
+)
 from niah.launch.profiles import parse_profile, plan_launch
 from niah.launch.server import find_server_binary
 
@@ -42,7 +52,8 @@ def models(request: pytest.FixtureRequest, name: str) -> Path:
 @pytest.mark.parametrize("model", ["smollm2", "qwen35", "gemma3"])
 @pytest.mark.parametrize(
     ("context", "options"),
-    [(4096, ""), (4096, QUANTIZED), (5000, "parallel = 2\n"), (3000, "parallel = 2\nkv_unified = true\n"),
+    [(4064, ""), (4064, QUANTIZED), (5000, "parallel = 2\n"), (1000, "parallel = 3\n"),
+     (3000, "parallel = 2\nkv_unified = true\n"),
      (3000, "parallel = 2\nkv_unified = true\nswa_full = false\n")],
 )
 def test_formula_agrees_with_llama_fit_params(
@@ -70,6 +81,59 @@ def test_formula_agrees_with_llama_fit_params(
     # logits, attention scratch), so they are only compared for being there.
     assert projected.compute_bytes and projected.compute_bytes > 0
     assert projected.total_bytes and projected.total_bytes > projected.kv_bytes + projected.compute_bytes
+
+
+def test_per_slot_rounding_is_llama_cpps() -> None:
+    """-c is padded up to 256, each slot's share of it is padded up to 256 again, and the cache holds
+    that many cells per slot (llama_context's constructor; its log calls it "rounding down")."""
+    # native-131k with 3 slots: -c 3 × 131,104 = 393,312 → 393,472 → 131,157 per slot → 131,328
+    assert per_slot_context(393_312, 3, kv_unified=False) == 131_328
+    assert per_slot_context(393_312, 3, kv_unified=True) == 393_472
+    profile = parse_profile("context = 131072\nnative_context = 262144\nparallel = 3\nrope_scaling = \"none\"", "n3")
+    plan = plan_launch(profile, None, arch="qwen35")
+    assert plan.predicted_slot_context == 131_328
+    assert plan.memory is not None and plan.memory.kv_cells == 3 * 131_328
+
+
+@pytest.mark.server
+def test_per_slot_context_is_what_the_server_serves(start_llama_server: Callable[..., object], tiny_model: Path) -> None:
+    # 3 slots of 1,000 + 32: -c 3,096 → 3,328 → 1,109 per slot, padded up to 1,280 (not down to 1,109)
+    plan = plan_launch(parse_profile("context = 1000\nparallel = 3\n", "three"), read_gguf_facts(tiny_model))
+    live = start_llama_server(*plan.args, model_path=tiny_model)
+    props = live.session.props()  # type: ignore[attr-defined]
+    assert props["default_generation_settings"]["n_ctx"] == plan.predicted_slot_context == 1280
+    assert props["total_slots"] == 3
+
+
+def test_the_host_prompt_cache_is_in_the_estimate() -> None:
+    """llama-server keeps saved slot states in host memory up to --cache-ram (8,192 MiB unless told):
+    in the estimate beside the checkpoints, not in the device total; 0 turns it off; -1 has no limit
+    but the prompt cache's token limit (n_ctx), about one more copy of the state."""
+    def memory(extra: str = ""):  # type: ignore[no-untyped-def]
+        profile = parse_profile(f"context = 131072\nnative_context = 262144\n{extra}", "m")
+        estimate = plan_launch(profile, None, arch="qwen35").memory
+        assert estimate is not None
+        return estimate
+
+    default = memory()
+    assert default.prompt_cache_bytes == DEFAULT_CACHE_RAM_MIB * MIB == 8192 * MIB
+    assert any(line.startswith("prompt cache:  up to 8.6 GB (8.0 GiB) of host memory") for line in default.lines())
+    assert default.total_bytes is None or default.total_bytes < default.kv_bytes + default.prompt_cache_bytes
+    assert memory('extra_args = ["--cache-ram", "2048"]').prompt_cache_bytes == 2048 * MIB
+    off = memory('extra_args = ["-cram", "0"]')
+    assert off.prompt_cache_bytes == 0 and not any("prompt cache" in line for line in off.lines())
+    unlimited = memory('extra_args = ["--cache-ram", "-1"]')
+    assert unlimited.prompt_cache_bytes == unlimited.kv_bytes + unlimited.recurrent_bytes + unlimited.checkpoint_bytes
+    assert cache_ram_mib(["-c", "8", "--cache-ram", "-1"]) == -1
+
+
+@pytest.mark.server
+def test_the_prompt_cache_default_is_this_builds() -> None:
+    done = subprocess.run([str(find_server_binary()), "--help"], capture_output=True, text=True, timeout=60, check=True)
+    help_text = done.stdout + done.stderr
+    match = re.search(r"--cache-ram N\s+set the maximum cache size in MiB \(default: (-?\d+)", help_text)
+    assert match, "llama-server --help no longer describes --cache-ram"
+    assert int(match.group(1)) == DEFAULT_CACHE_RAM_MIB
 
 
 def test_gemma3_window_cache_is_llama_cpps_count(gemma3: Path) -> None:
@@ -120,7 +184,7 @@ def test_mtp_snapshots_match_the_server(
     # llama-fit-params refuses --spec-type, so what MTP drafting adds (a recurrent rollback
     # snapshot per drafted token, and the draft context's KV cache for the MTP block) is checked
     # against a real server's own log instead.
-    profile = parse_profile("context = 4096\nmtp_draft_n_max = 3\n", "mtp")
+    profile = parse_profile("context = 4064\nmtp_draft_n_max = 3\n", "mtp")
     plan = plan_launch(profile, read_gguf_facts(qwen35_testbed))
     assert plan.memory is not None
     live = start_llama_server(*plan.args, "-lv", "4", model_path=qwen35_testbed)
@@ -130,7 +194,7 @@ def test_mtp_snapshots_match_the_server(
     assert recurrent and len(kv) == 2, "the server log lacks the state sizes (target KV, MTP KV)"
     assert float(recurrent[0]) * MIB == pytest.approx(plan.memory.recurrent_bytes, rel=0.01)
     assert sum(map(float, kv)) * MIB == pytest.approx(plan.memory.kv_bytes, rel=0.01)
-    plain = plan_launch(parse_profile("context = 4096\n", "plain"), read_gguf_facts(qwen35_testbed)).memory
+    plain = plan_launch(parse_profile("context = 4064\n", "plain"), read_gguf_facts(qwen35_testbed)).memory
     assert plain is not None and plan.memory.recurrent_bytes == 4 * plain.recurrent_bytes
 
 
@@ -139,7 +203,7 @@ def test_profile_show_reports_llama_cpps_projection(
     fit_tool: Path, qwen35_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     profile = tmp_path / "bed.toml"
-    profile.write_text("context = 4096\n" + QUANTIZED)
+    profile.write_text("context = 4064\n" + QUANTIZED)
     assert main(["profile", "show", str(profile), "--model", str(qwen35_testbed), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     memory, formula = data["memory"], data["memory_formula"]

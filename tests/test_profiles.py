@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from niah.cells import ANSWER_BUDGET, THINKING_ANSWER_BUDGET
 from niah.cli import main
 from niah.errors import NiahError
 from niah.launch.gguf_meta import read_gguf_facts
-from niah.launch.memory import find_fit_params
+from niah.launch.memory import DEFAULT_CTX_CHECKPOINTS, find_fit_params
 from niah.launch.preflight import diagnose
 from niah.launch.profiles import (
     LaunchProfile,
+    _ctx_checkpoints,
     list_profiles,
     load_profile,
     parse_profile,
@@ -290,7 +293,7 @@ def test_cli_bad_profile_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.
 
 def test_every_server_option_reaches_the_argv() -> None:
     text = (
-        'context = 8192\nflash_attn = "on"\ngpu_layers = 99\njinja = false\nubatch = 2048\nbatch = 4096\n'
+        'context = 8160\nflash_attn = "on"\ngpu_layers = 99\njinja = false\nubatch = 2048\nbatch = 4096\n'
         'threads = 8\nmtp_draft_n_max = 3\nmmproj = "mm.gguf"\nimage_min_tokens = 0\n'
         'extra_args = ["--no-warmup"]\n'
     )
@@ -300,3 +303,77 @@ def test_every_server_option_reaches_the_argv() -> None:
                  "--spec-type draft-mtp --spec-draft-n-max 3", "--mmproj mm.gguf", "--image-min-tokens 0"):
         assert part in joined
     assert args[-1] == "--no-warmup"
+
+
+# ---- numbers as llama-server reads them: refused with one line, exit 2, through the CLI ----------
+
+def niah(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "niah", *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("niah: error: ") and message in result.stderr, result.stderr
+
+
+ROPE = "rope_scale must be a number above 1 and at most 2147483647"
+BAD_NUMBERS = [
+    ('rope_scale = "inf"', ROPE),
+    ("rope_scale = 1e39", ROPE),  # a TOML float beyond a 32-bit float
+    ('rope_scale = "1e400"', ROPE),
+    ('rope_scale = "1_000"', ROPE),  # Python's float() reads 1000, llama-server's std::stof 1
+    ('rope_scale = " 2"', ROPE),
+    ('rope_scale = "0x10"', ROPE),
+    ("rope_scale = nan", ROPE),
+    ("rope_scale = 1.00000001", ROPE),  # a 32-bit float reads 1: no stretch at all
+    ("rope_scale = 2147483647", "stretches the native context to 17,592,186,044,416 tokens"),
+    ('gpu_layers = "1_000"', "gpu_layers must be"),  # std::stoi reads 1
+    ("gpu_layers = -3", "gpu_layers must be"),
+    ("threads = 99999999999", "threads must be an integer ≥ 1 and at most 2147483647, not 99999999999"),
+    ("ubatch = 2_147_483_648", "ubatch must be an integer ≥ 1 and at most 2147483647"),
+    ("parallel = 2\ncontext = 2000000000", "-c 4,000,000,064 (every slot's context and answer) is more than"),
+    ("tensor_split = [inf, 1]", "tensor_split must be"),
+    ("tensor_split = [1e-50, 1]", "tensor_split must be"),  # std::stof refuses it (underflow)
+    ('rpc = ["127.0.0.1:٨٠٨٠"]', "is not HOST:PORT"),  # Python's int() reads Arabic-Indic digits
+]
+
+
+def profile_file(folder: Path, line: str) -> Path:
+    path = folder / "numbers.toml"
+    path.write_text(line + "\n" if "context =" in line else f"context = 16384\n{line}\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_NUMBERS)
+def test_profile_show_refuses_numbers_llama_server_reads_otherwise(line: str, message: str, tmp_path: Path) -> None:
+    path = profile_file(tmp_path, line)
+    assert_one_line_exit_2(niah("profile", "show", str(path), "--native-context", "8192", "--arch", "llama"), message)
+
+
+@pytest.mark.parametrize(("line", "message"), [BAD_NUMBERS[i] for i in (0, 1, 2, 3, 8, 13)])
+def test_plan_and_run_refuse_them_before_writing_anything(
+    line: str, message: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    path = profile_file(tmp_path, line)
+    grid = ["--lengths", "16k", "--profile", str(path), "--model", str(tiny_model)]
+    assert_one_line_exit_2(niah("plan", *grid, "--rates", "16k=1000"), message)
+    out = tmp_path / "run"
+    assert_one_line_exit_2(niah("run", *grid, "--no-progress", "--out", str(out)), message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("value", "written"), [("4", "4"), ('"3.85"', "3.85"), ("2.5", "2.5"), ('"1e1"', "1e1")])
+def test_plain_rope_scales_reach_the_argv_as_written(value: str, written: str) -> None:
+    profile = parse_profile(f"context = 16384\nrope_scale = {value}\n", "plain")
+    assert flag(server_args(profile, None, 8192, "llama"), "--rope-scale") == written
+
+
+def test_extra_args_numbers_are_read_as_llama_server_reads_them(tmp_path: Path) -> None:
+    """`--ctx-checkpoints ²` was a traceback (str.isdigit says yes, int() says no); llama-server's
+    std::stoi refuses it, so the estimate keeps the server's default."""
+    path = profile_file(tmp_path, 'extra_args = ["--ctx-checkpoints", "²"]')
+    result = niah("profile", "show", str(path), "--native-context", "8192", "--arch", "llama")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert _ctx_checkpoints(("--ctx-checkpoints", "²")) == DEFAULT_CTX_CHECKPOINTS
+    assert _ctx_checkpoints(("-ctxcp", " 8abc")) == 8  # std::stoi: leading spaces, digits, the rest ignored

@@ -1,20 +1,42 @@
-"""Reports rendered from the results JSONL alone: the seed's grid, CSV, JSON, PNG, escaped HTML, CLI."""
+"""Reports rendered from the results JSONL alone: the seed's grid, CSV, JSON, PNG, the report page
+(escaped, self-contained, rendered in headless Chromium), CLI."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import need
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
 
 from niah.cli import main
+from niah.errors import NiahError
+from niah.publish.card.method import duration
 from niah.publish.grid import cell_label, grid_markdown
 from niah.publish.report import render_report
-from niah.publish.results import CellResult, ResultsFile, load_cells
+from niah.publish.report_figures import COLOURS
+from niah.publish.results import OUTCOMES, CellResult, ResultsFile, load_cells
 
 FINGERPRINT = {"model": {"path": "m.gguf", "size": 1}, "needle_seed": 0}
 FIXTURES = Path(__file__).parent / "fixtures"
+REPORTS = Path(__file__).parent.parent / "reports"
+COMMITTED = sorted(p.parent.name for p in REPORTS.glob("*/report.html"))
+BROWSER_HINT = "the report page tests need headless Chromium; `bash scripts/setup.sh` installs Debian's `chromium`"
+NUMBER = r"\d{1,3}(?:,\d{3})*"
+FOR_PEOPLE = re.compile(  # how a figure of the cells table reads: 12,256 / 24.8% / 52.5 s / 4 min 17 s / 2 h 09 min
+    rf"^(-|{NUMBER}|{NUMBER} \(planned {NUMBER}\)|\d+(\.\d)?%|\d+\.\d s|\d+ min \d\d s|\d+ h \d\d min)$"
+)
+RAW = re.compile(r"\bNone\b|\bnan\b|\bNaN\b|<NA>|\d\.\d{3,}")
 
 
 def write_run(path: Path) -> Path:
@@ -219,3 +241,154 @@ def test_wrong_key_answers_are_named_and_count_as_not_retrieved(tmp_path: Path) 
     assert "| 4,096 | native | 4 | 2/4 | 50% (3.0%–97.0%) | undecided | WRONG_KEY 2 |" in card
     assert "`WRONG_KEY`: the answer held a value planted for another key" in card
     assert cell_label(["WRONG_KEY", "FAIL"]) == "0/2,WRONG_KEY"
+
+
+class PageText(HTMLParser):
+    """A report page read as a person sees it: its whole text, the text outside code, answers and
+    styles, and each table as rows of cell texts (header row first)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.prose: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.sources: list[str] = []
+        self._hidden: list[str] = []
+        self._in_cell = False
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        self.sources += [v or "" for k, v in attrs if k in ("src", "href")]
+        if tag in ("style", "code", "pre", "script") or "answer" in (found.get("class") or ""):
+            self._hidden.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.tables[-1][-1].append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_cell = self._in_cell and tag not in ("td", "th")
+        if self._hidden and self._hidden[-1] == tag:
+            self._hidden.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._hidden[:1] != ["style"]:
+            self.text.append(data)
+        if not self._hidden:
+            self.prose.append(data)
+        if self._in_cell:
+            self.tables[-1][-1][-1] += data
+
+    def words(self) -> str:
+        return " ".join("".join(self.text).split())
+
+
+def check_page_reads_for_people(html: str, card: str, summary: dict) -> PageText:
+    """The page holds the card's verdicts, grids and tables word for word, the run's figures from
+    summary.json formatted for people, one cells-table row per cell in people's numbers, and no
+    None, NaN or raw float outside code and answers."""
+    page = PageText(html)
+    words = page.words()
+    for verdict in re.findall(r"^\*\*(.+)\*\*$", card, flags=re.MULTILINE):
+        assert verdict.replace("`", "") in words
+    for grid in re.findall(r"```text\n(.*?)```", card, flags=re.DOTALL):
+        assert grid in "".join(page.text)
+    card_tables = [[[c.strip().replace("`", "") for c in line.strip().strip("|").split(" | ")]
+                    for i, line in enumerate(block.splitlines()) if i != 1]
+                   for block in re.findall(r"(?:^\|.*\n)+", card, flags=re.MULTILINE)]
+    *card_like, cells = page.tables
+    assert sorted(card_like) == sorted(card_tables)
+    prefill = summary["prefill"]
+    for figure in (f"{summary['cells']:,} cells", f"{prefill['prompt_tokens_computed']:,} prompt tokens computed",
+                   f"{prefill['cache_tokens_reused']:,} tokens", f"{duration(summary['wall_s'])} time in requests",
+                   *(f"{o} {n:,}" for o, n in summary["outcomes"].items() if n)):
+        assert figure in words, figure
+    head, *rows = cells
+    assert len(rows) == summary["cells"]
+    numeric = [i for i, h in enumerate(head) if h in ("length", "depth", "needle at", "prompt tokens", "from cache",
+                                                      "prefill", "answer tokens", "wall")]
+    assert len(numeric) == 8
+    for row in rows:
+        assert row[head.index("outcome")] in OUTCOMES
+        assert all(FOR_PEOPLE.match(row[i]) for i in numeric), row
+    assert not RAW.findall(" ".join(page.prose))
+    assert all(s.startswith(("data:image/png;base64,", "#")) for s in page.sources), page.sources  # self-contained
+    assert "<script" not in html and "url(" not in html and "@import" not in html
+    return page
+
+
+def test_report_page_reads_for_people(tmp_path: Path) -> None:
+    paths = render_report(write_run(tmp_path / "results.jsonl"), tmp_path)
+    page = check_page_reads_for_people(paths.report_html.read_text(), (tmp_path / "card.md").read_text(), paths.summary)
+    cells = page.tables[-1]
+    assert cells[1][:4] == ["4,096", "0%", "-", "0"] and "2.0 s" in cells[1] and "3,096" in cells[1]
+    clamped = next(r for r in cells if "CLAMPED" in r)
+    assert clamped[cells[0].index("prompt tokens")] == "-" and clamped[cells[0].index("prefill")] == "-"
+
+
+@pytest.mark.parametrize("report", COMMITTED)
+def test_committed_report_page_reads_for_people(report: str) -> None:
+    folder = REPORTS / report
+    check_page_reads_for_people((folder / "report.html").read_text(encoding="utf-8"),
+                                (folder / "card.md").read_text(encoding="utf-8"),
+                                json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+
+
+def find_chromium() -> str:
+    """Chromium's binary: NIAH_CHROMIUM when set, else `chromium` or `chromium-browser` on PATH."""
+    names = [os.environ["NIAH_CHROMIUM"]] if os.environ.get("NIAH_CHROMIUM") else ["chromium", "chromium-browser"]
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise NiahError(f"no Chromium: {' or '.join(names)} is not an executable (NIAH_CHROMIUM names the binary)")
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on a new empty profile, offline in all but name, logging the page's console."""
+    binary = need(find_chromium, BROWSER_HINT)
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--hide-scrollbars", "--force-color-profile=srgb",
+             "--enable-logging=stderr", "--v=0", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+
+
+@pytest.mark.parametrize("report", COMMITTED)
+def test_committed_report_page_renders_in_chromium(report: str, tmp_path: Path) -> None:
+    """The page renders to PNG without an error or a console message, with the heatmap's colours."""
+    shot = tmp_path / "page.png"
+    result = chromium("--window-size=1280,2400", f"--screenshot={shot}", (REPORTS / report / "report.html").as_uri())
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-3000:]
+    assert "CONSOLE" not in result.stderr, result.stderr[-3000:]
+    pixels = np.round(imread(shot)[..., :3] * 255)
+    assert pixels.shape[:2] == (2400, 1280)
+    summary = json.loads((REPORTS / report / "summary.json").read_text(encoding="utf-8"))
+    for outcome in (o for o, n in summary["outcomes"].items() if n):
+        painted = np.abs(pixels - np.array(to_rgb(COLOURS[outcome])) * 255).max(axis=-1) <= 2
+        assert tall_patches(painted) > 100, f"no {outcome} square of the heatmap on the page"
+
+
+def tall_patches(mask: np.ndarray, height: int = 40) -> int:
+    """How many pixels of `mask` start a column of `height` set pixels: a heatmap square has many, a
+    coloured badge or grid label (under 20 pixels tall) none."""
+    runs = np.vstack([np.zeros((1, mask.shape[1]), dtype=int), np.cumsum(mask, axis=0)])
+    return int(((runs[height:] - runs[:-height]) == height).sum())
+
+
+@pytest.mark.parametrize("report", COMMITTED)
+def test_committed_report_page_text_in_chromium(report: str) -> None:
+    """What Chromium builds from the page holds the verdicts, grids, tables and figures of the card."""
+    folder = REPORTS / report
+    result = chromium("--dump-dom", (folder / "report.html").as_uri())
+    assert result.returncode == 0 and "<html" in result.stdout, result.stderr[-3000:]
+    page = check_page_reads_for_people(result.stdout, (folder / "card.md").read_text(encoding="utf-8"),
+                                       json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+    assert "Needle in a haystack: SmolLM2-135M-Instruct.Q4_1.gguf" in page.words()

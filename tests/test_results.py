@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -237,3 +241,102 @@ def test_v1_cells_are_the_single_task_and_a_v2_task_is_its_own_cell(tmp_path: Pa
     assert list(zip(both["task"], both["outcome"])) == [("chain:1", "FAIL"), ("single", "PASS")]
     assert both.iloc[0]["planted"] == list(planted) and both.iloc[0]["score"] == 0.5
     assert lines(path)[-1]["schema_version"] == SCHEMA_VERSION == 2
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "ENOSYS", "EIO"])
+def test_a_file_system_that_cannot_lock_is_one_line_exit_2(code: str, tmp_path: Path) -> None:
+    """A file system without locks (NFS without lockd, some FUSE mounts) cannot be mounted in a test
+    here, so flock(2) is made to answer the errno such a file system gives; the CLI is the real one."""
+    out = tmp_path / "run"
+    script = (
+        "import errno, fcntl, os, sys\n"
+        "def refuse(fd, op):\n"
+        f"    raise OSError(errno.{code}, os.strerror(errno.{code}))\n"
+        "fcntl.flock = refuse\n"
+        "from niah.cli import main\n"
+        f"sys.exit(main(['run', '--lengths', '1k', '--no-progress', '--url', 'http://127.0.0.1:1', '--out', {str(out)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"niah: error: cannot lock the run folder {out}: ")
+    value = getattr(errno, code)
+    assert f"({errno.errorcode[value]}: {os.strerror(value)})" in result.stderr
+    no_locks = code != "EIO"
+    assert ("does not support file locks" in result.stderr) is no_locks
+    assert list(out.iterdir()) == []  # the lock file it made is gone, nothing else was written
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("length", "x", 'cell field length is "x", expected an integer'),
+        ("length", None, "the cell has no length"),
+        ("depth", [], "cell field depth is [], expected a number"),
+        ("trial", 1.5, "cell field trial is 1.5, expected an integer"),
+        ("outcome", {}, "cell field outcome is {}, expected a string"),
+        ("outcome", "MAYBE", 'outcome "MAYBE" is not one of PASS, FAIL'),
+        ("prompt_n", 1e308, "cell field prompt_n is 1e+308, expected an integer"),
+        ("wall_s", {}, "cell field wall_s is {}, expected a number"),
+        ("profile", [], "cell field profile is [], expected a string"),
+        ("planted", "x", 'cell field planted is "x", expected an array'),
+        ("schema_version", "x", 'schema_version is "x", expected an integer'),
+    ],
+)
+def test_a_hand_edited_cell_is_one_line_naming_it(field: str, value: object, message: str, tmp_path: Path) -> None:
+    """Each was a traceback from pandas, the grid or the report page (`niah report`, `card`, `compare`)."""
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path, FINGERPRINT)
+    results.append(cell(depth=0.0))
+    results.append(cell(depth=50.0))
+    records = lines(path)
+    records[2][field] = value
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = subprocess.run([sys.executable, "-m", "niah", "report", str(tmp_path)], check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"niah: error: {path} line 3: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]  # no report was written
+
+
+def test_a_header_whose_fingerprint_is_not_an_object_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"record": "header", "schema_version": 2, "fingerprint": ["x"]}) + "\n")
+    with pytest.raises(NiahError, match=r"line 1: the header's fingerprint is \[\"x\"\], expected an object"):
+        load_cells(path)
+
+
+def test_a_full_disk_is_one_line_and_the_lines_before_stand(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the kernel refuse the write the way
+    a full disk does (EFBIG for ENOSPC): was an OSError traceback."""
+    path = tmp_path / "results.jsonl"
+    ResultsFile(path, FINGERPRINT).append(cell(depth=0.0))
+    size = path.stat().st_size
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_results import FINGERPRINT, cell\n"
+        "from niah.errors import NiahError\n"
+        "from niah.publish.results import ResultsFile\n"
+        "results = ResultsFile(Path(sys.argv[1]), FINGERPRINT)\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 10}, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    results.append(cell(depth=50.0))\n"
+        "except NiahError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(Path(__file__).parent)], check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == f"cannot write {path}: File too large\n"
+    resumed = ResultsFile(path, FINGERPRINT)  # the torn line is cut off, the cell before stands
+    assert resumed.done_keys() == {("single", 2048, 0.0, 0)} and path.stat().st_size == size
+
+
+def test_a_results_path_that_is_a_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").mkdir()
+    with pytest.raises(NiahError, match="results.jsonl is not a file: move it away, or give another --out"):
+        ResultsFile(tmp_path / "results.jsonl", FINGERPRINT)

@@ -46,7 +46,7 @@ def test_rpc_entries_that_are_not_host_port_are_bad_input(entry: object) -> None
 
 
 def test_profile_rpc_and_tensor_split_become_flags() -> None:
-    profile = parse_profile('context = 8192\nrpc = ["10.0.0.2:50052", "10.0.0.3:50052"]\ntensor_split = [2, 1, 1]\n', "p")
+    profile = parse_profile('context = 8160\nrpc = ["10.0.0.2:50052", "10.0.0.3:50052"]\ntensor_split = [2, 1, 1]\n', "p")
     args = server_args(profile, None, native_context=8192, arch="llama")
     assert args[args.index("--rpc") + 1] == "10.0.0.2:50052,10.0.0.3:50052"
     assert args[args.index("--tensor-split") + 1] == "2,1,1"
@@ -75,7 +75,7 @@ def test_memory_estimate_splits_kv_by_the_attention_layers_each_device_holds(tin
 
 def test_profile_show_warns_about_rpc_server(tmp_path: Path) -> None:
     path = tmp_path / "split.toml"
-    path.write_text('context = 8192\nrpc = ["192.168.1.20:50052"]\n')
+    path.write_text('context = 8160\nrpc = ["192.168.1.20:50052"]\n')
     result = subprocess.run(
         [sys.executable, "-m", "niah", "profile", "show", str(path), "--native-context", "8192", "--arch", "qwen35"],
         check=True, capture_output=True, text=True, timeout=120,

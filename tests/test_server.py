@@ -82,8 +82,7 @@ def test_the_live_registry_keeps_every_server_while_others_start_and_stop(
 
 @pytest.mark.server
 def test_a_managed_server_on_ipv6_loopback_serves_check_and_run(tiny_model: Path, tmp_path: Path) -> None:
-    spec = ServerSpec(model=tiny_model, host="::1", args=("-c", "2048", "--parallel", "1"), log_dir=tmp_path,
-                      start_timeout_s=120)
+    spec = ServerSpec(model=tiny_model, host="::1", args=("-c", "2048", "--parallel", "1"), log_dir=tmp_path)
     with ServerSession(spec) as session:
         assert session.url.startswith("http://[::1]:")
         niah = [sys.executable, "-m", "niah"]

@@ -6,6 +6,7 @@ each stretch once, and the screen's non-PASS cells are confirmed one needle per 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -14,17 +15,27 @@ import pytest
 
 from niah.cells import SHARED_SUFFIX, Cell, plan_cells
 from niah.cli import main
-from niah.prompts.corpus import Corpus
+from niah.prompts.corpus import Corpus, get_corpus
 from niah.prompts.haystack import build, get_template
-from niah.prompts.needles import judge
-from niah.prompts.shared_haystack import SharedHaystack, place, shared_task
+from niah.prompts.needles import Needle, judge
+from niah.prompts.shared_haystack import (
+    MAX_CELLS,
+    SharedHaystack,
+    layout,
+    place,
+    shared_keys,
+    shared_task,
+)
 from niah.prompts.tasks import SINGLE
 from niah.prompts.templates import count_prompt
 from niah.prompts.tokenizers import Tokenizer
+from niah.publish.report import render_report
+from niah.publish.results import CellResult, ResultsFile, fingerprint_differences
+from niah.publish.stats import ANSWERED_OUTCOMES
 from niah.publish.verdict import TrialPolicy
 from niah.run.confirm import Confirmations
 from niah.run.progress import expected_prefill
-from niah.run.runner import RunConfig, run
+from niah.run.runner import RunConfig, all_clear, exit_code, run, run_fingerprint
 
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 SHARED_TASK = SINGLE + SHARED_SUFFIX
@@ -79,6 +90,49 @@ def test_coinciding_positions_still_get_their_own_needle(qwen: Tokenizer, builti
     assert judge(f"It is {middle_of_long.value}.", needle)[0] == "PASS"
 
 
+def test_a_layout_is_cached_per_grid(qwen: Tokenizer, builtin: Corpus) -> None:
+    """The same seed and trial over another grid is another haystack: its needles sit where its own
+    layout puts them, whatever grid was placed before."""
+    template = get_template("builtin")
+
+    def needle(lengths: tuple[int, ...], depths: tuple[float, ...]) -> Needle:
+        return SharedHaystack.of_grid(tuple((n, depths) for n in lengths)).needle(0, 4096, 50.0, 0)
+
+    place(needle((1024, 2048, 4096), DEPTHS), 4096, qwen, builtin, template)
+    small = needle((2048, 4096), (50.0, 100.0))
+    own = layout(small.plants, qwen, builtin, template).atoms
+    placed = place(small, 4096, qwen, builtin, template).plants
+    assert {p.cell: p.atom for p in placed if p.atom is not None} == {c: a for c, a in own.items() if c != (4096, 100.0)}
+
+
+def test_keys_share_no_word_up_to_the_supply_and_a_bigger_grid_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for trial in range(3):
+        words = [w for key in shared_keys(0, trial, MAX_CELLS) for w in key.split("-")]
+        assert len(words) == len(set(words)) == 2 * MAX_CELLS
+    assert shared_keys(0, 0, 25) == shared_keys(0, 0, MAX_CELLS)[:25]  # a grid's keys do not depend on its size
+    depths = ",".join(str(d) for d in range(0, 101, 10))  # 11 depths × 11 lengths: 121 cells
+    lengths = ",".join(str(1024 * n) for n in range(1, 12))
+    code = main(["run", "--url", "http://127.0.0.1:9", "--lengths", lengths, "--depths", depths, "--haystack", "shared",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"at most {MAX_CELLS} cells" in err and "the grid has 121" in err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_the_fingerprint_holds_the_screens_grid_trials_and_keys(tmp_path: Path) -> None:
+    corpus = get_corpus("builtin")
+    three = run_fingerprint(shared_config(tmp_path, (1024, 2048), (0.0, 50.0, 100.0)), corpus, {})
+    assert three["shared"]["grid"] == {"1024": [0.0, 50.0, 100.0], "2048": [0.0, 50.0, 100.0]}
+    assert three["shared"]["trials"] == 1
+    five = run_fingerprint(shared_config(tmp_path, (1024, 2048), DEPTHS), corpus, {})
+    more = run_fingerprint(shared_config(tmp_path, (1024, 2048), (0.0, 50.0, 100.0), trials=2), corpus, {})
+    assert fingerprint_differences(three, five) == ["shared.grid.1024", "shared.grid.2048", "shared.keys_sha256"]
+    assert fingerprint_differences(three, more) == ["shared.keys_sha256", "shared.trials"]
+    assert "shared" not in run_fingerprint(RunConfig(grid=((1024, (0.0,)),), out_dir=tmp_path), corpus, {})
+
+
 def test_a_shared_haystack_is_sent_by_trial_and_length_and_costs_one_prefill_on_paper() -> None:
     seed_grid = tuple((n, DEPTHS) for n in (131072, 262144, 393216, 524288, 1010000))
     cells = plan_cells(seed_grid, 2, (SHARED_TASK,))
@@ -98,6 +152,29 @@ def test_confirmations_follow_the_screen_cells_that_did_not_pass() -> None:
     recorded[screen[3].key] = "PASS"
     every = Confirmations(screen, "all", recorded.get)
     assert [(c.length, c.depth) for c in every.next()] == [(1024, 100.0), (2048, 0.0), (2048, 100.0)]
+
+
+def test_confirmations_stand_beside_the_screen_and_never_void_its_verdict(tmp_path: Path) -> None:
+    """A `--trials auto --confirm` screen whose lengths clear its threshold (0.3), one cell confirmed FAIL:
+    summary.json's verdicts and effective length are the screen's, the confirmation stands beside its
+    cell, and the exit code follows the screen's verdicts (README: 1 only for a length that does not clear)."""
+    policy = TrialPolicy(auto=True, pass_rate=0.3, clusters="haystack")
+    results = ResultsFile(tmp_path / "results.jsonl", {"needle_seed": 0, "haystack": "shared", "trials": policy.record()})
+    for trial in range(policy.max_trials):
+        for length in (1024, 2048):
+            for depth in DEPTHS:
+                outcome = "FAIL" if (length, depth, trial) == (2048, 50.0, 0) else "PASS"
+                results.append(CellResult(length, depth, trial, outcome, task=SHARED_TASK))
+    results.append(CellResult(2048, 50.0, 0, "FAIL", task=SINGLE))
+    summary = render_report(tmp_path / "results.jsonl", tmp_path).summary
+    assert list(summary["tasks"]) == [SHARED_TASK] and summary["effective_length"] == 2048
+    assert summary["confirmations"] == {"agree": 1, "cells": [
+        {"task": SHARED_TASK, "length": 2048, "depth": 50.0, "trial": 0, "screen": "FAIL", "confirmation": "FAIL"}]}
+    assert all_clear(summary) and exit_code(Counter(PASS=199, FAIL=1), all_clear(summary)) == 0
+    card = (tmp_path / "card.md").read_text()
+    assert "| 2,048 | 50% | 0 | FAIL | FAIL |" in card and "does not clear" not in card
+    assert card.index(f"Task `{SHARED_TASK}`:") < card.index("Task `single`: the screen's confirmations")
+    assert "**Effective length 2,048" in card
 
 
 @pytest.mark.parametrize(
@@ -210,3 +287,43 @@ def test_auto_trials_on_a_shared_haystack_count_haystacks(llama_server, tmp_path
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fingerprint"]["trials"]["clusters"] == "haystack"
     assert "each haystack's pass fraction at the length one observation" in (tmp_path / "card.md").read_text()
+
+
+@pytest.mark.server
+def test_a_resume_that_changes_the_screen_is_refused_in_one_line(
+    llama_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another depth or another trial count is another screen (other keys, other needles beside each
+    cell): refused before anything is sent, the results file untouched; the same screen resumes."""
+    argv = ["run", "--url", llama_server.url, "--lengths", "1024", "--haystack", "shared", "--no-progress",
+            "--out", str(tmp_path)]
+    assert main([*argv, "--depths", "0,100"]) in (0, 1)
+    recorded = (tmp_path / "results.jsonl").read_bytes()
+    for changed, named in ((["--depths", "0,50,100"], "shared.grid.1024"), (["--depths", "0,100", "--trials", "2"], "shared.trials")):
+        capsys.readouterr()
+        assert main([*argv, *changed]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "belongs to a different run" in err and named in err, err
+    assert (tmp_path / "results.jsonl").read_bytes() == recorded
+    assert main([*argv, "--depths", "0,100"]) in (0, 1)
+    assert (tmp_path / "results.jsonl").read_bytes() == recorded  # resumed: every cell was recorded
+
+
+@pytest.mark.server
+def test_auto_trials_with_confirmations_exit_by_the_screens_verdicts(llama_server, tmp_path: Path) -> None:
+    """`--trials auto --confirm` on SmolLM2 against a low threshold: the screen's lengths decide the
+    exit code (0 when all clear), whatever its confirmations, which stand beside the screen."""
+    argv = ["run", "--url", llama_server.url, "--lengths", "1024", "--depths", "0,100", "--haystack", "shared",
+            "--trials", "auto", "--max-trials", "4", "--pass-rate", "0.1", "--confirm", "--no-progress",
+            "--out", str(tmp_path)]
+    code = main(argv)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    records = cells(tmp_path / "results.jsonl")
+    screen = {(r["length"], r["depth"], r["trial"]): r["outcome"] for r in records if r["task"] == SHARED_TASK}
+    confirmed = {(r["length"], r["depth"], r["trial"]): r["outcome"] for r in records if r["task"] == SINGLE}
+    assert set(confirmed) == {c for c, o in screen.items() if o in ANSWERED_OUTCOMES and o != "PASS"}
+    assert list(summary["tasks"]) == [SHARED_TASK] and len(summary.get("confirmations", {}).get("cells", [])) == len(confirmed)
+    decisions = {v["decision"] for v in summary["tasks"][SHARED_TASK]["verdict"]["lengths"]}
+    standing = {confirmed.get(c, o) for c, o in screen.items()}  # a confirmation counts in its cell's place
+    assert code == (4 if standing - {"PASS", "FAIL", "WRONG_KEY"} else 0 if decisions == {"clears"} else 1), (code, decisions)
+    assert summary["effective_length"] == summary["tasks"][SHARED_TASK]["verdict"]["effective_length"]

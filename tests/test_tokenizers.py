@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,154 @@ def test_gguf_tokenizer_knows_its_control_tokens_and_bos(tiny_model: Path, qwen3
     assert count_prompt(smol, "<|im_start|>user\nhi<|im_end|>\n") == 2 + smol.count("user\nhi") + smol.count("\n")
     qwen35 = GGUFTokenizer(qwen35_testbed)
     assert qwen35.special_tokens["<|im_start|>"] == 248045
+
+
+# ---- chat templates from a GGUF: bad ones are one line, dates are one moment ----------------------
+
+CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+DATED = "<|im_start|>system\nToday is {{ strftime_now('%d %b %Y') }}.<|im_end|>\n" + CHATML
+
+
+def write_template_model(path: Path, template: object) -> Path:
+    """A GGUF header holding only a chat template (written by the gguf library)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    if isinstance(template, str):
+        writer.add_chat_template(template)
+    else:
+        writer.add_array("tokenizer.chat_template", template)  # type: ignore[arg-type]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{% if %}", "does not compile: line 1: TemplateSyntaxError: Expected an expression"),
+        ("{{ messages[0].nope.deeper }}", "does not render: UndefinedError: 'dict object' has no attribute 'nope'"),
+        ("{% set seen = [] %}{{ seen.append(1) }}", "does not render: SecurityError: access to attribute 'append'"),
+        ("{{ 1 + 'a' }}", "does not render: TypeError: unsupported operand"),
+        ("{% for i in range(10**9) %}{% endfor %}", "does not render: OverflowError: Range too big"),
+        ([1, 2], "tokenizer.chat_template is not a string (list)"),
+    ],
+)
+def test_a_gguf_template_that_fails_is_one_line_exit_2(template: object, message: str, tmp_path: Path) -> None:
+    model = write_template_model(tmp_path / "chat.gguf", template)
+    out = tmp_path / "prompt.json"
+    result = niah("haystack", "--length", "512", "--depth", "50", "--template", f"gguf:{model}", "--json", "-o", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not out.exists()
+
+
+class Clock:
+    """A faked datetime for the templates module: `now()` is 23:59:59 on 6 December for its first
+    call and a second past midnight afterwards."""
+
+    calls = 0
+
+    @classmethod
+    def now(cls) -> datetime:
+        cls.calls += 1
+        return datetime(2026, 12, 6, 23, 59, 59) if cls.calls == 1 else datetime(2026, 12, 7, 0, 0, 1)
+
+
+def test_a_gguf_template_prints_one_moment_across_midnight(
+    tmp_path: Path, qwen, builtin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame is taken before midnight, the cells are rendered after it: every render prints the
+    moment the template was made (reading the clock at each render built day 6's frame and day 7's cells)."""
+    from niah.prompts import templates
+    from niah.prompts.haystack import build
+    from niah.prompts.needles import make_needle
+
+    monkeypatch.setattr(templates, "datetime", Clock)
+    template = templates.get_template(f"gguf:{write_template_model(tmp_path / 'dated.gguf', DATED)}")
+    prompts = [build(1024, depth, qwen, builtin, make_needle(0, 1024, depth, 0), template) for depth in (0, 50, 100)]
+    assert Clock.calls == 1 and template.now == datetime(2026, 12, 6, 23, 59, 59)  # type: ignore[attr-defined]
+    for prompt in prompts:
+        assert "Today is 06 Dec 2026." in prompt.text and prompt.prompt_tokens == 1024
+        assert template.render(list(prompt.messages)) == prompt.text
+
+
+class ServerClockTemplate:
+    """A template rendered on a clock niah does not own (llama-server's, transformers'): it prints
+    whatever `today` says at each render."""
+
+    def __init__(self, today: str) -> None:
+        self.name = "server-clock"
+        self.today = today
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return f"<|im_start|>system\nToday is {self.today}.<|im_end|>\n{body}<|im_start|>assistant\n"
+
+
+def test_a_template_on_another_clock_is_framed_again_past_midnight(qwen, builtin) -> None:
+    """A run caches the frame; a server that renders the date starts a new day mid-run: the next
+    cell is built on the new frame (it stopped the run with exit 2)."""
+    from niah.errors import NiahError
+    from niah.prompts.haystack import build
+    from niah.prompts.needles import make_needle
+
+    template = ServerClockTemplate("Sun, 6 Dec 2026")
+    before = build(1024, 50, qwen, builtin, make_needle(0, 1024, 50, 0), template)
+    template.today = "Mon, 7 Dec 2026"  # midnight
+    after = build(1024, 50, qwen, builtin, make_needle(0, 1024, 50, 1), template)
+    assert "Today is Sun, 6 Dec 2026." in before.text and "Today is Mon, 7 Dec 2026." in after.text
+    assert after.prompt_tokens == 1024 == len(qwen._enc.encode(after.text, allowed_special="all"))
+    assert template.render(list(after.messages)) == after.text
+
+    class Ticking(ServerClockTemplate):
+        """Prints the time to the second: a new frame at every render, which no prompt can be built on."""
+
+        def render(self, messages: list[dict[str, str]]) -> str:
+            self.today = str(int(self.today) + 1)
+            return super().render(messages)
+
+    with pytest.raises(NiahError, match="renders another text around the message each time") as info:
+        build(1024, 50, qwen, builtin, make_needle(0, 1024, 50, 0), Ticking("0"))
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tokens": 5}, "tokenizer.ggml.tokens is not an array of strings"),
+        ({"tokens": [1, 2, 3]}, "tokenizer.ggml.tokens is not an array of strings"),
+        ({"merges": 7}, "tokenizer.ggml.merges is not an array of strings"),
+        ({"token_type": ["x", "y", "z"]}, "tokenizer.ggml.token_type is not an array of integers"),
+        ({"add_bos_token": "yes"}, "tokenizer.ggml.add_bos_token is 'yes', expected true or false"),
+        ({"pre": ["qwen2"]}, "pre-tokenizer ['qwen2']"),
+    ],
+)
+def test_a_gguf_vocabulary_of_the_wrong_type_is_one_line_exit_2(
+    values: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    """Headers the gguf library writes with tokenizer keys of another type (were TypeErrors, or
+    a BOS counted for the string 'yes')."""
+    import gguf
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    good = {"model": "gpt2", "pre": "default", "tokens": ["a", "b", "ab"], "merges": ["a b"], "token_type": [1, 1, 1]}
+    for key, value in {**good, **values}.items():
+        name = f"tokenizer.ggml.{key}"
+        if isinstance(value, list):
+            writer.add_array(name, value)
+        elif isinstance(value, str):
+            writer.add_string(name, value)
+        else:
+            writer.add_uint32(name, value)  # type: ignore[arg-type]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    text = tmp_path / "t.txt"
+    text.write_text("ab ba")
+    result = niah("tokenize", "--tokenizer", f"gguf:{path}", str(text))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().startswith(f"niah: error: gguf:{path}: ") and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

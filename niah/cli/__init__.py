@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 from typing import NoReturn
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    from niah.launch.server import install_signal_handlers
+
+    restore = install_signal_handlers()  # SIGTERM, SIGHUP, SIGINT unwind, so every server is stopped
     try:
         return int(args.func(args))
     except NiahError as exc:
@@ -52,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("niah: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if isinstance(exc.code, int) and exc.code > 128:
+            print(f"niah: stopped by {signal.Signals(exc.code - 128).name}", file=sys.stderr)
+        raise
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ EPILOG = """examples:
   niah compare runs/native runs/yarn --out runs/diff    # also compare.md/.json/.png in runs/diff
 pairing: trial t of a cell in A and in B saw the same prompt (same needle seed), so each trial is a
 pair; pairs are pooled per cell, per length and per task.
-regression: more trials lost (A PASS, B FAIL/WRONG_KEY/TRUNCATED) than gained with an exact one-sided sign test
-p <= 0.05, or B passing none of them (3/3 -> 0/3); broke: a CLAMPED, CONTEXT_ERROR, CRASH or
-TOKEN_MISMATCH where A answered, or more than one TIMEOUT/HTTP_ERROR.
+gate rule: a length or task is a regression when the exact one-sided sign test (exact McNemar) on
+its discordant pairs (lost: A PASS, B FAIL/WRONG_KEY/TRUNCATED; gained: the reverse) gives
+p <= 0.05; a cell, the same test at 0.05 / the number of cells compared (Bonferroni). Only lost and
+gained pairs count, so more trials never make the gate more lenient. broke: a CLAMPED,
+CONTEXT_ERROR, CRASH, TOKEN_MISMATCH, TIMEOUT or HTTP_ERROR in B where A answered (niah run
+--retry on B reruns the TIMEOUT/HTTP_ERROR cells). A shared screen's confirmations pair with B's.
 exit codes: 0 no regression, 1 regression or B missing trials A has (unless --allow-missing),
             2 bad input (missing run, malformed results, nothing in common, or runs that measured
-            different things: needle seed, corpus, needle/task file, answer budget, thinking, ...;
-            unless --force)"""
+            different things: needle seed, corpus, needle/task file, answer budget, thinking, a
+            shared screen's grid, ...; unless --force)"""
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run(args: argparse.Namespace) -> int:
-    from niah.publish.compare import compare_runs, to_json, to_markdown, write_outputs
+    from niah.publish.compare import compare_runs
+    from niah.publish.compare_outputs import to_json, to_markdown, write_outputs
 
     comparison = compare_runs(args.run_a, args.run_b, force=args.force, allow_missing=args.allow_missing)
     if args.json:

@@ -14,6 +14,7 @@ from niah.errors import NiahError
 from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
 from niah.launch.memory import MemoryEstimate, project
 from niah.launch.profiles import LaunchPlan, list_profiles, load_profile, plan_launch
+from niah.launch.rope_check import RopeVerdict, verify_launch
 from niah.launch.rpc import RPC_WARNING, split_lines, split_memory
 from niah.launch.server import find_server_binary
 from niah.launch.yarn import factor_label
@@ -83,6 +84,16 @@ def full_argv(plan: LaunchPlan, binary: str, model: Path | None, port: int) -> l
     return [*argv, "--host", "127.0.0.1", "--port", str(port), *plan.args]
 
 
+def _rope(plan: LaunchPlan, model: Path | None, facts: GGUFFacts | None, server_bin: str | None) -> RopeVerdict | str | None:
+    """llama.cpp's read-back of the launch checked against its intent (with a model file), or why not."""
+    if model is None or plan.intent is None:
+        return None
+    try:
+        return verify_launch(plan.intent, model, plan.args, facts, server_bin)
+    except (ValueError, NiahError) as exc:
+        return f"rope read-back unavailable: {exc}"
+
+
 def show_command(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     facts = read_gguf_facts(args.model) if args.model else None
@@ -91,12 +102,17 @@ def show_command(args: argparse.Namespace) -> int:
     plan = plan_launch(profile, facts, args.native_context, args.arch, answer_budget(args.answer_budget, args.thinking))
     binary = _binary(args.server_bin)
     memory = _memory(plan, args.model, binary)
+    rope = _rope(plan, args.model, facts, args.server_bin)
     if args.json:
-        print(json.dumps(plan_json(plan, full_argv(plan, binary, args.model, args.port), memory, facts), indent=2))
+        data = plan_json(plan, full_argv(plan, binary, args.model, args.port), memory, facts)
+        data["rope"] = rope.as_json() if isinstance(rope, RopeVerdict) else rope
+        print(json.dumps(data, indent=2))
         return 0
     argv = full_argv(plan, binary, args.model or Path(PLACEHOLDER_MODEL), args.port)
     print(f"# {profile.name}: {profile.description or profile.source}")
     for line in plan_lines(plan, memory, facts):
+        print(f"# {line}")
+    for line in rope.lines() if isinstance(rope, RopeVerdict) else [rope] if rope else []:
         print(f"# {line}")
     if args.model is None:
         print(f"# replace {PLACEHOLDER_MODEL} with your model file")

@@ -191,7 +191,7 @@ def profile_mapping(args: argparse.Namespace, lengths: tuple[int, ...]) -> tuple
 def run_command(args: argparse.Namespace) -> int:
     from niah.prompts.tasks import parse_tasks
     from niah.publish.results import run_folder_lock
-    from niah.run.runner import RunConfig, check_out_dir, run
+    from niah.run.runner import RunConfig, check_out_dir, managed_launches, run
 
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
@@ -223,6 +223,7 @@ def run_command(args: argparse.Namespace) -> int:
         confirm=args.confirm,
         **common_config(args),  # type: ignore[arg-type]
     )
+    managed_launches(config)  # a bad model header or profile is refused before --out is made
     check_out_dir(args.out)
     with run_folder_lock(args.out):
         return print_summary(run(config))

@@ -78,8 +78,10 @@ def chat_body(
     seed: int = 0,
     thinking: str = "off",
     cache_prompt: bool = True,
+    ignore_eos: bool = False,
 ) -> dict[str, Any]:
-    """The JSON body of one streamed chat request with prefill progress, usage and timings."""
+    """The JSON body of one streamed chat request with prefill progress, usage and timings
+    (`ignore_eos`: decode all `max_tokens`, as a timing probe wants)."""
     if thinking not in THINKING_MODES:
         raise ValueError(f"thinking must be one of {THINKING_MODES}, not {thinking!r}")
     return {
@@ -92,7 +94,7 @@ def chat_body(
         "return_progress": True,
         "cache_prompt": cache_prompt,
         "chat_template_kwargs": {"enable_thinking": thinking == "on"},
-    }
+    } | ({"ignore_eos": True} if ignore_eos else {})
 
 
 def prime_body(tokens: list[int]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ launch flags (profiles) without loading the model.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -24,8 +25,28 @@ HYBRID_DEFAULT_INTERVAL = {"qwen35": 4, "qwen35moe": 4, "qwen3next": 4}
 # Sliding-window architectures whose loader assumes a layer pattern when the header has none: every
 # N-th layer is global, the others use the window (llama.cpp's load_swa_pattern defaults).
 SWA_DEFAULT_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2}
+MAX_LAYERS = 512
+"""llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h): it loads no model with more."""
 # Arrays longer than this (vocabularies, merges) are skipped: no fact needs them.
 _KEEP_ARRAY_MAX = 4096
+
+
+@dataclass(frozen=True)
+class FileRope:
+    """Rope scaling a GGUF applies by itself, from its `ARCH.rope.scaling.*` keys."""
+
+    kind: str
+    """`yarn` or `linear` (llama.cpp reads a missing type as linear)."""
+    factor: float
+    """`rope.scaling.factor`: the stretch over the original context."""
+    original_context: int | None
+    """`rope.scaling.original_context_length`, when the file states it."""
+
+    def describe(self) -> str:
+        """`YaRN ×4 over 262,144`."""
+        name = "YaRN" if self.kind == "yarn" else self.kind
+        over = f" over {self.original_context:,}" if self.original_context else ""
+        return f"{name} ×{self.factor:g}{over}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,26 @@ class GGUFFacts:
     (conv_kernel − 1) × (inner + 2 × groups × state) plus the state itself, state × inner."""
 
     @property
+    def file_rope(self) -> FileRope | None:
+        """The rope scaling the file applies by itself (its `rope.scaling.*` keys), None when it
+        applies none (no keys, type `none`, or a factor of 0 or 1)."""
+        keys = dict(self.rope_scaling)
+        kind = str(keys.get("type") or "linear")
+        factor = keys.get("factor")
+        if kind == "none" or not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor in (0, 1):
+            return None
+        original = keys.get("original_context_length")
+        return FileRope(kind, float(factor), int(original) if isinstance(original, int) and original > 0 else None)
+
+    @property
+    def native_context(self) -> int | None:
+        """The context the model was trained at: the file's own YaRN original context when it
+        carries one (a "-1M" file states 1,048,576 as its context but stretches 262,144), else
+        `context_length`."""
+        rope = self.file_rope
+        return rope.original_context if rope and rope.original_context else self.context_length
+
+    @property
     def kv_values_per_token(self) -> tuple[int, int]:
         """K and V elements cached per token, summed over the attention layers."""
         k = v = 0
@@ -89,6 +130,13 @@ class _Reader:
     def __init__(self, handle: BinaryIO, endian: str) -> None:
         self.handle = handle
         self.endian = endian
+        self.size = os.fstat(handle.fileno()).st_size
+
+    def _ahead(self, size: int) -> int:
+        """`size`, when that many bytes are left in the file (a corrupt length is not allocated)."""
+        if size > self.size - self.handle.tell():
+            raise EOFError("header ends early")
+        return size
 
     def unpack(self, fmt: str) -> object:
         size = struct.calcsize(fmt)
@@ -99,11 +147,11 @@ class _Reader:
 
     def string(self) -> str:
         length = int(self.unpack("Q"))  # type: ignore[call-overload]
-        return self.handle.read(length).decode("utf-8", errors="replace")
+        return self.handle.read(self._ahead(length)).decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         length = int(self.unpack("Q"))  # type: ignore[call-overload]
-        self.handle.seek(length, 1)
+        self.handle.seek(self._ahead(length), 1)
 
     def value(self, kind: int, keep_long: bool = False) -> object:
         """One value of GGUF type `kind`; long arrays come back as None (skipped) unless `keep_long`."""
@@ -117,7 +165,7 @@ class _Reader:
         count = int(self.unpack("Q"))  # type: ignore[call-overload]
         if keep_long and item_kind in _SCALARS:
             fmt = _SCALARS[item_kind]
-            data = self.handle.read(struct.calcsize(fmt) * count)
+            data = self.handle.read(self._ahead(struct.calcsize(fmt) * count))
             return list(struct.unpack(f"{self.endian}{count}{fmt}", data))
         if count > _KEEP_ARRAY_MAX and not keep_long:
             self._skip_array(item_kind, count)
@@ -126,7 +174,7 @@ class _Reader:
 
     def _skip_array(self, item_kind: int, count: int) -> None:
         if item_kind in _SCALARS:
-            self.handle.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
+            self.handle.seek(self._ahead(struct.calcsize(_SCALARS[item_kind]) * count), 1)
         elif item_kind == _STRING:
             for _ in range(count):
                 self.skip_string()
@@ -159,22 +207,49 @@ def read_header(path: Path, keep: frozenset[str] = frozenset()) -> dict[str, obj
             return fields
     except OSError as exc:
         raise NiahError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (EOFError, ValueError, struct.error) as exc:
+    except (EOFError, ValueError, struct.error, RecursionError) as exc:  # RecursionError: arrays nested without end
         raise NiahError(f"{path}: malformed GGUF header ({exc})") from None
 
 
-def _per_layer(value: object, n_layer: int, default: int = 0) -> tuple[int, ...]:
-    """A per-layer value that the header stores either once or as an array."""
+def _what(value: object) -> str:
+    """A header value for a message: its GGUF kind and a short repr."""
+    kind = {bool: "a bool", str: "a string", list: "an array", float: "a float"}.get(type(value), "an integer")
+    text = repr(value)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _count(path: Path, key: str, value: object) -> int | None:
+    """An unsigned integer key (any GGUF integer type), None when absent; another type is bad input,
+    as llama.cpp refuses to load it too."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NiahError(f"{path}: {key} is {_what(value)}, expected an unsigned integer")
+    return value
+
+
+def _per_layer(path: Path, key: str, value: object, n_layer: int, default: int = 0) -> tuple[int, ...]:
+    """A per-layer count that the header stores either once or as an array."""
     if isinstance(value, list):
-        items = [int(v) for v in value][:n_layer]
+        items = [_count(path, f"{key}[{i}]", v) or 0 for i, v in enumerate(value[:n_layer])]
         return tuple(items + [items[-1] if items else default] * (n_layer - len(items)))
-    return (int(value) if value is not None else default,) * n_layer  # type: ignore[call-overload]
+    count = _count(path, key, value)
+    return (count if count is not None else default,) * n_layer
+
+
+def _flags(path: Path, key: str, value: object) -> list[bool] | None:
+    """A per-layer array of booleans (or 0/1 integers), None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise NiahError(f"{path}: {key} is {_what(value)}, expected an array of booleans, one per layer")
+    return [bool(v) for v in value]
 
 
 def _split_size(path: Path, fields: dict[str, object]) -> int:
     """Size of the model on disk: the sibling parts too when the file is `-0000k-of-0000n`."""
     match = re.match(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$", path.name)
-    if not match or int(fields.get("split.count", 1) or 1) <= 1:  # type: ignore[call-overload]
+    if not match or (_count(path, "split.count", fields.get("split.count")) or 1) <= 1:
         return path.stat().st_size
     stem, total = match.group(1), int(match.group(3))
     parts = [path.with_name(f"{stem}-{i:05d}-of-{total:05d}.gguf") for i in range(1, total + 1)]
@@ -183,54 +258,66 @@ def _split_size(path: Path, fields: dict[str, object]) -> int:
 
 def facts_from_header(path: Path, fields: dict[str, object], file_size: int) -> GGUFFacts:
     """Interpret header fields as GGUFFacts."""
-    arch = str(fields.get("general.architecture") or "")
+    arch = fields.get("general.architecture") or ""
+    if not isinstance(arch, str):
+        raise NiahError(f"{path}: general.architecture is {_what(arch)}, expected a string")
     if not arch:
         raise NiahError(f"{path}: GGUF header has no general.architecture")
 
     def key(name: str) -> object:
         return fields.get(f"{arch}.{name}")
 
-    n_layer = int(key("block_count") or 0)  # type: ignore[call-overload]
-    heads = _per_layer(key("attention.head_count"), n_layer)
+    def count(name: str) -> int | None:
+        return _count(path, f"{arch}.{name}", key(name))
+
+    def per_layer(name: str, value: object) -> tuple[int, ...]:
+        return _per_layer(path, f"{arch}.{name}", value, n_layer)
+
+    n_layer = count("block_count") or 0
+    if n_layer > MAX_LAYERS:
+        raise NiahError(f"{path}: {arch}.block_count is {n_layer:,}, more layers than llama.cpp loads ({MAX_LAYERS})")
+    heads = per_layer("attention.head_count", key("attention.head_count"))
     kv_raw = key("attention.head_count_kv")
-    kv_heads = _per_layer(kv_raw if kv_raw is not None else key("attention.head_count"), n_layer)
-    embd = key("embedding_length")
-    key_length = key("attention.key_length")
+    kv_heads = per_layer("attention.head_count_kv", kv_raw if kv_raw is not None else key("attention.head_count"))
+    embd = count("embedding_length")
+    key_length = count("attention.key_length")
     if key_length is None and embd and heads and heads[0]:
-        key_length = int(embd) // heads[0]  # type: ignore[call-overload]
-    value_length = key("attention.value_length") or key_length
-    nextn = int(key("nextn_predict_layers") or 0)  # type: ignore[call-overload]
-    interval = key("full_attention_interval") or HYBRID_DEFAULT_INTERVAL.get(arch)
-    recurrent = key("attention.recurrent_layers")
+        key_length = embd // heads[0]
+    value_length = count("attention.value_length") or key_length
+    nextn = count("nextn_predict_layers") or 0
+    interval = count("full_attention_interval") or HYBRID_DEFAULT_INTERVAL.get(arch)
+    recurrent = _flags(path, f"{arch}.attention.recurrent_layers", key("attention.recurrent_layers"))
     main_layers = range(max(n_layer - nextn, 0))
-    if isinstance(recurrent, list) and len(recurrent) >= len(main_layers):
+    if recurrent is not None and len(recurrent) >= len(main_layers):
         attention = tuple(i for i in main_layers if not recurrent[i])
     elif interval:
-        attention = tuple(i for i in main_layers if (i + 1) % int(interval) == 0)  # type: ignore[call-overload]
+        attention = tuple(i for i in main_layers if (i + 1) % interval == 0)
     else:
         attention = tuple(i for i in main_layers if kv_heads[i] > 0)
     prefix = f"{arch}.rope.scaling."
     scaling = tuple(sorted((k[len(prefix):], v) for k, v in fields.items() if k.startswith(prefix)))
-    window = key("attention.sliding_window")
-    context = key("context_length")
-    swa_layers = _swa_layers(arch, key("attention.sliding_window_pattern"), attention) if window else ()
-    conv, inner, state, groups = (int(key(f"ssm.{k}") or 0) for k in  # type: ignore[call-overload]
-                                  ("conv_kernel", "inner_size", "state_size", "group_count"))
+    window = count("attention.sliding_window")
+    context = count("context_length")
+    pattern = key("attention.sliding_window_pattern")
+    pattern = _flags(path, f"{arch}.attention.sliding_window_pattern", pattern) if isinstance(pattern, list) \
+        else count("attention.sliding_window_pattern")
+    swa_layers = _swa_layers(arch, pattern, attention) if window else ()
+    conv, inner, state, groups = (count(f"ssm.{k}") or 0 for k in ("conv_kernel", "inner_size", "state_size", "group_count"))
     recurrent_layers = tuple(i for i in main_layers if i not in attention) if inner else ()
     return GGUFFacts(
         path=str(path),
         file_size=file_size,
         arch=arch,
         name=str(fields["general.name"]) if "general.name" in fields else None,
-        context_length=int(context) if context is not None else None,  # type: ignore[call-overload]
+        context_length=context,
         block_count=n_layer,
         head_count=heads[0] if heads else None,
         head_count_kv=kv_heads,
-        key_length=int(key_length) if key_length is not None else None,  # type: ignore[call-overload]
-        value_length=int(value_length) if value_length is not None else None,  # type: ignore[call-overload]
+        key_length=key_length,
+        value_length=value_length,
         attention_layers=attention,
-        full_attention_interval=int(interval) if interval else None,  # type: ignore[call-overload]
-        sliding_window=int(window) if window else None,  # type: ignore[call-overload]
+        full_attention_interval=interval or None,
+        sliding_window=window or None,
         rope_scaling=scaling,
         nextn_predict_layers=nextn,
         swa_layers=swa_layers,
@@ -244,7 +331,7 @@ def _swa_layers(arch: str, pattern: object, attention: tuple[int, ...]) -> tuple
     layers is global), or the architecture's default period."""
     if isinstance(pattern, list):
         return tuple(i for i in attention if i < len(pattern) and pattern[i])
-    period = int(pattern) if pattern is not None else SWA_DEFAULT_PATTERN.get(arch)  # type: ignore[call-overload]
+    period = pattern if pattern is not None else SWA_DEFAULT_PATTERN.get(arch)
     if not period:
         return ()
     return tuple(i for i in attention if i % period < period - 1)

@@ -8,6 +8,7 @@ GGUF header; compute buffers depend on the graph, batch sizes and backend, so on
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import subprocess
@@ -32,6 +33,10 @@ RS_ROLLBACK_ARCHS = frozenset({"qwen35", "qwen35moe", "lfm2", "nemotron_h", "nem
 SWA_PAD = 256  # llama.cpp pads the sliding-window cache to a multiple of 256 cells
 DEFAULT_UBATCH = 512
 DEFAULT_CTX_CHECKPOINTS = 32  # llama-server's --ctx-checkpoints default
+DEFAULT_CACHE_RAM_MIB = 8192
+"""llama-server's --cache-ram default (common.h `cache_ram_mib`): host memory its prompt cache may
+fill with saved slot states (-1 no limit, 0 off)."""
+KV_PAD = 256  # llama.cpp pads the context, and without a unified KV each slot's share, up to this
 MIB = 2**20
 FIT_PARAMS = "llama-fit-params"
 # llama-server options llama-fit-params refuses: (flag, takes a value).
@@ -83,6 +88,11 @@ class MemoryEstimate:
     checkpoint_bytes: int = 0
     """Host memory the context checkpoints of a hybrid model may take: up to --ctx-checkpoints
     (default 32) copies of one slot's recurrent state per slot; niah's reuse primers create them."""
+    prompt_cache_bytes: int = 0
+    """Host memory llama-server's prompt cache may fill with saved slot states: --cache-ram (default
+    8,192 MiB); with no limit (-1) about one more copy of the KV, recurrent state and checkpoints."""
+    prompt_cache_mib: int = DEFAULT_CACHE_RAM_MIB
+    """The launch's --cache-ram."""
 
     @property
     def total_bytes(self) -> int | None:
@@ -105,6 +115,10 @@ class MemoryEstimate:
         if self.checkpoint_bytes:
             out.append(f"checkpoints:   up to {gb(self.checkpoint_bytes)} of host memory (context checkpoints "
                        "for prefix reuse, not in the total)")
+        if self.prompt_cache_bytes:
+            limit = "no limit (-1)" if self.prompt_cache_mib < 0 else f"{self.prompt_cache_mib:,} MiB"
+            out.append(f"prompt cache:  up to {gb(self.prompt_cache_bytes)} of host memory (--cache-ram {limit}; "
+                       f"default {DEFAULT_CACHE_RAM_MIB:,}, 0 turns it off; not in the total)")
         if self.compute_bytes is not None:
             out.append(f"compute:       {gb(self.compute_bytes)}")
         if self.weights_bytes is None:
@@ -138,7 +152,17 @@ class MemoryEstimate:
             "projection": list(self.projection),
             "note": self.note,
             "checkpoint_bytes": self.checkpoint_bytes,
+            "prompt_cache_bytes": self.prompt_cache_bytes,
+            "prompt_cache_mib": self.prompt_cache_mib,
         }
+
+
+def prompt_cache_bytes(limit_mib: int, state_bytes: int) -> int:
+    """Host memory the prompt cache may take: its --cache-ram limit; with no limit the server keeps at
+    most n_ctx tokens of saved prompts (server_prompt_cache), about one more copy of the state."""
+    if limit_mib < 0:
+        return state_bytes
+    return limit_mib * MIB
 
 
 def gb(n_bytes: int) -> str:
@@ -157,6 +181,23 @@ def pad(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
+def per_slot_context(ctx_size: int, parallel: int, kv_unified: bool) -> int:
+    """The per-slot context llama.cpp makes of `-c ctx_size --parallel N` (llama_context's constructor):
+    n_ctx padded up to 256; without a unified KV each slot gets n_ctx // N, padded up to 256 again,
+    and the cache holds that many cells per slot (n_ctx grows to slots × per-slot; the server's log
+    calls it "rounding down")."""
+    n_ctx = pad(ctx_size, KV_PAD)
+    return n_ctx if kv_unified else pad(n_ctx // parallel, KV_PAD)
+
+
+def cache_ram_mib(args: list[str] | tuple[str, ...]) -> int:
+    """`--cache-ram N` (or `-cram N`) from a launch's flags, else llama-server's default."""
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--cache-ram", "-cram") and value.lstrip("-").isdigit():
+            return int(value)
+    return DEFAULT_CACHE_RAM_MIB
+
+
 @dataclass(frozen=True)
 class LaunchShape:
     """The launch facts the formula needs (from a LaunchProfile resolved against a model)."""
@@ -173,12 +214,14 @@ class LaunchShape:
     """`--swa-full`: sliding-window layers keep every cell, like full attention."""
     ctx_checkpoints: int = DEFAULT_CTX_CHECKPOINTS
     """`--ctx-checkpoints`: context checkpoints each slot keeps at most."""
+    cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB
+    """`--cache-ram`: the host prompt cache's limit in MiB (-1 no limit, 0 off)."""
 
 
 def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> MemoryEstimate | None:
     """KV (full and sliding-window layers) and recurrent state from the header, as llama.cpp sizes them."""
     streams = 1 if launch.kv_unified else launch.parallel
-    cells = launch.n_ctx  # all streams together
+    cells = per_slot_context(launch.n_ctx, launch.parallel, launch.kv_unified) * streams  # all streams together
     k_type, v_type = launch.cache_type_k, launch.cache_type_v
     recurrent_layers = 0
     if facts is not None and facts.attention_layers and facts.key_length:
@@ -225,16 +268,20 @@ def formula(launch: LaunchShape, facts: GGUFFacts | None, arch: str | None) -> M
     snapshots = launch.mtp_draft_n_max if launch.mtp_draft_n_max and (arch in RS_ROLLBACK_ARCHS) else 0
     rows = max(1, launch.parallel) * (1 + snapshots)
     shape += f"; K {k_type}, V {v_type}"
+    recurrent = recurrent_layers * state * 4 * rows  # f32 conv and recurrent state per row
+    checkpoints = recurrent_layers * state * 4 * launch.ctx_checkpoints * max(1, launch.parallel)
     return MemoryEstimate(
         kv_bytes=math.ceil(kv),
-        recurrent_bytes=recurrent_layers * state * 4 * rows,  # f32 conv and recurrent state per row
+        recurrent_bytes=recurrent,
         weights_bytes=facts.file_size if facts else None,
         compute_bytes=None,
         source="formula",
         kv_cells=cells,
         kv_bytes_per_token=per_token,
         shape=shape,
-        checkpoint_bytes=recurrent_layers * state * 4 * launch.ctx_checkpoints * max(1, launch.parallel),
+        checkpoint_bytes=checkpoints,
+        prompt_cache_bytes=prompt_cache_bytes(launch.cache_ram_mib, math.ceil(kv) + recurrent + checkpoints),
+        prompt_cache_mib=launch.cache_ram_mib,
     )
 
 
@@ -352,5 +399,11 @@ def project(formula_estimate: MemoryEstimate | None, model: Path | None, server_
         notes.append("it cannot take --kv-unified: per-slot caches, same totals but for sliding windows")
     if "--spec-type" in server_args:
         notes.append("it cannot take --spec-type: MTP's draft KV and recurrent snapshots are not in it")
-    return replace(projected, shape=formula_estimate.shape if formula_estimate else "", note="; ".join(notes),
-                   checkpoint_bytes=formula_estimate.checkpoint_bytes if formula_estimate else 0)
+    if formula_estimate is None:
+        limit = cache_ram_mib(server_args)
+        return replace(projected, note="; ".join(notes), prompt_cache_mib=limit,
+                       prompt_cache_bytes=prompt_cache_bytes(limit, projected.kv_bytes + projected.recurrent_bytes))
+    return replace(projected, shape=formula_estimate.shape, note="; ".join(notes),
+                   checkpoint_bytes=formula_estimate.checkpoint_bytes,
+                   prompt_cache_bytes=formula_estimate.prompt_cache_bytes,
+                   prompt_cache_mib=formula_estimate.prompt_cache_mib)

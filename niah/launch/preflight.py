@@ -175,10 +175,10 @@ def preflight(session: ServerSession, needed: int, log_path: Path | None = None)
         n_ctx_train=train,
         slots=slots,
         cause=None if ok else diagnose(
-            served, needed, slots, train, facts.context_length if facts else None, facts.arch if facts else None, log
+            served, needed, slots, train, facts.native_context if facts else None, facts.arch if facts else None, log
         ),
         props=props,
-        native_context=facts.context_length if facts else None,
+        native_context=facts.native_context if facts else None,
         evidence=tuple(v[0] for k, v in log.items() if k in ("capping", "n_ctx_slot", "adjusted", "unified_cap")),
         model_facts=facts,
     )

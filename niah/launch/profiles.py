@@ -8,6 +8,10 @@ its whole answer fit. `niah launch`, `check`, `plan` and `run` all size the laun
 Beyond the model's native context a profile launches YaRN with a rope scale S chosen so that
 llama-server's own arithmetic (it recomputes the training context as native ÷ (1/S) in float32
 and caps every slot at it) lands on at least the target: a launch one token short is clamped.
+A stretch is only made where the profile asks for one: a context within native whose answer budget
+alone would need one is refused, and so is a scale below 1. The native context is the file's own
+YaRN original context when its header carries rope-scaling keys, and a launch without YaRN turns the
+file's own scaling off (`--rope-scaling none`), so a launch called native is native.
 """
 
 from __future__ import annotations
@@ -22,18 +26,27 @@ from niah.cells import ANSWER_BUDGET
 from niah.data import data_dir
 from niah.errors import NiahError
 from niah.launch.architecture import SLIDING_WINDOW, reuse_kind
+from niah.launch.flag_numbers import (
+    INT_MAX,
+    check_launch_numbers,
+    gpu_layers_text,
+    rope_scale_text,
+    stoi,
+)
 from niah.launch.gguf_meta import GGUFFacts
 from niah.launch.memory import (
     CACHE_TYPES,
     DEFAULT_CTX_CHECKPOINTS,
     LaunchShape,
     MemoryEstimate,
+    cache_ram_mib,
     formula,
     pad,
+    per_slot_context,
 )
 from niah.launch.rpc import check_rpc_address, check_tensor_split
 from niah.launch.session import ServerSpec
-from niah.launch.yarn import choose_rope_scale, factor_label, yarn_n_ctx_train
+from niah.launch.yarn import RopeIntent, choose_rope_scale, factor_label, yarn_n_ctx_train
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,14 +134,36 @@ class LaunchPlan:
     predicted_slot_context: int | None
     """Per-slot context llama-server's arithmetic yields (None when native is unknown)."""
     memory: MemoryEstimate | None
+    intent: RopeIntent | None = None
+    """The rope the launch means (None when the native context is unknown)."""
 
 
-def _uses_yarn(profile: LaunchProfile, native: int | None, slot_context: int) -> bool:
+def _uses_yarn(profile: LaunchProfile, native: int | None, slot_context: int, answer_budget: int) -> bool:
+    """Whether the launch stretches; a stretch the profile did not ask for is refused (NiahError)."""
     if profile.rope_scaling == "none":
         return False
     if profile.rope_scaling == "yarn" or profile.rope_scale:
         return True
-    return native is not None and slot_context > native
+    if native is None or slot_context <= native:
+        return False
+    if profile.context <= native:
+        scale = choose_rope_scale(slot_context, native)
+        raise NiahError(
+            f"profile {profile.name}: prompts up to {profile.context:,} fit the native {native:,}, but "
+            f"{profile.context:,} + {answer_budget:,} answer tokens need a YaRN stretch of {scale} nobody asked "
+            f"for: set context = {native - answer_budget} to stay native, or rope_scaling = \"yarn\" to stretch on purpose"
+        )
+    return True
+
+
+def _check_scale(profile: LaunchProfile, scale: str, native: int, slot_context: int) -> None:
+    """A rope scale of 1 or below stretches nothing or compresses positions: refused."""
+    if float(scale) <= 1.0:
+        raise NiahError(
+            f"profile {profile.name}: rope_scaling = \"yarn\" for {slot_context:,} tokens per slot within the "
+            f"native {native:,} gives a rope scale of {scale} (freq_scale {1 / float(scale):.4g}: positions "
+            f"squeezed, not stretched); drop rope_scaling, or raise context above {native:,}"
+        )
 
 
 def plan_launch(
@@ -140,7 +175,7 @@ def plan_launch(
 ) -> LaunchPlan:
     """Resolve `profile` for a model (its GGUF facts, or `native_context` + `arch` standing in), each
     slot holding the profile's context plus `answer_budget` tokens."""
-    model_native = (facts.context_length if facts else None) or native_context
+    model_native = (facts.native_context if facts else None) or native_context
     native = profile.native_context or model_native
     arch = (facts.arch if facts else None) or arch
     if model_native and profile.native_context and model_native != profile.native_context:
@@ -157,24 +192,32 @@ def plan_launch(
     args += ["--cache-type-k", profile.cache_type_k, "--cache-type-v", profile.cache_type_v]
     rope_scale = None
     served_train = native
-    if _uses_yarn(profile, native, slot_context):
+    file_rope = facts.file_rope if facts else None
+    if _uses_yarn(profile, native, slot_context, answer_budget):
         if native is None or arch is None:
             raise NiahError(
                 f"profile {profile.name} needs YaRN: give --model GGUF, or --native-context and --arch"
             )
         rope_scale = profile.rope_scale or choose_rope_scale(slot_context, native)
+        _check_scale(profile, rope_scale, native, slot_context)
         served_train = yarn_n_ctx_train(native, rope_scale)
+        # --override-kv is redundant on builds that re-adjust n_ctx_train from the YaRN flags (the
+        # read-back shows which); older ones (the seed's) cap each slot at the header's value without it
         args += [
             "--override-kv", f"{arch}.context_length=int:{slot_context}",
             "--rope-scaling", "yarn", "--rope-scale", rope_scale, "--yarn-orig-ctx", str(native),
         ]
+    elif file_rope is not None:  # the file would stretch itself: a launch without YaRN is native
+        args += ["--rope-scaling", "none"]
+        served_train = facts.context_length if facts else native
     # --swa-full makes a sliding-window model's prefix reusable (niah.launch.architecture); on by default for one
     swa_full = profile.swa_full if profile.swa_full is not None else reuse_kind(facts) == SLIDING_WINDOW
     if swa_full:
         args.append("--swa-full")
     args += _option_args(profile)
     n_ctx = pad(ctx_size, KV_PAD)
-    per_slot = n_ctx if profile.kv_unified else pad(n_ctx // profile.parallel, KV_PAD)
+    per_slot = per_slot_context(ctx_size, profile.parallel, profile.kv_unified)
+    check_launch_numbers(profile.name, ctx_size, served_train)
     predicted = min(per_slot, served_train) if served_train else None
     return LaunchPlan(
         profile=profile,
@@ -186,6 +229,7 @@ def plan_launch(
         rope_scale=rope_scale,
         predicted_slot_context=predicted,
         memory=estimate_memory(profile, facts, arch, n_ctx, swa_full),
+        intent=RopeIntent(native, rope_scale, slot_context, f"profile {profile.name}", file_rope) if native else None,
     )
 
 
@@ -242,7 +286,7 @@ def estimate_memory(
         n_ctx=n_ctx, parallel=profile.parallel, kv_unified=profile.kv_unified,
         cache_type_k=profile.cache_type_k, cache_type_v=profile.cache_type_v,
         ubatch=profile.ubatch, mtp_draft_n_max=profile.mtp_draft_n_max, swa_full=swa_full,
-        ctx_checkpoints=_ctx_checkpoints(profile.extra_args),
+        ctx_checkpoints=_ctx_checkpoints(profile.extra_args), cache_ram_mib=cache_ram_mib(profile.extra_args),
     )
     return formula(launch, facts, arch)
 
@@ -250,8 +294,8 @@ def estimate_memory(
 def _ctx_checkpoints(extra_args: tuple[str, ...]) -> int:
     """`--ctx-checkpoints N` from a profile's extra arguments, else llama-server's default."""
     for flag, value in itertools.pairwise(extra_args):
-        if flag in ("--ctx-checkpoints", "-ctxcp") and value.isdigit():
-            return int(value)
+        if flag in ("--ctx-checkpoints", "-ctxcp", "--swa-checkpoints") and (number := stoi(value)) is not None:
+            return max(number, 0)
     return DEFAULT_CTX_CHECKPOINTS
 
 
@@ -283,8 +327,8 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in data.items():
         if key in _MINIMUM:
-            if isinstance(value, bool) or not isinstance(value, int) or value < _MINIMUM[key]:
-                raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not _MINIMUM[key] <= value <= INT_MAX:
+                raise NiahError(f"{where}: {key} must be an integer ≥ {_MINIMUM[key]} and at most {INT_MAX}, not {value!r}")
         elif key in ("kv_unified", "jinja", "swa_full"):
             if not isinstance(value, bool):
                 raise NiahError(f"{where}: {key} must be true or false, not {value!r}")
@@ -294,22 +338,15 @@ def _check(where: str, data: dict[str, object]) -> dict[str, object]:
             value = tuple(check_rpc_address(v, where) for v in value) if key == "rpc" else tuple(value)
         elif key == "tensor_split":
             value = check_tensor_split(value, where)
-        elif key in ("gpu_layers", "rope_scale"):
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise NiahError(f"{where}: {key} must be a number or a string, not {value!r}")
-            value = str(value)
+        elif key == "gpu_layers":
+            value = gpu_layers_text(where, value)
+        elif key == "rope_scale":
+            value = rope_scale_text(where, value)
         elif not isinstance(value, str):
             raise NiahError(f"{where}: {key} must be a string, not {value!r}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise NiahError(f"{where}: {key} = {value!r} is not one of {', '.join(_CHOICES[key])}")
         out[key] = value
-    if out.get("rope_scale") is not None:
-        try:
-            ok = float(str(out["rope_scale"])) > 1.0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise NiahError(f"{where}: rope_scale must be a number above 1, not {out['rope_scale']!r}")
     if str(out.get("cache_type_v", "f16")) not in ("f32", "f16", "bf16") and out.get("flash_attn") == "off":
         raise NiahError(f"{where}: a quantized V cache needs flash attention (flash_attn = \"on\")")
     return out

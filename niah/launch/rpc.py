@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from niah.errors import NiahError
+from niah.launch.flag_numbers import FLOAT32_RANGE
 
 if TYPE_CHECKING:
     from niah.launch.gguf_meta import GGUFFacts
@@ -29,7 +30,7 @@ RPC_WARNING = (
 )
 RPC_SERVER_NAMES = ("ggml-rpc-server", "rpc-server")
 """The binary's name: `ggml-rpc-server` in llama.cpp's tools/rpc now, `rpc-server` before."""
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$")
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})$")
 
 
 class SplitLaunch(Protocol):
@@ -72,12 +73,17 @@ def check_rpc_address(entry: object, where: str) -> str:
 
 
 def check_tensor_split(value: object, where: str) -> tuple[float, ...]:
-    """A list of non-negative shares, not all zero."""
+    """A list of non-negative shares, not all zero, each 0 or a number llama-server reads as written
+    (std::stof, a 32-bit float), their sum too."""
+    low, high = FLOAT32_RANGE
     ok = isinstance(value, list) and value and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value
+        isinstance(v, (int, float)) and not isinstance(v, bool) and (v == 0 or low <= v <= high) for v in value
     )
-    if not ok or not sum(value):  # type: ignore[arg-type]
-        raise NiahError(f"{where}: tensor_split must be a list of non-negative numbers, not all 0 (e.g. [3, 1])")
+    if not ok or not 0 < sum(value) <= high:  # type: ignore[arg-type]
+        raise NiahError(
+            f"{where}: tensor_split must be a list of non-negative numbers, not all 0, each 0 or from "
+            f"{low:g} to {high:g}, summing to at most {high:g} (e.g. [3, 1]), not {value!r}"
+        )
     return tuple(float(v) for v in value)  # type: ignore[union-attr]
 
 

@@ -28,7 +28,14 @@ from niah.launch.client import (
     prime_body,
     stream_chat,
 )
-from niah.launch.server import ManagedServer, WaitProgress, find_server_binary, free_port
+from niah.launch.server import (
+    ManagedServer,
+    WaitProgress,
+    find_server_binary,
+    free_port,
+    stop_servers,
+)
+from niah.launch.transport import AbortableTransport
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -147,7 +154,8 @@ class ServerSession:
             write=spec.stall_timeout_s,
             pool=spec.connect_timeout_s,
         )
-        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        self._transport = AbortableTransport()
+        self._http = httpx.Client(timeout=timeout, headers=headers, trust_env=False, transport=self._transport)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -202,6 +210,8 @@ class ServerSession:
         self._launch()
 
     def close(self) -> None:
+        """Stop the managed server, and end every request in flight at once (another thread's too)."""
+        self._transport.abort()
         self._http.close()
         if self.process is not None:
             self.process.stop()
@@ -345,15 +355,29 @@ class ServerSession:
         seed: int = 0,
         cache_prompt: bool = True,
         on_progress: ProgressCallback | None = None,
+        ignore_eos: bool = False,
     ) -> ChatResult:
         """One streamed chat request: no overall time limit, only the connect and stall timeouts."""
         body = chat_body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
-                         thinking=self.spec.thinking, cache_prompt=cache_prompt)
+                         thinking=self.spec.thinking, cache_prompt=cache_prompt, ignore_eos=ignore_eos)
         return stream_chat(self._http, self.url, body, self.spec.stall_timeout_s, on_progress)
 
 
+def close_sessions(sessions: list[ServerSession]) -> None:
+    """Close several sessions at once: their managed servers are stopped together, with one grace for
+    all (not one after the other), then each session is closed."""
+    stop_servers([s.process for s in sessions if s.process is not None])
+    for session in sessions:
+        session.close()
+
+
 def next_log_path(log_dir: Path, name: str) -> Path:
-    """`log_dir/<name>.<n>.log` with the first n not yet used, so no launch's log is overwritten."""
+    """`log_dir/<name>.<n>.log` with the first n not yet used, so no launch's log is overwritten;
+    `log_dir` is made here (one line when it cannot be)."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NiahError(f"cannot make the server log folder {log_dir}: {exc.strerror or exc}") from None
     n = 1
     while (log_dir / f"{name}.{n}.log").exists():
         n += 1

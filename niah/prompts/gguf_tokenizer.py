@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import regex
 
@@ -72,6 +73,14 @@ def split_fragments(text: str, expressions: tuple[regex.Pattern[str], ...]) -> l
     return fragments
 
 
+def _array(path: Path, header: dict[str, object], key: str, kind: type, kinds: str) -> list[Any]:
+    """The header's array at `key` (empty when absent), each item of `kind`; else one line naming it."""
+    value = header.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise NiahError(f"gguf:{path}: {key} is not an array of {kinds}, as llama.cpp expects")
+    return value
+
+
 class GGUFTokenizer:
     """Byte-level BPE from a GGUF header (the Qwen and SmolLM2 families and plain GPT-2)."""
 
@@ -80,19 +89,22 @@ class GGUFTokenizer:
             raise NiahError(f"gguf:{path}: no such file")
         header = read_header(path, keep=KEYS)
         model = header.get("tokenizer.ggml.model")
-        pre = str(header.get("tokenizer.ggml.pre", "default"))
+        pre = header.get("tokenizer.ggml.pre", "default")
         if model != "gpt2":
             raise NiahError(f"gguf:{path}: unsupported tokenizer type {model!r} (only byte-level BPE 'gpt2')")
-        if pre not in PRE_TOKENIZERS:
+        if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
             raise NiahError(
                 f"gguf:{path}: unsupported tokenizer type: pre-tokenizer {pre!r} "
                 f"(supported: {', '.join(sorted(PRE_TOKENIZERS))}); use server:URL instead"
             )
-        tokens = [str(t) for t in header.get("tokenizer.ggml.tokens") or []]  # type: ignore[union-attr]
-        merges = [str(m) for m in header.get("tokenizer.ggml.merges") or []]  # type: ignore[union-attr]
+        tokens = _array(path, header, "tokenizer.ggml.tokens", str, "strings")
+        merges = _array(path, header, "tokenizer.ggml.merges", str, "strings")
         if not tokens or not merges:
             raise NiahError(f"gguf:{path}: the header holds no BPE vocabulary and merges")
-        types = list(header.get("tokenizer.ggml.token_type") or [])  # type: ignore[call-overload]
+        types = _array(path, header, "tokenizer.ggml.token_type", int, "integers")
+        add_bos = header.get("tokenizer.ggml.add_bos_token", False)
+        if not isinstance(add_bos, bool):
+            raise NiahError(f"gguf:{path}: tokenizer.ggml.add_bos_token is {add_bos!r}, expected true or false")
         self.name = f"gguf:{path}"
         self._ids = {token: index for index, token in enumerate(tokens)}
         self._tokens = tokens
@@ -109,7 +121,7 @@ class GGUFTokenizer:
             t: i for i, (t, kind) in enumerate(zip(tokens, types))
             if t and kind in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)
         }
-        self.bos_tokens = 1 if header.get("tokenizer.ggml.add_bos_token") else 0
+        self.bos_tokens = 1 if add_bos else 0
         """Tokens llama-server puts in front of a prompt: its BOS when the file asks for one."""
 
     def _merge(self, word: str) -> tuple[int, ...]:

@@ -253,6 +253,10 @@ class LengthUnreachable(NiahError):
     """No filler gives a prompt of exactly the asked length with this tokenizer."""
 
 
+class FrameChanged(NiahError):
+    """The template renders another text around the message than when its frame was taken."""
+
+
 def build(
     length: int,
     depth: float,
@@ -265,7 +269,19 @@ def build(
 ) -> Prompt:
     """A prompt of exactly `length` tokens (counted by `tokenizer` over the rendered text) with
     `needle` at `depth` percent of the haystack. `verify=True` re-encodes the whole final text too
-    (always done for server tokenizers)."""
+    (always done for server tokenizers). A template whose frame changed since it was taken (one that
+    prints the date, past midnight) is framed again and the prompt built once more."""
+    try:
+        return _build(length, depth, tokenizer, corpus, needle, template, verify)
+    except FrameChanged:
+        _FRAMES.pop(template, None)
+        return _build(length, depth, tokenizer, corpus, needle, template, verify)
+
+
+def _build(
+    length: int, depth: float, tokenizer: Tokenizer, corpus: Corpus, needle: Needle, template: ChatTemplate,
+    verify: bool,
+) -> Prompt:
     if not isinstance(length, int) or length <= 0:
         raise NiahError(f"length must be a positive integer, not {length!r}")
     if not (isinstance(depth, (int, float)) and 0.0 <= depth <= 100.0):
@@ -372,6 +388,11 @@ def _finish(
     messages = ({"role": "user", "content": content},)
     text = head + content + builder.tail
     if template.name != "builtin" and template.render(list(messages)) != text:
+        if frame(template) != (head, builder.tail):
+            raise FrameChanged(
+                f"template {template.name} renders another text around the message each time (the time of day?); "
+                "cannot count it exactly"
+            )
         raise NiahError(f"template {template.name} changes the message text; cannot count it exactly")
     haystack = body_end - start
     filler = haystack - sum(end - begin for begin, end in spans)

@@ -71,7 +71,7 @@ class Needle:
     answers: tuple[str, ...] = ()
     """What an all-of answer must contain, every one; empty = `value` alone (the exact scorer)."""
     haystack: str = ""
-    """The shared haystack it is cut from (`shared:SEED:TRIAL`); empty = the corpus, up to the first plant."""
+    """The shared haystack it is cut from (`shared:SEED:TRIAL:GRID`); empty = the corpus, up to the first plant."""
 
     @property
     def planted(self) -> tuple[Plant, ...]:

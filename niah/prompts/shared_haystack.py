@@ -21,6 +21,7 @@ Where the needles sit, in the builder tokenizer's filler tokens, the same in eve
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 from dataclasses import dataclass, replace
@@ -38,16 +39,53 @@ CUT_ZONE = 64
 """Filler tokens on each side of a length's estimated cut that no other length's needle uses."""
 QUESTION = "What is the special magic number for {key} mentioned in the text above? Answer with the number only."
 
+MORE_WORDS = (
+    "azure", "bashful", "bitter", "brash", "breezy", "bubbly", "candid", "chilly", "cosmic",
+    "curly", "dainty", "dapper", "daring", "dizzy", "dreamy", "drowsy", "eager", "electric",
+    "fancy", "fearless", "feisty", "fierce", "fizzy", "fluffy", "frisky", "frugal", "fuzzy",
+    "gallant", "giddy", "gleaming", "glossy", "glum", "goofy", "grumpy", "gusty", "hasty", "hazy",
+    "hearty", "icy", "jaunty", "jolly", "jovial", "jumpy", "kooky", "lanky", "lavish", "lofty",
+    "loyal", "lucid", "lucky", "maroon", "mauve", "merry", "mighty", "nifty", "noble", "pale",
+    "peppy", "perky", "placid", "plucky", "polite", "prickly", "quaint", "quirky", "radiant",
+    "rapid", "rosy", "rowdy", "royal", "sandy", "sassy", "scruffy", "serene", "shiny", "silent",
+    "silky", "sleepy", "slender", "spicy", "stormy", "thrifty", "tranquil", "vivid", "wary",
+    "weary", "wild", "witty", "woolly", "zany",
+)
+MORE_NOUNS = (
+    "acorn", "alpaca", "antelope", "anvil", "armadillo", "arrow", "aspen", "bagel", "banjo",
+    "beacon", "beetle", "bison", "bobcat", "bramble", "buckle", "buffalo", "cactus", "camel",
+    "canary", "caribou", "castle", "cedar", "chapel", "cherry", "chimney", "cobbler", "comet",
+    "coyote", "crane", "cricket", "dolphin", "donkey", "dragon", "eagle", "easel", "feather",
+    "fiddle", "garnet", "gazelle", "gopher", "harp", "hazel", "helmet", "hornet", "iguana",
+    "jackal", "jasmine", "kayak", "kitten", "lagoon", "lemon", "lizard", "llama", "lotus", "magnet",
+    "mango", "maple", "meteor", "mitten", "moose", "mustang", "nutmeg", "oasis", "ocelot", "oyster",
+    "paddle", "panda", "pelican", "pepper", "pigeon", "pillow", "plume", "pony", "puffin", "quill",
+    "rabbit", "rocket", "saffron", "salmon", "sparrow", "squirrel", "stallion", "thistle", "tulip",
+    "turtle", "walrus", "whistle", "wizard", "yak", "zebra",
+)
+"""Keys past the multikey task's 30 words and nouns (none in the built-in haystack's text)."""
+MAX_CELLS = len(KEY_WORDS) + len(MORE_WORDS)
+"""Cells a shared haystack can key with no two keys sharing a word."""
+
 Cells = tuple[tuple[int, float], ...]
+Grid = tuple[tuple[int, tuple[float, ...]], ...]
 
 
 def shared_keys(seed: int, trial: int, count: int) -> list[str]:
-    """`count` distinct adjective-noun keys for one trial's haystack; the first 30 share no word."""
+    """`count` adjective-noun keys for one trial's haystack, no two sharing a word (the first 30 drawn
+    from the multikey task's words as before, the rest from MORE_WORDS and MORE_NOUNS)."""
+    if count > MAX_CELLS:
+        raise NiahError(too_many(count))
     rng = random.Random(int.from_bytes(hashlib.sha256(f"niah-shared-keys:{seed}:{trial}".encode()).digest()[:8], "big"))
     words, nouns = rng.sample(KEY_WORDS, len(KEY_WORDS)), rng.sample(KEY_NOUNS, len(KEY_NOUNS))
-    if count > len(words) * len(nouns):
-        raise NiahError(f"a shared haystack holds at most {len(words) * len(nouns)} cells; the grid has {count}")
-    return [f"{words[i % len(words)]}-{nouns[(i + i // len(words)) % len(nouns)]}" for i in range(count)]
+    words += rng.sample(MORE_WORDS, len(MORE_WORDS))
+    nouns += rng.sample(MORE_NOUNS, len(MORE_NOUNS))
+    return [f"{word}-{noun}" for word, noun in zip(words[:count], nouns)]
+
+
+def too_many(count: int) -> str:
+    return (f"a shared haystack keys at most {MAX_CELLS} cells with keys that share no word; the grid has "
+            f"{count}: use fewer lengths or depths")
 
 
 def shared_values(seed: int, trial: int, cells: Cells) -> list[str]:
@@ -72,8 +110,27 @@ class SharedHaystack:
     """Every (length, depth) of the grid, ascending."""
 
     @classmethod
-    def of_grid(cls, grid: tuple[tuple[int, tuple[float, ...]], ...]) -> SharedHaystack:
-        return cls(tuple(sorted({(length, float(d)) for length, depths in grid for d in depths})))
+    def of_grid(cls, grid: Grid) -> SharedHaystack:
+        """The grid's cells; NiahError past MAX_CELLS."""
+        cells = tuple(sorted({(length, float(d)) for length, depths in grid for d in depths}))
+        if len(cells) > MAX_CELLS:
+            raise NiahError(too_many(len(cells)))
+        return cls(cells)
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the cells: which haystack a trial's needles belong to."""
+        return hashlib.sha256(json.dumps(self.cells).encode()).hexdigest()[:16]
+
+    def identity(self, seed: int, trials: int) -> dict[str, object]:
+        """The screen's identity for the fingerprint: its grid (each length's depths), trials per
+        cell and a hash of every trial's key list (a cell's key and prompt depend on all of them)."""
+        grid: dict[str, list[float]] = {}
+        for length, depth in self.cells:
+            grid.setdefault(str(length), []).append(depth)
+        keys = [shared_keys(seed, trial, len(self.cells)) for trial in range(trials)]
+        return {"grid": grid, "trials": trials,
+                "keys_sha256": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
 
     def needle(self, seed: int, length: int, depth: float, trial: int) -> Needle:
         """Cell (length, depth)'s question over trial `trial`'s haystack: every cell's keyed needle
@@ -87,10 +144,10 @@ class SharedHaystack:
         plants.insert(0, plants.pop(index))
         question = QUESTION.format(key=keys[index])
         return Needle(plants[0].text, values[index], question, MULTI_INTRO, tuple(plants),
-                      haystack=f"{SHARED}:{seed}:{trial}")
+                      haystack=f"{SHARED}:{seed}:{trial}:{self.digest}")
 
 
-def shared_task(grid: tuple[tuple[int, tuple[float, ...]], ...]) -> Task:
+def shared_task(grid: Grid) -> Task:
     """The screen's one task (`--haystack shared`), `single@shared`: the single needle's question
     asked of one haystack per trial that holds a keyed needle for every cell of `grid`."""
     return Task(SINGLE + SHARED_SUFFIX, SINGLE, shared=SharedHaystack.of_grid(grid))
@@ -116,7 +173,7 @@ def place(needle: Needle, length: int, tokenizer: Tokenizer, corpus: Corpus, tem
     (this length's 100% needle after the last sentence); any other needle is returned as it is."""
     if not needle.haystack:
         return needle
-    key = (needle.haystack, tokenizer.name, id(tokenizer), corpus.sha256, template.name)
+    key = (needle.haystack, tokenizer.name, id(tokenizer), corpus.sha256, template.name)  # seed, trial, grid
     with _LOCK:
         if key not in _LAYOUTS:
             _LAYOUTS[key] = layout(needle.plants, tokenizer, corpus, template)

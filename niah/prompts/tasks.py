@@ -86,9 +86,11 @@ class CustomTask:
 
 
 class NeedleSource(Protocol):
-    """What makes a cell's needle when a task does not (a shared haystack)."""
+    """What makes a cell's needle when a task does not (a shared haystack), and what identifies it."""
 
     def needle(self, seed: int, length: int, depth: float, trial: int) -> Needle: ...
+
+    def identity(self, seed: int, trials: int) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ with transformers. `auto` is the model's own template whenever the tokenizer nam
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from niah.errors import NiahError
+from niah.launch.gguf_meta import read_header
 from niah.prompts.tokenizers import HFTokenizer, ServerTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -64,62 +66,80 @@ class HFTemplate:
         self.kwargs = dict(chat_template_kwargs or {})
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **self.kwargs))
+        return _rendered(self.name, lambda: self._tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.kwargs
+        ))
 
 
 class GGUFTemplate:
-    """A GGUF file's `tokenizer.chat_template`, rendered with jinja2 like transformers does."""
+    """A GGUF file's `tokenizer.chat_template`, rendered with jinja2 like transformers does; a
+    template that prints the date (`strftime_now`) prints the one of `now`, fixed for the object."""
 
-    def __init__(self, path: Path, chat_template_kwargs: dict[str, object] | None = None) -> None:
-        from gguf import GGUFReader
+    def __init__(
+        self, path: Path, chat_template_kwargs: dict[str, object] | None = None, now: datetime | None = None
+    ) -> None:
+        from jinja2 import TemplateSyntaxError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.name = f"gguf:{path}"
         self.kwargs = dict(chat_template_kwargs or {})
-        try:
-            reader = GGUFReader(str(path))
-        except (OSError, ValueError) as exc:
-            raise NiahError(f"cannot read GGUF {path}: {exc.__class__.__name__}: {exc}") from None
-        source = _gguf_string(reader, "tokenizer.chat_template")
+        self.now = now or datetime.now()
+        """The moment `strftime_now` prints: the same for every render of this template."""
+        header = read_header(path, keep=frozenset({"tokenizer.ggml.tokens"}))
+        source = header.get("tokenizer.chat_template")
         if source is None:
             raise NiahError(f"{path} has no tokenizer.chat_template; use --template builtin or server:URL")
+        if not isinstance(source, str):
+            raise NiahError(f"{path}: tokenizer.chat_template is not a string ({type(source).__name__})")
         self.special = {
-            "bos_token": _gguf_token(reader, "tokenizer.ggml.bos_token_id"),
-            "eos_token": _gguf_token(reader, "tokenizer.ggml.eos_token_id"),
+            "bos_token": _gguf_token(path, header, "tokenizer.ggml.bos_token_id"),
+            "eos_token": _gguf_token(path, header, "tokenizer.ggml.eos_token_id"),
         }
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
         )
         env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-        self._template = env.from_string(source)
+        env.globals["strftime_now"] = self.now.strftime
+        try:
+            self._template = env.from_string(source)
+        except TemplateSyntaxError as exc:
+            raise NiahError(f"chat template {self.name} does not compile: line {exc.lineno}: {_one_line(exc)}") from None
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return str(
-            self._template.render(
-                messages=messages, add_generation_prompt=True, **self.special, **self.kwargs
-            )
-        )
+        return _rendered(self.name, lambda: self._template.render(
+            messages=messages, add_generation_prompt=True, **self.special, **self.kwargs
+        ))
+
+
+def _rendered(name: str, render: Callable[[], object]) -> str:
+    """What a chat template renders; anything else it raises is one line naming the template."""
+    try:
+        return str(render())
+    except NiahError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a chat template is the model's program: its errors are its own
+        raise NiahError(f"chat template {name} does not render: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as `Type: message` on one line (jinja2's can span several)."""
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{exc.__class__.__name__}: {' '.join(str(message).split())}"
 
 
 def _raise_exception(message: str) -> None:
     raise NiahError(f"chat template: {message}")
 
 
-def _gguf_string(reader: object, key: str) -> str | None:
-    field = reader.fields.get(key)  # type: ignore[attr-defined]
-    if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
-
-
-def _gguf_token(reader: object, key: str) -> str:
-    field = reader.fields.get(key)  # type: ignore[attr-defined]
-    tokens = reader.fields.get("tokenizer.ggml.tokens")  # type: ignore[attr-defined]
-    if field is None or tokens is None:
+def _gguf_token(path: Path, header: dict[str, object], key: str) -> str:
+    """The text of the token whose id the header gives at `key` ("" when it gives none)."""
+    index = header.get(key)
+    tokens = header.get("tokenizer.ggml.tokens")
+    if index is None or not isinstance(tokens, list):
         return ""
-    index = int(field.parts[field.data[0]][0])
-    return bytes(tokens.parts[tokens.data[index]]).decode("utf-8", errors="replace")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(tokens):
+        raise NiahError(f"{path}: {key} = {index!r} is not a token id (the vocabulary has {len(tokens):,})")
+    return str(tokens[index])
 
 
 def auto_template(tokenizer: str) -> str:

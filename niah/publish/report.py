@@ -1,7 +1,8 @@
 """Render a run's report from its results JSONL alone, via one tidy pandas frame.
 
 Writes `grid.md` (the seed's length × depth matrix), `cells.csv`, `summary.json`,
-`heatmap.png`, a self-contained `report.html` and `card.md` (niah.publish.card).
+`heatmap.png`, `card.md` (niah.publish.card) and `report.html`, the card as a self-contained page
+(niah.publish.report_page).
 
 The grid itself (labels, categories) comes from `niah.publish.grid`.
 """
@@ -15,13 +16,15 @@ from typing import Any
 
 import pandas as pd
 
-from niah.errors import NiahError
+from niah.errors import NiahError, writing_in
+from niah.publish.card.screen import confirmation_summary
 from niah.publish.grid import grid_frame
 from niah.publish.results import OUTCOMES, load_cells, read_header
 from niah.publish.runs import (
     cell_table,
     draft_acceptance,
     effective_length,
+    judged_tasks,
     length_table,
     task_verdicts,
     tasks_grid_markdown,
@@ -47,7 +50,8 @@ class ReportPaths:
 
 def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """Counts per outcome and per length, prefill totals and cache savings, the effective length, per
-    task the cells and length rows with their confidence sequence and the verdict, with the fingerprint."""
+    task the cells and length rows with their confidence sequence and the verdict, a screen's
+    confirmations beside its cells, with the fingerprint."""
     verdicts = task_verdicts(df, fingerprint)
     counts = df["outcome"].value_counts()
     per_length = {
@@ -86,8 +90,9 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
                 "cells": _records(cell_table(df[df["task"] == task]).drop(columns="task")),
                 "verdict": verdicts[task].to_dict(),
             }
-            for task in tasks_of(df)
+            for task in judged_tasks(df)
         },
+        **({"confirmations": confirmed} if (confirmed := confirmation_summary(df)) else {}),
         "fingerprint": fingerprint,
     }
 
@@ -95,7 +100,8 @@ def summarize(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Any]:
 def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     """Write grid.md, cells.csv, summary.json, heatmap.png and report.html for `results_path`."""
     from niah.publish.card import write_card
-    from niah.publish.report_figures import render_heatmap, render_html
+    from niah.publish.report_figures import render_heatmap
+    from niah.publish.report_page import render_page
 
     results_path, out_dir = Path(results_path), Path(out_dir)
     if not results_path.is_file():
@@ -104,7 +110,6 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
     df = load_cells(results_path)
     if df.empty:
         raise NiahError(f"{results_path} holds no finished cells yet")
-    out_dir.mkdir(parents=True, exist_ok=True)
     grid_text = tasks_grid_markdown(df)
     summary = summarize(df, fingerprint)
     paths = ReportPaths(
@@ -116,13 +121,15 @@ def render_report(results_path: Path, out_dir: Path) -> ReportPaths:
         grid_markdown=grid_text,
         summary=summary,
     )
-    paths.grid_md.write_text(grid_text, encoding="utf-8")
-    df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
-    paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     png = render_heatmap({task: grid_frame(df[df["task"] == task]) for task in tasks_of(df)})
-    paths.heatmap_png.write_bytes(png)
-    paths.report_html.write_text(render_html(df, grid_text, summary, png), encoding="utf-8")
-    write_card(results_path, out_dir)
+    with writing_in(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths.grid_md.write_text(grid_text, encoding="utf-8")
+        df.assign(planted=df["planted"].map(_json_cell)).to_csv(paths.cells_csv, index=False)
+        paths.summary_json.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        paths.heatmap_png.write_bytes(png)
+        card = write_card(results_path, out_dir).read_text(encoding="utf-8")
+        paths.report_html.write_text(render_page(df, summary, card, png), encoding="utf-8")
     return paths
 
 

@@ -7,6 +7,7 @@ resumes the run, a different fingerprint is refused.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from niah.errors import NiahError
-from niah.launch.api_key import api_key
+from niah.launch.api_key import given_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,8 +45,10 @@ RETRIEVAL_OUTCOMES = ("PASS", "FAIL", "WRONG_KEY")
 """Retrieval results: WRONG_KEY is an answer holding a planted value other than the asked one."""
 NAMED_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("PASS", "FAIL"))
 """Outcomes a grid label, the `other` column and the card's legend name beside `k/n`."""
-FACT_KEYS = ("server", "server_version", "tokenizer_resolved")
-"""Fingerprint entries known only once a server is up; checked by `ResultsFile.check_facts`."""
+FACT_KEYS = ("server", "server_version", "tokenizer_resolved", "rope")
+"""Fingerprint entries checked by `ResultsFile.check_facts` rather than compared with the header: known
+only once a server is up, or (`rope`, llama.cpp's read-back of each launch) recorded since a later
+niah, so a run made before it still resumes and records it then."""
 LOCK_NAME = ".niah-run.lock"
 """The file a run holds locked in its folder while it runs."""
 _MIN_SUBSTRING_SECRET = 8  # shorter keys are masked only as whole values, so text is not mangled
@@ -160,7 +163,7 @@ CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finish
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with API keys masked: secret-named keys, `--api-key X` argv pairs, and the
     value of $NIAH_API_KEY (plus `secrets`) wherever it appears."""
-    secrets = tuple(s for s in (*secrets, api_key()) if s)
+    secrets = tuple(s for s in (*secrets, given_key()) if s)
     return _redact(value, secrets)
 
 
@@ -209,7 +212,9 @@ class ResultsFile:
         """Keys niah was given (e.g. --api-key): masked wherever they appear in what is written."""
         self.fingerprint: dict[str, Any] = json.loads(canonical(fingerprint))
         self._outcomes: dict[tuple[str, int, float, int], str] = {}
-        self._facts: dict[str, Any] = {}
+        self._facts: dict[str, Any] = {k: v for k, v in self.fingerprint.items() if k in FACT_KEYS}
+        if self.path.exists() and not self.path.is_file():
+            raise NiahError(f"{self.path} is not a file: move it away, or give another --out")
         self._header_written = self.path.exists() and not _only_torn_header(self.path)
         if self._header_written:
             self._resume()
@@ -243,8 +248,9 @@ class ResultsFile:
                 os.fsync(fh.fileno())
         old = {k: v for k, v in (header.get("fingerprint") or {}).items() if k not in FACT_KEYS}
         self._facts = {**(header.get("fingerprint") or {}), **_merged_facts(records)}
-        if canonical(old) != canonical(self.fingerprint):
-            differing = ", ".join(fingerprint_differences(old, self.fingerprint)) or "(layout)"
+        new = {k: v for k, v in self.fingerprint.items() if k not in FACT_KEYS}
+        if canonical(old) != canonical(new):
+            differing = ", ".join(fingerprint_differences(old, new)) or "(layout)"
             raise NiahError(
                 f"{self.path} belongs to a different run (fingerprint differs in: {differing}); "
                 "use a new --out directory to start a fresh run, or rerun with the original settings to resume"
@@ -291,19 +297,24 @@ class ResultsFile:
     def _write_line(self, record: dict[str, Any]) -> None:
         self.write_header()
         line = json.dumps(redact(record, self.secrets), ensure_ascii=False, default=str) + "\n"
-        with open(self.path, "ab") as fh:
-            fh.write(line.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(line.encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # a full disk: the lines before stand, a torn one is cut off on resume
+            raise NiahError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 @contextmanager
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` (which exists) for this process, so two runs never append to one results file;
-    a folder another run holds is bad input. The kernel releases the lock however the process ends."""
+    a folder another run holds is bad input, and so is a folder on a file system that cannot lock
+    (NFS without lockd, some FUSE mounts). The kernel releases the lock however the process ends."""
     path = Path(folder) / LOCK_NAME
+    created = not path.exists()
     try:
-        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run, closed below
+        fh = open(path, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held for the whole run
     except OSError as exc:
         raise NiahError(f"cannot lock the run folder {folder}: {exc.strerror or exc}") from None
     with fh:
@@ -316,11 +327,32 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
                 f"the run folder {folder} is in use by another niah run{f' (pid {holder})' if holder else ''}: "
                 "wait for it to end, or give another --out"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+        except OSError as exc:
+            if created:  # leave the folder as it was
+                path.unlink(missing_ok=True)
+            raise NiahError(_lock_refused(folder, exc)) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+        except OSError as exc:
+            raise NiahError(f"cannot write {path}: {exc.strerror or exc}") from None
         yield
+
+
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+"""What flock(2) answers on a file system that has no locks (NFS without lockd, some FUSE mounts)."""
+
+
+def _lock_refused(folder: Path, exc: OSError) -> str:
+    """One line for a lock the file system refused (not one another run holds)."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    why = "its file system does not support file locks" if exc.errno in _NO_LOCKS else "the file system refused"
+    return (
+        f"cannot lock the run folder {folder}: {why} ({code}: {exc.strerror or exc}); niah locks it so two runs "
+        "never append to one results file: give an --out on a file system with locks (a local disk)"
+    )
 
 
 def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -399,6 +431,9 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
                 record = None
             if not isinstance(record, dict):
                 raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
+            problem = _record_problem(record)
+            if problem:
+                raise NiahError(f"{path} line {number}: {problem}")
             records.append(record)
         good += len(raw)
     if not records or records[0].get("record") != "header":
@@ -410,6 +445,38 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
             f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
         )
     return header, records[1:], good
+
+
+_REQUIRED = ("length", "depth", "trial", "outcome")
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "tuple[dict[str, Any], ...]": ((list,), "an array"),
+}
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record unreadable (a hand-edited or foreign file), None when nothing does."""
+    version = record.get("schema_version", 0)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        return f"schema_version is {short(version)}, expected an integer"
+    if record.get("record") == "header" and not isinstance(record.get("fingerprint", {}), dict):
+        return f"the header's fingerprint is {short(record['fingerprint'])}, expected an object"
+    if record.get("record") != "cell":
+        return None
+    for field in fields(CellResult):
+        value = record.get(field.name)
+        if value is None:
+            if field.name in _REQUIRED:
+                return f"the cell has no {field.name}"
+            continue
+        kinds, expected = _KINDS[field.type.split(" |")[0]]  # type: ignore[union-attr]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"cell field {field.name} is {short(value)}, expected {expected}"
+    if record["outcome"] not in OUTCOMES:
+        return f"outcome {short(record['outcome'])} is not one of {', '.join(OUTCOMES)}"
+    return None
 
 
 def _only_torn_header(path: Path) -> bool:

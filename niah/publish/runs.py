@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.cells import SHARED_SUFFIX
 from niah.errors import NiahError
 from niah.publish.grid import cell_label, grid_markdown, joined
 from niah.publish.results import (
@@ -78,6 +79,19 @@ def tasks_of(df: pd.DataFrame) -> list[str]:
     return sorted(df["task"].unique(), key=lambda t: (t != SINGLE_TASK, t))
 
 
+def confirmation_tasks(df: pd.DataFrame) -> list[str]:
+    """The tasks that hold a shared screen's confirmations (`single` beside `single@shared`,
+    niah.run.confirm): records of their own, never judged as a task."""
+    present = set(df["task"])
+    return [t for t in tasks_of(df) if t + SHARED_SUFFIX in present]
+
+
+def judged_tasks(df: pd.DataFrame) -> list[str]:
+    """The tasks a run's verdicts, effective length and exit code are made of: all but confirmations."""
+    confirms = confirmation_tasks(df)
+    return [t for t in tasks_of(df) if t not in confirms]
+
+
 def tasks_grid_markdown(df: pd.DataFrame) -> str:
     """The grid, one per task: plain when the run holds only `single`, else each grid under a
     `task NAME` line, blank lines between."""
@@ -108,11 +122,11 @@ def length_table(df: pd.DataFrame, verdicts: dict[str, Verdict]) -> pd.DataFrame
 
 
 def task_verdicts(df: pd.DataFrame, fingerprint: dict[str, Any]) -> dict[str, Verdict]:
-    """Per task, each length judged against the run's threshold (its recorded trial policy, else
-    RULER's 85.6% over independent trials) and the effective length."""
+    """Per task (a screen's confirmations are not one), each length judged against the run's threshold
+    (its recorded trial policy, else RULER's 85.6% over independent trials) and the effective length."""
     df, policy = with_tasks(df), policy_of(fingerprint)
     return {task: judge_lengths(zip(part["length"], part["trial"], part["outcome"]), policy)
-            for task in tasks_of(df) for part in [df[df["task"] == task]]}
+            for task in judged_tasks(df) for part in [df[df["task"] == task]]}
 
 
 def effective_length(verdicts: dict[str, Verdict]) -> int | None:

@@ -4,7 +4,9 @@ its own prompt and a fresh prefill, asked for by the one dispatch loop as the sc
 `--confirm` reruns every screen cell that was answered without a PASS (FAIL, WRONG_KEY, TRUNCATED);
 `--confirm all` also every cell of the longest length. A confirmation is the `single` cell of the
 same (length, depth, trial): the prompt a default run sends, recorded under task `single` beside
-the screen's `single@shared`, so the grid shows both and a default run on the same folder reuses it.
+the screen's `single@shared`. It is a record of its own (niah.publish.runs.confirmation_tasks): shown
+beside its screen cell, never judged as a task; it stands in for its cell in a fixed-trial run's exit
+code only.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from niah.cells import Cell
 from niah.errors import EXIT_LAUNCH_INVALID, NiahError
-from niah.launch.server import stop_all
-from niah.launch.session import ServerUnreachable
+from niah.launch.server import live_servers, stop_servers
+from niah.launch.session import ServerUnreachable, close_sessions
 from niah.publish.results import CellResult
 from niah.run.reuse import shortfall
 
@@ -186,6 +186,11 @@ def start_endpoints(
         endpoint = starters[0][1]()
         register(endpoint)
         return [endpoint]
+    before = {id(server) for server in live_servers()}
+
+    def stop_launches() -> None:
+        stop_servers([server for server in live_servers() if id(server) not in before])
+
     pool = ThreadPoolExecutor(max_workers=len(starters), thread_name_prefix="niah-start")
     futures = [(name, pool.submit(start)) for name, start in starters]
     started: list[Endpoint] = []
@@ -204,10 +209,11 @@ def start_endpoints(
             register(endpoint)
             started.append(endpoint)
     except BaseException:  # a signal or Ctrl-C mid-start: stop every launch now, not once all have loaded
-        stop_all()
+        stop_launches()
+        pool.shutdown(wait=True, cancel_futures=True)  # quick once the servers are stopped: their health waits end
+        stop_launches()  # one a starter forked meanwhile
         raise
-    finally:
-        pool.shutdown(wait=True)  # quick once the servers are stopped: their health waits end
+    pool.shutdown(wait=True)
     fatal = [e for e in errors if not isinstance(e, NiahError)]
     if fatal:
         raise fatal[0]
@@ -242,7 +248,7 @@ def work(
         while (batch := cells.take(name)) is not None:
             rest = list(batch.cells)
             try:
-                while rest:
+                while rest and not cells.stopped:  # a stopped run starts no further cell
                     cell = rest[0]
                     result = replace(cell_or_error(mine, endpoint, build, run_cell, cell), endpoint=name)
                     rest.pop(0)  # a cell whose run_cell raised goes back with the rest
@@ -334,12 +340,14 @@ def dispatch(
                     cells.add(batches(added) if several else [Batch(added)])
                 elif not in_flight:
                     cells.close()
-    except BaseException:
+    except BaseException as stop:
         cells.stop()
-        for endpoint in endpoints:  # stop managed servers; a worker reading a stream sees it end
-            endpoint.session.close()
-        for thread in threads:  # daemon threads: one still blocked on a --url server's stream goes with niah
+        # every managed server stopped at once, every request in flight ended: the workers return
+        close_sessions([e.session for e in endpoints])
+        for thread in threads:  # daemon threads: one that still does not return goes with niah
             thread.join(timeout=JOIN_ON_STOP_S / len(threads))
+        if isinstance(stop, (KeyboardInterrupt, SystemExit)):
+            keep_finished(state, events)
         raise
     for thread in threads:
         thread.join()
@@ -349,6 +357,17 @@ def dispatch(
             f"every server was dropped with {left} cell(s) left ({dropped[-1] if dropped else 'no server'}); "
             "rerun to resume", EXIT_LAUNCH_INVALID,
         )
+
+
+def keep_finished(state: RunState, events: queue.Queue[tuple[str, str, Any]]) -> None:
+    """Record the cells that finished before a stop (a signal, Ctrl-C) and were not recorded yet."""
+    while True:
+        try:
+            kind, _, payload = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind in ("result", "retry"):
+            record(state, payload, again=kind == "retry")
 
 
 def record(

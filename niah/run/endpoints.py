@@ -108,7 +108,7 @@ def server_model(
     or, with none of those, a reuse probe of the server itself."""
     for facts, source in ((report.model_facts, "the server's GGUF"), (given, "--model")):
         if facts is not None:
-            return ServerModel(reuse_kind(facts), f"{source} {facts.path}", facts.context_length, facts)
+            return ServerModel(reuse_kind(facts), f"{source} {facts.path}", facts.native_context, facts)
     if arch:
         return ServerModel(kind_of_arch(arch), f"--arch {arch}")
     kind, source = probe_reuse(session, get_corpus("builtin").text, report.served_n_ctx)

@@ -26,10 +26,10 @@ from niah.errors import (
     NiahError,
 )
 from niah.launch.gguf_meta import GGUFFacts, read_gguf_facts
-from niah.launch.profiles import LaunchProfile, launch_spec, load_profile
+from niah.launch.profiles import LaunchProfile, launch_spec, load_profile, plan_launch
+from niah.launch.rope_check import launch_record
 from niah.launch.rpc import RPC_WARNING
-from niah.launch.server import stop_on_termination_signals
-from niah.launch.session import ServerSpec
+from niah.launch.session import ServerSession, ServerSpec, close_sessions
 from niah.prompts.corpus import Corpus, get_corpus
 from niah.prompts.needles import load_needle_spec
 from niah.publish.results import RETRIEVAL_OUTCOMES, ResultsFile
@@ -97,7 +97,8 @@ def needle_identity(path: Path | None) -> object:
 
 
 def run_fingerprint(
-    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]]
+    config: RunConfig, corpus: Corpus, launches: dict[str, tuple[LaunchProfile, ServerSpec]],
+    ropes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, object]:
     """What must not change between a run and its resume (facts only a live server can tell are
     checked when it is up: `ResultsFile.check_facts`)."""
@@ -117,8 +118,10 @@ def run_fingerprint(
         fingerprint["answer_budget_explicit"] = True
     if config.policy != TrialPolicy():  # --trials auto, a threshold or clustering of its own
         fingerprint["trials"] = config.policy.record()
-    if config.shared:  # --confirm is not here: it adds single-needle cells, a screen resumed with it confirms
+    screen = next((t.shared for t in config.tasks if t.shared), None)
+    if screen:  # --confirm is not here: it adds single-needle cells, a screen resumed with it confirms
         fingerprint["haystack"] = SHARED
+        fingerprint["shared"] = screen.identity(config.seed, config.planned_trials)
     if corpus.about:
         fingerprint["corpus_about"] = corpus.about
     custom = {t.name: needle_identity(Path(t.custom.source)) for t in config.tasks if t.custom}
@@ -128,6 +131,8 @@ def run_fingerprint(
         fingerprint["model"] = model_identity(config.model)
     if launches:
         fingerprint["launches"] = {name: list(spec.args) for name, (_, spec) in launches.items()}
+    if ropes:  # a fact key: checked, not compared, so runs made before the read-back still resume
+        fingerprint["rope"] = ropes
     return fingerprint
 
 
@@ -180,15 +185,15 @@ def check_out_dir(out_dir: Path) -> None:
         raise NiahError(f"the run folder {out_dir} is not writable")
 
 
-def run(config: RunConfig) -> RunSummary:
-    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
-    stop_on_termination_signals()  # here, on the main thread: launches may start in worker threads
-    check_out_dir(config.out_dir)
-    corpus = get_corpus(config.corpus)
-    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
-    cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
-    facts: GGUFFacts | None = read_gguf_facts(config.model) if config.model else None
+def managed_launches(
+    config: RunConfig,
+) -> tuple[GGUFFacts | None, dict[str, tuple[LaunchProfile, ServerSpec]], dict[str, dict[str, Any]]]:
+    """The model's GGUF facts, each profile's launch and its rope read-back: a bad model header or
+    profile (or a rope that is not what the profile meant) is refused here, before anything is
+    written in --out."""
+    facts = read_gguf_facts(config.model) if config.model else None
     launches: dict[str, tuple[LaunchProfile, ServerSpec]] = {}
+    ropes: dict[str, dict[str, Any]] = {}
     if config.profiles:
         if facts is None:
             raise NiahError("a managed launch needs --model GGUF")
@@ -196,9 +201,26 @@ def run(config: RunConfig) -> RunSummary:
             profile = load_profile(name)
             launches[name] = (profile, launch_spec(profile, facts, config.model, config.out_dir / "logs",
                                                    answer_budget=config.launch_budget, **server_options(config)))
-            if profile.rpc:
-                print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
-    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches), secrets=(config.api_key,))
+            intent = plan_launch(profile, facts, answer_budget=config.launch_budget).intent
+            rope = launch_record(intent, config.model, launches[name][1].args, facts, config.server_bin, name)
+            if rope is not None:
+                ropes[name] = rope
+    return facts, launches, ropes
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run every unfinished cell of the grid, append results, render the report, decide the exit code."""
+    check_out_dir(config.out_dir)
+    corpus = get_corpus(config.corpus)
+    needle_spec = load_needle_spec(config.needle_file) if config.needle_file else None
+    cells = plan_cells(config.grid, config.planned_trials, tuple(t.name for t in config.tasks))
+    facts, launches, ropes = managed_launches(config)
+    for profile, _ in launches.values():
+        if profile.rpc:
+            print(f"niah: profile {profile.name} uses rpc-server at {', '.join(profile.rpc)}; {RPC_WARNING}")
+    results = ResultsFile(config.results_path, run_fingerprint(config, corpus, launches, ropes), secrets=(config.api_key,))
+    if ropes:
+        results.check_facts({"rope": ropes})
     # --trials auto: the bar grows by the rounds the run adds
     progress = RunProgress([] if config.policy.auto else cells, enabled=config.show_progress,
                            launch_of=dict(config.profiles))
@@ -266,7 +288,9 @@ def run_group(
         for name, spec in server_specs(config, launch)
     ]
     with ExitStack() as stack:
-        endpoints = keep_serving(start_endpoints(starters, lambda e: stack.callback(e.session.close)))
+        sessions: list[ServerSession] = []
+        stack.callback(close_sessions, sessions)  # however the group ends, its servers stop together
+        endpoints = keep_serving(start_endpoints(starters, lambda e: sessions.append(e.session)))
         builders = check_endpoints(state, endpoints, several_urls=launch is None and len(starters) > 1)
         dispatch(state, endpoints, builders, todo, run_cell, more if rounds or confirms else None)
 

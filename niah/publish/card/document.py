@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from niah.errors import writing_in
 from niah.publish.card.method import duration, launches, method_lines, model_name
 from niah.publish.card.reproduce import reproduce
 from niah.publish.card.screen import confirmations
@@ -19,6 +20,7 @@ from niah.publish.grid import grid_markdown, joined
 from niah.publish.results import NAMED_OUTCOMES, redact
 from niah.publish.runs import (
     SINGLE_TASK,
+    confirmation_tasks,
     draft_acceptance,
     draft_markdown,
     length_table,
@@ -46,9 +48,11 @@ def write_card(target: Path, out_dir: Path | None = None) -> Path:
     """Write `card.md` for the run at `target` (folder or results file) into `out_dir` (default: the run's folder)."""
     run = load_run(Path(target))
     out = Path(out_dir) if out_dir is not None else run.results_path.parent
-    out.mkdir(parents=True, exist_ok=True)
     path = out / CARD_NAME
-    path.write_text(render_card(run.cells, run.header, run.fingerprint), encoding="utf-8")
+    text = render_card(run.cells, run.header, run.fingerprint)
+    with writing_in(out):
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -64,7 +68,8 @@ def render_card(df: pd.DataFrame, header: dict[str, Any], fingerprint: dict[str,
     parts += ["### Method\n", "\n".join(method_lines(df, fp, header)) + "\n"]
     parts += ["### Launches\n", launches(df, fp)]
     verdicts = task_verdicts(df, fp)
-    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(df, verdicts)]
+    judged = df[df["task"].isin(verdicts)]  # a screen's confirmations stand beside it (above), not here
+    parts += ["### Per length\n", _verdict_lines(verdicts), _per_length(judged, verdicts)]
     drafts = draft_markdown(draft_acceptance(df))
     if drafts:
         parts += ["### MTP acceptance by context length\n", drafts]
@@ -86,10 +91,12 @@ def _intro(fp: dict[str, Any], tasks: bool = False) -> str:
 
 
 def _grids(df: pd.DataFrame) -> list[str]:
-    tasks = tasks_of(df)
+    """One grid per task; a screen's confirmations last, named as such."""
+    tasks, confirms = tasks_of(df), confirmation_tasks(df)
     blocks = []
-    for task in tasks:
-        title = f"Task `{task}`:\n\n" if len(tasks) > 1 or task != SINGLE_TASK else ""
+    for task in [t for t in tasks if t not in confirms] + confirms:
+        title = (f"Task `{task}`: the screen's confirmations, one needle per prompt:\n\n" if task in confirms
+                 else f"Task `{task}`:\n\n" if len(tasks) > 1 or task != SINGLE_TASK else "")
         blocks.append(f"{title}```text\n{grid_markdown(df[df['task'] == task])}```\n")
     return blocks
 

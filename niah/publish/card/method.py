@@ -239,7 +239,24 @@ def launches(df: pd.DataFrame, fp: dict[str, Any]) -> str:
             f"{_served(group, budgets)} |"
         )
     note = "\nniah adds `--host 127.0.0.1 --port <free port>` to each command; argv as recorded in the results header.\n"
-    return "\n".join(lines) + "\n" + (note if launches else "")
+    return "\n".join(lines) + "\n" + (note if launches else "") + _rope_lines(fp)
+
+
+def _rope_lines(fp: dict[str, Any]) -> str:
+    """llama.cpp's rope read-back of each launch and its verdict, as recorded (runs before it have none)."""
+    ropes = fp.get("rope") if isinstance(fp.get("rope"), dict) else {}
+    if not ropes:
+        return ""
+    out = ["\nRope read back from llama.cpp (llama-fit-params on each command, before any prefill):\n"]
+    for name, record in sorted(ropes.items()):
+        recorded = record.get("lines") if isinstance(record, dict) else None
+        if isinstance(recorded, list) and recorded:
+            out.append(f"- `{file_names(str(name))}`: {recorded[0]}")
+            out += [f"  - {str(line).strip()}" for line in recorded[1:]]
+        else:
+            why = record.get("unavailable") if isinstance(record, dict) else None
+            out.append(f"- `{file_names(str(name))}`: read-back unavailable ({why or NOT_RECORDED})")
+    return "\n".join(out) + "\n"
 
 
 def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:

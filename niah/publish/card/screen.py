@@ -1,7 +1,10 @@
-"""The card's account of a shared-haystack screen (`--haystack shared`): what its prompts held, and
-each confirmed cell's screen verdict beside its single-needle one (`--confirm`)."""
+"""The card's and summary.json's account of a shared-haystack screen (`--haystack shared`): what its
+prompts held, and each confirmed cell's screen outcome beside its single-needle one (`--confirm`).
+A confirmation is a record of its own: it never joins a task's verdict or the effective length."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 
@@ -29,6 +32,25 @@ def confirmed_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return screen.merge(single, on=["task", "length", "depth", "trial"], suffixes=("", "_confirmed"))
 
 
+def confirmation_summary(df: pd.DataFrame) -> dict[str, Any] | None:
+    """summary.json's `confirmations`: each confirmed screen cell's outcome beside its confirmation's,
+    and how many agree on PASS or not (None without confirmations)."""
+    pairs = confirmed_pairs(df)
+    if pairs.empty:
+        return None
+    rows = pairs.sort_values(["task", "length", "depth", "trial"])
+    return {
+        "cells": [{"task": r.task, "length": int(r.length), "depth": float(r.depth), "trial": int(r.trial),
+                   "screen": r.outcome, "confirmation": r.outcome_confirmed} for r in rows.itertuples()],
+        "agree": agreeing(pairs),
+    }
+
+
+def agreeing(pairs: pd.DataFrame) -> int:
+    """Confirmed cells whose screen outcome and confirmation agree on PASS or not."""
+    return int((pairs["outcome"].eq("PASS") == pairs["outcome_confirmed"].eq("PASS")).sum())
+
+
 def confirmations(df: pd.DataFrame) -> str:
     """Each screen cell that was rerun one needle per prompt: the screen's outcome beside the
     confirmation's (empty without confirmations)."""
@@ -39,5 +61,6 @@ def confirmations(df: pd.DataFrame) -> str:
              "| length | depth | trial | screen | one needle |", "|---|---|---|---|---|"]
     lines += [f"| {int(r.length):,} | {r.depth:g}% | {int(r.trial)} | {r.outcome} | {r.outcome_confirmed} |"
               for r in pairs.sort_values(["length", "depth", "trial"]).itertuples()]
-    agree = int((pairs["outcome"].eq("PASS") == pairs["outcome_confirmed"].eq("PASS")).sum())
-    return "\n".join(lines) + f"\n\nThe screen's verdict (PASS or not) agrees with the confirmation in {agree} of {len(pairs)} cells.\n"
+    return "\n".join(lines) + (f"\n\nThe screen's verdict (PASS or not) agrees with the confirmation in {agreeing(pairs)} "
+                              f"of {len(pairs)} cells; confirmations stand beside the screen and are not pooled into "
+                              "its per-length verdict.\n")
