@@ -1,5 +1,5 @@
 """What a results record must hold to be read: each cell field of its type (CellResult's), integers
-that fit 64 bits, finite numbers, planted sentences as niah writes them, a printable task name. A
+that fit 64 bits, finite numbers, planted sentences with their text, a printable task name. A
 hand-edited or foreign file is refused with one line naming the field, before anything is drawn."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ REQUIRED = ("length", "depth", "trial", "outcome")
 """Cell fields every record has, in every schema version."""
 PLANTED = {"text": "str", "value": "str", "role": "str", "depth": "float", "token_offset": "int", "tokens": "int",
            "depth_actual": "float"}
-"""A planted sentence's fields (niah.prompts.haystack.PlantedPiece)."""
+"""A planted sentence's fields (niah.prompts.haystack.PlantedPiece): `text` always, the others when present."""
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
     "int": ((int,), "an integer"),
     "float": ((int, float), "a finite number"),
@@ -73,9 +73,11 @@ def _value_problem(value: Any, kind: str) -> str | None:
 def _planted_problem(item: Any) -> str | None:
     if not isinstance(item, dict):
         return f"is {short(item)}, expected an object"
+    if "text" not in item:
+        return "has no text"
     for name, kind in PLANTED.items():
         if name not in item:
-            return f"has no {name}"
+            continue
         problem = _value_problem(item[name], kind)
         if problem:
             return f"field {name} is {short(item[name])}, expected {problem}"
