@@ -423,7 +423,7 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
         if raw.strip():
             try:
                 record = json.loads(raw.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested without end
                 record = None
             if not isinstance(record, dict):
                 raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
