@@ -161,3 +161,11 @@ def test_documents_nested_without_end_are_one_line_exit_2(tmp_path: Path) -> Non
         result = niah(*argv)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.server
+def test_check_reads_a_zero_rope_freq_scale_as_llama_cpp_does(llama_server) -> None:
+    """`--rope-freq-scale 0` means the model's own scale to llama.cpp: it was a ZeroDivisionError traceback."""
+    result = niah("check", "--url", llama_server.url, "--context", "1k", "--server-args", "--rope-freq-scale 0")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "niah: rope OK: meant native 8,192, no stretch (the server's flags)" in result.stdout

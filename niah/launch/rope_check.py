@@ -74,7 +74,8 @@ def intent_from_flags(argv: list[str] | tuple[str, ...], facts: GGUFFacts, neede
     native = facts.native_context or facts.context_length or 0
     scale: str | None = flags.get("rope_scale")
     if scale is None and flags.get("rope_freq_scale"):
-        scale = f"{1 / float(flags['rope_freq_scale']):.6g}"
+        freq_scale = float(flags["rope_freq_scale"])
+        scale = f"{1 / freq_scale:.6g}" if freq_scale else None  # 0: llama.cpp keeps the model's own
     if flags.get("rope_scaling") == "none":
         scale = None
     elif scale is None and facts.file_rope is not None:
