@@ -169,3 +169,13 @@ def test_check_reads_a_zero_rope_freq_scale_as_llama_cpp_does(llama_server) -> N
     result = niah("check", "--url", llama_server.url, "--context", "1k", "--server-args", "--rope-freq-scale 0")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "niah: rope OK: meant native 8,192, no stretch (the server's flags)" in result.stdout
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("flags", ["--rope-scaling yarn --rope-scale 1_000", "--rope-freq-scale 0x0.8", "--rope-scale inf"])
+def test_check_refuses_server_flags_llama_cpp_reads_otherwise(flags: str, llama_server) -> None:
+    """`--rope-scale 1_000` is 1 to llama.cpp and was 1,000 to niah's rope check."""
+    result = niah("check", "--url", llama_server.url, "--context", "1k", "--server-args", flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"niah: error: --server-args {flags.split()[-2]} {flags.split()[-1]}: give a plain decimal")
+    assert len(result.stderr.splitlines()) == 1
