@@ -140,3 +140,42 @@ def test_plan_numbers_past_any_use_are_one_line_exit_2(args: list[str], message:
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("niah: error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_documents_nested_without_end_are_one_line_exit_2(tmp_path: Path) -> None:
+    """A profile, needle file, task file or results file nested 100,000 deep was a RecursionError
+    traceback from tomllib or json."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.toml").write_text(f"context = 4096\nextra_args = {deep}\n")
+    (tmp_path / "deep.json").write_text(deep)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text('{"record": "header", "schema_version": 2, "fingerprint": {}}\n' + deep + "\n")
+    haystack = ["haystack", "--length", "512", "--depth", "50"]
+    for argv, message in [
+        (["profile", "show", str(tmp_path / "deep.toml")], "invalid TOML: maximum recursion depth exceeded"),
+        ([*haystack, "--needle", str(tmp_path / "deep.json")], "is not valid json: maximum recursion depth exceeded"),
+        ([*haystack, "--task", str(tmp_path / "deep.toml")], "is not valid TOML: maximum recursion depth exceeded"),
+        (["report", str(run)], "line 2 is not a niah results record (bad JSON)"),
+    ]:
+        result = niah(*argv)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.server
+def test_check_reads_a_zero_rope_freq_scale_as_llama_cpp_does(llama_server) -> None:
+    """`--rope-freq-scale 0` means the model's own scale to llama.cpp: it was a ZeroDivisionError traceback."""
+    result = niah("check", "--url", llama_server.url, "--context", "1k", "--server-args", "--rope-freq-scale 0")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "niah: rope OK: meant native 8,192, no stretch (the server's flags)" in result.stdout
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("flags", ["--rope-scaling yarn --rope-scale 1_000", "--rope-freq-scale 0x0.8", "--rope-scale inf"])
+def test_check_refuses_server_flags_llama_cpp_reads_otherwise(flags: str, llama_server) -> None:
+    """`--rope-scale 1_000` is 1 to llama.cpp and was 1,000 to niah's rope check."""
+    result = niah("check", "--url", llama_server.url, "--context", "1k", "--server-args", flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"niah: error: --server-args {flags.split()[-2]} {flags.split()[-1]}: give a plain decimal")
+    assert len(result.stderr.splitlines()) == 1

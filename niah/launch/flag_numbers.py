@@ -36,11 +36,16 @@ def stoi(text: str) -> int | None:
     return number if number is not None and -INT_MAX - 1 <= number <= INT_MAX else None
 
 
+def is_plain_decimal(text: str) -> bool:
+    """True when Python's float() and llama-server's std::stof read `text` as the same number."""
+    return bool(_PLAIN_DECIMAL.fullmatch(text))
+
+
 def rope_scale_text(where: str, value: object) -> str:
     """A profile's `rope_scale` as the `--rope-scale` text: a plain decimal above 1 as a 32-bit float,
     at most INT_MAX (no launch needs more: -c is at most that, a native context at least 1)."""
     text = str(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
-    if _PLAIN_DECIMAL.fullmatch(text) and _FLOAT32_ONE < float(text) <= INT_MAX:
+    if is_plain_decimal(text) and _FLOAT32_ONE < float(text) <= INT_MAX:
         return text
     raise NiahError(
         f"{where}: rope_scale must be a number above 1 and at most {INT_MAX}, written plainly as llama-server "

@@ -357,7 +357,7 @@ def parse_profile(text: str, name: str, source: str = "") -> LaunchProfile:
     where = f"launch profile {source or name}"
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: arrays nested without end
         raise NiahError(f"{where}: invalid TOML: {exc}") from None
     values = _check(where, data)
     values.setdefault("name", name)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from niah.errors import EXIT_ROPE_MISMATCH, NiahError
+from niah.launch.flag_numbers import is_plain_decimal
 from niah.launch.gguf_meta import GGUFFacts
 from niah.launch.memory import FIT_PARAMS, find_fit_params
 from niah.launch.readback import RopeReadback, fit_params_readback, parse_readback, rope_flags
@@ -73,8 +74,13 @@ def intent_from_flags(argv: list[str] | tuple[str, ...], facts: GGUFFacts, neede
     flags = rope_flags(argv)
     native = facts.native_context or facts.context_length or 0
     scale: str | None = flags.get("rope_scale")
+    for flag, text in (("--rope-scale", scale), ("--rope-freq-scale", flags.get("rope_freq_scale"))):
+        if text is not None and not is_plain_decimal(text):
+            raise NiahError(f"--server-args {flag} {text}: give a plain decimal, e.g. 4 or 3.8531 (llama-server's "
+                            "std::stof stops at the first character it does not take: 1_000 is 1 to it)")
     if scale is None and flags.get("rope_freq_scale"):
-        scale = f"{1 / float(flags['rope_freq_scale']):.6g}"
+        freq_scale = float(flags["rope_freq_scale"])
+        scale = f"{1 / freq_scale:.6g}" if freq_scale else None  # 0: llama.cpp keeps the model's own
     if flags.get("rope_scaling") == "none":
         scale = None
     elif scale is None and facts.file_rope is not None:

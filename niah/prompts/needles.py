@@ -133,7 +133,7 @@ def load_needle_spec(path: str | Path) -> NeedleSpec:
         raise NiahError(f"cannot read needle file {path}: {exc.__class__.__name__}") from None
     try:
         data = json.loads(raw) if path.suffix.lower() == ".json" else tomllib.loads(raw)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested without end
         raise NiahError(f"needle file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if isinstance(data, list):
         data = {"needle": data}

@@ -306,7 +306,7 @@ def load_task_file(path: str | Path) -> CustomTask:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise NiahError(f"cannot read task file {path}: {exc.__class__.__name__}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: arrays nested without end
         raise NiahError(f"task file {path} is not valid TOML: {exc}") from None
     where = f"task file {path}"
     unknown = sorted(set(data) - {"name", "question", "scorer", "intro", "needle"})

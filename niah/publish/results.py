@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from niah.errors import NiahError
 from niah.launch.api_key import given_key
+from niah.publish.record_checks import record_problem, short
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -158,6 +159,7 @@ _COUNT_COLUMNS = (
     "draft_n_accepted",
 )
 CELL_COLUMNS = ["schema_version", *(f.name for f in fields(CellResult)), "finished"]
+_CELL_TYPES = {f.name: str(f.type) for f in fields(CellResult)}
 
 
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
@@ -363,12 +365,6 @@ def _merged_facts(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def short(value: Any) -> str:
-    """`value` as JSON, cut to 160 characters (for one-line messages)."""
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 def read_facts(path: Path) -> dict[str, Any]:
     """The run's fingerprint together with the server facts recorded after it (FACT_KEYS)."""
     header, records, _ = _read_records(Path(path))
@@ -427,11 +423,11 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
         if raw.strip():
             try:
                 record = json.loads(raw.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested without end
                 record = None
             if not isinstance(record, dict):
                 raise NiahError(f"{path} line {number} is not a niah results record (bad JSON)")
-            problem = _record_problem(record)
+            problem = record_problem(record, _CELL_TYPES, OUTCOMES)
             if problem:
                 raise NiahError(f"{path} line {number}: {problem}")
             records.append(record)
@@ -445,38 +441,6 @@ def _read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int
             f"{path} has schema_version {newest}, newer than this niah reads ({SCHEMA_VERSION}); upgrade niah"
         )
     return header, records[1:], good
-
-
-_REQUIRED = ("length", "depth", "trial", "outcome")
-_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "int": ((int,), "an integer"),
-    "float": ((int, float), "a number"),
-    "str": ((str,), "a string"),
-    "tuple[dict[str, Any], ...]": ((list,), "an array"),
-}
-
-
-def _record_problem(record: dict[str, Any]) -> str | None:
-    """What makes a record unreadable (a hand-edited or foreign file), None when nothing does."""
-    version = record.get("schema_version", 0)
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-        return f"schema_version is {short(version)}, expected an integer"
-    if record.get("record") == "header" and not isinstance(record.get("fingerprint", {}), dict):
-        return f"the header's fingerprint is {short(record['fingerprint'])}, expected an object"
-    if record.get("record") != "cell":
-        return None
-    for field in fields(CellResult):
-        value = record.get(field.name)
-        if value is None:
-            if field.name in _REQUIRED:
-                return f"the cell has no {field.name}"
-            continue
-        kinds, expected = _KINDS[field.type.split(" |")[0]]  # type: ignore[union-attr]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return f"cell field {field.name} is {short(value)}, expected {expected}"
-    if record["outcome"] not in OUTCOMES:
-        return f"outcome {short(record['outcome'])} is not one of {', '.join(OUTCOMES)}"
-    return None
 
 
 def _only_torn_header(path: Path) -> bool:
