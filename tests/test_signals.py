@@ -78,7 +78,7 @@ def stage_argv(stage: str, request: pytest.FixtureRequest, tmp_path: Path) -> li
         return ["--model", str(request.getfixturevalue("tiny_model")), "--profile", "tiny-native-8k",
                 "--servers", "2", "--lengths", "512,1024", "--depths", "0,50,100"]
     if stage == "primer":
-        (profile := tmp_path / "hybrid.toml").write_text("context = 4096\n")
+        (profile := tmp_path / "hybrid.toml").write_text("context = 4064\n")  # native 4,096 less the answer tokens
         return ["--model", str(request.getfixturevalue("qwen35_testbed")), "--profile", str(profile),
                 "--lengths", "2000"]
     return ["--model", str(request.getfixturevalue("rehearsal_model")), "--profile", "yarn-1m", "--lengths", "1010000"]
