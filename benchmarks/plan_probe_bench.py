@@ -15,7 +15,7 @@ again (how far the machine's load moved meanwhile). Each probe's plan for the ce
 with a quarter of its attention term (a hybrid with 1 attention layer in 4), probed at 16K/32K/64K
 twice with log-normal timing noise, each fit's 90% interval for 1,010,000 tokens against the truth.
 
-Measured 2026-12-06 on 2 shared cores (load 11-15 from other work): see docs/plan.md.
+Measured 2026-12-06 on 2 shared cores (load 11-15 from other work): docs/plan.md has the tables.
 """
 
 from __future__ import annotations
