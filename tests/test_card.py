@@ -103,7 +103,7 @@ def test_committed_demo_card_is_what_niah_card_writes(tmp_path: Path) -> None:
     assert "25 of 25 sent prompts were served at exactly the cell's length" in committed
     assert "--profile-for-length 4096=tiny-native-8k,8160=tiny-native-8k,12256=tiny-yarn-12k," in committed
     assert "--lengths 4096,8160,12256,16352,31508" in committed
-    assert "llama-server:** not recorded" in committed
+    assert "**llama-server:** `version: 0.6.0-dev (build 0, commit unknown)`" in committed  # the facts line the run recorded
 
 
 def test_card_method_and_per_length_numbers(tmp_path: Path) -> None:

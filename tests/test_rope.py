@@ -246,7 +246,7 @@ def test_the_read_back_is_in_the_results_header_and_the_card_and_an_older_run_st
     assert rope["readback"]["n_ctx_orig_yarn"] == 8192 and rope["readback"]["readjusted"]
     card = (out / "card.md").read_text()
     assert "Rope read back from llama.cpp (llama-fit-params on each command, before any prefill):" in card
-    assert "- `tiny-yarn-12k`: rope OK: meant YaRN ×1.5 over 8,192 (profile tiny-yarn-12k); llama.cpp reads back yarn" in card
+    assert "- `tiny-yarn-12k`: rope OK: `meant YaRN ×1.5 over 8,192 (profile tiny-yarn-12k); llama.cpp reads back yarn" in card
     # a run made before the read-back existed: the same header without `rope` resumes (every cell is
     # done, so no server starts) and gets the read-back as a fact line; nothing before it changes
     del header["fingerprint"]["rope"]

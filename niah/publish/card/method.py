@@ -251,12 +251,19 @@ def _rope_lines(fp: dict[str, Any]) -> str:
     for name, record in sorted(ropes.items()):
         recorded = record.get("lines") if isinstance(record, dict) else None
         if isinstance(recorded, list) and recorded:
-            out.append(f"- `{file_names(str(name))}`: {recorded[0]}")
-            out += [f"  - {str(line).strip()}" for line in recorded[1:]]
+            out.append(f"- `{file_names(str(name))}`: {_verbatim(recorded[0])}")
+            out += [f"  - {_verbatim(line)}" for line in recorded[1:]]
         else:
             why = record.get("unavailable") if isinstance(record, dict) else None
             out.append(f"- `{file_names(str(name))}`: read-back unavailable ({why or NOT_RECORDED})")
     return "\n".join(out) + "\n"
+
+
+def _verbatim(line: Any) -> str:
+    """A recorded rope line: its label (`rope OK`, a problem's name, `note`) as words, the rest as
+    code, since it quotes the flags and the numbers llama.cpp printed as they were."""
+    label, _, rest = str(line).strip().replace("`", "'").partition(": ")
+    return f"{label}: `{rest}`" if rest else f"`{label}`"
 
 
 def _served(group: pd.DataFrame, budgets: dict[str, int]) -> str:
