@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,3 +32,17 @@ def writing_in(folder: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise NiahError(f"cannot write {exc.filename or folder}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def replacing(dest: Path) -> Iterator[Path]:
+    """A hidden partial file beside `dest` to write in the block, moved onto `dest` at its end, so a
+    reader never sees half a file; an OSError is one line naming `dest`, and the partial is removed."""
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, dest)
+    except OSError as exc:
+        raise NiahError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)

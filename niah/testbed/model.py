@@ -9,7 +9,6 @@ seeded random numbers, so the same arguments give the same bytes; the model talk
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from niah.errors import NiahError
+from niah.errors import NiahError, replacing
 
 ARCHITECTURES = ("qwen35",)
 
@@ -193,9 +192,8 @@ def build_qwen35(path: Path, shape: Qwen35Shape | None = None) -> Path:
     if not path.parent.is_dir():
         raise NiahError(f"cannot write {path}: folder {path.parent} does not exist")
     vocab = qwen36_vocabulary()
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     arch = "qwen35"
-    try:
+    with replacing(path) as partial:
         writer = gguf.GGUFWriter(str(partial), arch)
         writer.add_string("general.name", f"niah qwen35 test bed ({shape.layers} layers{', MTP' if shape.mtp else ''})")
         writer.add_uint32("general.file_type", 1)  # mostly F16
@@ -224,11 +222,6 @@ def build_qwen35(path: Path, shape: Qwen35Shape | None = None) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(partial, path)
-    except OSError as exc:
-        raise NiahError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

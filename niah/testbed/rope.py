@@ -4,10 +4,9 @@ stretches itself launched as native, flags that replace the file's own stretch, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from niah.errors import NiahError
+from niah.errors import NiahError, replacing
 
 ROPE_KINDS = ("yarn", "linear", "none")
 
@@ -33,8 +32,7 @@ def write_rope_copy(
     }
     if context_length is not None:
         replaced[f"{arch}.context_length"] = (GGUFValueType.UINT32, int(context_length))
-    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
+    with replacing(dest) as partial:
         writer = GGUFWriter(str(partial), arch, endianess=reader.endianess)
         for name, field in reader.fields.items():
             if name.startswith("GGUF.") or name == "general.architecture" or name in replaced:
@@ -53,9 +51,4 @@ def write_rope_copy(
         for tensor in reader.tensors:
             writer.write_tensor_data(tensor.data)
         writer.close()
-        os.replace(partial, dest)
-    except OSError as exc:
-        raise NiahError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    finally:
-        partial.unlink(missing_ok=True)
     return dest
