@@ -158,7 +158,7 @@ def main() -> None:
           f"(depths {', '.join(str(c['depth']) for c in cells)}); outcomes {[c['outcome'] for c in cells]}")
     print(f"{'probe':<10} {'probed':<24} {'past':>6} {'predicted':>10} {'90% interval':>21} {'measured':>10} {'ratio':>6}")
     for row in compare(saved):
-        probed = ",".join(f"{n // 1024}k" if n >= 1024 else str(n) for n in row["probed"])
+        probed = " ".join(f"{n:,}" for n in row["probed"])  # the prompt lengths the probe sent
         print(f"{row['probe']:<10} {probed:<24} {row['extrapolation']:>5.1f}x {hms(row['predicted_s']):>10} "
               f"{hms(row['low_s']) + '–' + hms(row['high_s']):>21} {hms(row['measured_wall_s']):>10} "
               f"{row['predicted_s'] / row['measured_wall_s']:>6.2f}"

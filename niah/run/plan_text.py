@@ -87,7 +87,8 @@ def plan_text(plan: Plan) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    lines.append("(interval: 90% from the fits' bootstrap; `~` marks a range where a fit could not tell its terms apart)")
+    lines.append("(interval: 90% from the fits' bootstrap over the probe's timings, blind to the machine's speed changing "
+                 "after the probe: docs/plan.md; `~` marks a range where a fit could not tell its terms apart)")
     for launch in plan.launches:
         lines += ["", *launch_lines(launch)]
     ratio = plan.compute_tokens / plan.naive_tokens if plan.naive_tokens else 0.0
