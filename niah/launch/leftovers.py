@@ -14,6 +14,8 @@ import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from niah.errors import replacing
+
 RECORD_SUFFIX = ".running.json"
 PROC = Path("/proc")
 
@@ -59,9 +61,8 @@ def write_record(log_path: Path, pid: int, argv: list[str]) -> Path | None:
     if server is None or owner is None:
         return None
     path = record_path(log_path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"server": asdict(server), "argv": list(argv), "niah": asdict(owner)}))
-    os.replace(temporary, path)
+    with replacing(path) as partial:
+        partial.write_text(json.dumps({"server": asdict(server), "argv": list(argv), "niah": asdict(owner)}))
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from niah.errors import NiahError
+from niah.errors import NiahError, replacing
 
 DEFAULT_CORPUS = "builtin"
 NOISE_SENTENCES = (
@@ -137,8 +137,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write a cache file so readers never see half of it; a cache that cannot be written is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError:
+        with replacing(path) as partial:
+            partial.write_bytes(data)
+    except (OSError, NiahError):
         pass
